@@ -1,0 +1,68 @@
+# Tasklight: `make run` (everything embedded, zero servers) and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PORT ?= 8000
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+
+# The first Python >= 3.12 on the PATH, else under pyenv.
+FIND_PYTHON := for candidate in python3.14 python3.13 python3.12 python3 \
+	$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.*/bin/python 2>/dev/null | sort -V -r); do \
+	  if command -v "$$candidate" >/dev/null 2>&1 && \
+	     "$$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then \
+	    echo "$$candidate"; break; fi; done
+
+# Test-only addresses: this machine's loopback services, unless set already.
+TEST_ENV := \
+	DATABASE_URL=$${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/tasklight} \
+	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672//} \
+	CHANNEL_LAYER_URL=$${CHANNEL_LAYER_URL:-redis://127.0.0.1:6379/0} \
+	SECRET_KEY=test-only-secret-key-not-for-production HTTPS=0 DEBUG=0 \
+	TASKLIGHT_QUEUE=tasklight-test CHANNEL_LAYER_PREFIX=tasklight-test
+
+.PHONY: install install-dev run migrate test test-fast lint typecheck check screenshot clean
+
+install: $(VENV)/.runtime
+
+install-dev: $(VENV)/.dev
+
+$(VENV)/bin/python:
+	@python=$$($(FIND_PYTHON)); \
+	if [ -z "$$python" ]; then echo "Tasklight needs Python >= 3.12 (on the PATH or under pyenv)." >&2; exit 1; fi; \
+	echo "Creating $(VENV) with $$python"; "$$python" -m venv $(VENV)
+	@$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -r requirements.txt
+	@touch $@
+
+$(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	@touch $@
+
+migrate: install
+	$(PY) manage.py migrate_all --noinput
+
+# The ASGI server and one worker together on $(PORT); Ctrl-C stops both.
+run: migrate
+	@echo "Tasklight on http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
+	HOST=$${HOST:-127.0.0.1} honcho start --port $(PORT) web worker
+
+test: install-dev
+	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install-dev
+	$(TEST_ENV) $(VENV)/bin/mypy .
+
+check: lint typecheck test
+
+# Retakes docs/screenshot.png from the browser test.
+screenshot: install-dev
+	$(TEST_ENV) UPDATE_SCREENSHOT=1 $(PY) -m pytest tests/test_browser.py
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

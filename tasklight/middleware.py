@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, JsonResponse
+
+from .errors import error_body
+
+
+class BodySizeLimitMiddleware:
+    """Answers 413 before reading a body larger than ``API_MAX_BODY_BYTES``.
+
+    Django's own DATA_UPLOAD_MAX_MEMORY_SIZE answers 400, and DRF reads the
+    stream without checking it; a client deserves the honest status.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        try:
+            length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return JsonResponse(error_body("invalid", "Content-Length is not a number."), status=400)
+        if length > settings.API_MAX_BODY_BYTES:
+            return JsonResponse(
+                error_body("too_large", f"The body is larger than {settings.API_MAX_BODY_BYTES} bytes."),
+                status=413,
+            )
+        return self.get_response(request)

@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.exceptions import ValidationError
+from rest_framework.request import Request
+
+MAX_PAGE_SIZE = 500
+
+
+def page_size(request: Request, default: int) -> int:
+    """``?limit=``: a whole number from 1 to 500; anything else is a 400."""
+    raw = request.query_params.get("limit")
+    if raw is None:
+        return default
+    try:
+        size = int(raw)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= MAX_PAGE_SIZE:
+        raise ValidationError({"limit": [f"Must be a whole number from 1 to {MAX_PAGE_SIZE}."]})
+    return size
+
+
+def paginated_schema(item_schema: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "required": ["results", "next"],
+        "properties": {
+            "results": {"type": "array", "items": item_schema},
+            "next": {"type": "string", "format": "uri", "nullable": True},
+        },
+    }
