@@ -1,0 +1,91 @@
+"""JSON auth API: sign-up, log-in, log-out, who-am-I and API tokens."""
+
+from __future__ import annotations
+
+from django.contrib.auth import authenticate, login, logout
+from django.contrib.auth.models import User
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from . import services
+
+
+class CredentialsSerializer(serializers.Serializer[dict[str, str]]):
+    username = serializers.CharField(max_length=150, trim_whitespace=False)
+    password = serializers.CharField(max_length=4096, trim_whitespace=False, style={"input_type": "password"})
+
+
+class UserSerializer(serializers.Serializer[object]):
+    id = serializers.IntegerField(read_only=True)
+    username = serializers.CharField(read_only=True)
+
+
+TokenSerializer = inline_serializer("Token", {"token": serializers.CharField()})
+
+
+def _credentials(request: Request) -> dict[str, str]:
+    serializer = CredentialsSerializer(data=request.data)
+    serializer.is_valid(raise_exception=True)
+    return serializer.validated_data
+
+
+def _authenticate(request: Request) -> User:
+    credentials = _credentials(request)
+    user = authenticate(request._request, **credentials)
+    if not isinstance(user, User):
+        raise ValidationError("The username or password is not correct.", code="invalid_credentials")
+    return user
+
+
+class AnonymousEndpoint(APIView):
+    """No authentication, hence no CSRF: these are how one gets credentials."""
+
+    authentication_classes: list[type] = []
+    permission_classes = [AllowAny]
+
+
+class SignupView(AnonymousEndpoint):
+    @extend_schema(request=CredentialsSerializer, responses={201: UserSerializer})
+    def post(self, request: Request) -> Response:
+        credentials = _credentials(request)
+        try:
+            user = services.create_account(**credentials)
+        except services.SignupError as exc:
+            raise ValidationError(exc.fields) from None
+        login(request._request, user, backend="django.contrib.auth.backends.ModelBackend")
+        return Response(UserSerializer(user).data, status=status.HTTP_201_CREATED)
+
+
+class LoginView(AnonymousEndpoint):
+    @extend_schema(request=CredentialsSerializer, responses={200: UserSerializer})
+    def post(self, request: Request) -> Response:
+        user = _authenticate(request)
+        login(request._request, user)
+        return Response(UserSerializer(user).data)
+
+
+class TokenView(AnonymousEndpoint):
+    @extend_schema(request=CredentialsSerializer, responses={200: TokenSerializer})
+    def post(self, request: Request) -> Response:
+        user = _authenticate(request)
+        return Response({"token": services.issue_token(user=user)})
+
+
+class LogoutView(APIView):
+    permission_classes = [AllowAny]
+
+    @extend_schema(request=None, responses={204: None})
+    def post(self, request: Request) -> Response:
+        logout(request._request)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class MeView(APIView):
+    @extend_schema(responses={200: UserSerializer})
+    def get(self, request: Request) -> Response:
+        return Response(UserSerializer(request.user).data)
