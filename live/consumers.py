@@ -1,0 +1,116 @@
+"""The /ws/ consumer: one per socket, joined to its user's group.
+
+Delivery rule: a socket sends a user's events in id order, each once. Ids are
+gap-free per user (live/models.py), so a live event that skips ahead means an
+earlier one is still in flight from another process: the consumer fills the
+gap from the table first and drops the late copy when it comes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncJsonWebsocketConsumer
+
+from . import services
+from .events import user_group
+
+logger = logging.getLogger(__name__)
+
+# Close code for a handshake without valid credentials (DESIGN.md §5).
+CLOSE_UNAUTHENTICATED = 4401
+REPLAY_BATCH = 500
+
+
+class LiveConsumer(AsyncJsonWebsocketConsumer):
+    user_id: int
+    last_sent_id: int
+
+    async def connect(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.accept()
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user_id = user.id
+        self.group = user_group(user.id)
+        # Join before reading the last id, so that nothing committed after
+        # the read can be missed: it arrives live.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        await self.accept()
+        self.last_sent_id = await database_sync_to_async(services.last_event_id)(user.id)
+        await self.send_json({"type": "hello", "user": user.username, "last_event_id": self.last_sent_id})
+
+    async def disconnect(self, code: int) -> None:
+        if hasattr(self, "group"):
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        if text_data is None:
+            await self.send_error("binary_not_supported", "Frames must be JSON text.")
+            return
+        try:
+            content = json.loads(text_data)
+        except ValueError:
+            await self.send_error("invalid_json", "The frame is not valid JSON.")
+            return
+        await self.receive_json(content)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        if not isinstance(content, dict) or not isinstance(content.get("type"), str):
+            await self.send_error("invalid_frame", 'A frame is a JSON object with a string "type".')
+            return
+        if not hasattr(self, "user_id"):
+            return
+        kind = content["type"]
+        if kind == "ping":
+            await self.send_json({"type": "pong", "id": content.get("id")})
+        elif kind == "resume":
+            await self.resume(content.get("after"))
+        else:
+            await self.send_error("unknown_type", f"Unknown frame type {kind[:40]!r}.")
+
+    async def resume(self, after: Any) -> None:
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            await self.send_error("invalid_resume", '"after" must be a non-negative integer event id.')
+            return
+        newest = await database_sync_to_async(services.last_event_id)(self.user_id)
+        if after > newest:
+            await self.send_error("invalid_resume", f"No event {after} yet; the newest is {newest}.")
+            return
+        await self.replay(after)
+
+    async def replay(self, after: int) -> None:
+        """Sends stored events after ``after``, oldest first."""
+        self.last_sent_id = after
+        while True:
+            batch = await database_sync_to_async(services.events_after)(
+                user_id=self.user_id, after=self.last_sent_id, limit=REPLAY_BATCH
+            )
+            for event in batch:
+                await self.send_json(services.frame_for(event))
+                self.last_sent_id = event.sequence
+            if len(batch) < REPLAY_BATCH:
+                return
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message})
+
+    # Channel-layer handlers: serialise and send, nothing else.
+
+    async def live_event(self, message: dict[str, Any]) -> None:
+        frame = message["frame"]
+        if frame["id"] <= self.last_sent_id:
+            return
+        if frame["id"] > self.last_sent_id + 1:
+            await self.replay(self.last_sent_id)
+            if frame["id"] <= self.last_sent_id:
+                return
+        await self.send_json(frame)
+        self.last_sent_id = frame["id"]
+
+    async def live_progress(self, message: dict[str, Any]) -> None:
+        await self.send_json(message["frame"])

@@ -1,0 +1,9 @@
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("tasks/", api.TaskListView.as_view(), name="api-tasks"),
+    path("tasks/<uuid:task_id>/", api.TaskDetailView.as_view(), name="api-task-detail"),
+    path("workloads/", api.WorkloadListView.as_view(), name="api-workloads"),
+]

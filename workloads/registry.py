@@ -1,0 +1,147 @@
+"""The workload registry: a workload is one decorated function.
+
+    class SleepParams(BaseModel):
+        seconds: float = Field(1, ge=0)
+
+    @workload(title="Sleep")
+    def sleep(params: SleepParams, run: Run) -> dict:
+        ...
+        run.progress(done, total)
+        return {"slept": params.seconds}
+
+The parameter model (pydantic) gives validation with per-field errors and the
+JSON Schema that GET /api/workloads/ shows and the home page's form is built
+from; the return value (JSON) is the task's result.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+
+class UnknownWorkload(LookupError):
+    pass
+
+
+class InvalidParams(ValueError):
+    def __init__(self, fields: dict[str, list[str]]) -> None:
+        super().__init__("invalid parameters")
+        self.fields = fields
+
+
+class WorkloadFailed(Exception):
+    """Raised by a workload to fail its task with a message meant for the user."""
+
+
+# Progress reaches the database and the sockets at most this often per task,
+# however often a workload reports it (a change of at least one percent too).
+PROGRESS_MIN_INTERVAL_SECONDS = 0.25
+
+
+class Run:
+    """What a running workload is handed: a progress report that coalesces."""
+
+    def __init__(self, on_progress: Callable[[int], None] | None = None) -> None:
+        self._on_progress = on_progress
+        self._last_percent: int | None = None
+        self._last_sent_at = 0.0
+
+    def progress(self, done: float, total: float = 100) -> None:
+        percent = max(0, min(100, int(100 * done / total))) if total else 0
+        now = time.monotonic()
+        if percent == self._last_percent or now - self._last_sent_at < PROGRESS_MIN_INTERVAL_SECONDS:
+            return
+        self._last_percent, self._last_sent_at = percent, now
+        if self._on_progress is not None:
+            self._on_progress(percent)
+
+
+WorkloadFunction = Callable[[Any, Run], Any]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    title: str
+    description: str
+    params_model: type[BaseModel]
+    function: WorkloadFunction
+
+    def parse(self, raw: Any) -> BaseModel:
+        if not isinstance(raw, dict):
+            raise InvalidParams({"params": ["Must be a JSON object."]})
+        try:
+            return self.params_model.model_validate(raw)
+        except ValidationError as exc:
+            fields: dict[str, list[str]] = {}
+            for error in exc.errors(include_url=False):
+                where = ".".join(str(part) for part in error["loc"]) or "params"
+                fields.setdefault(where, []).append(error["msg"])
+            raise InvalidParams(fields) from None
+
+    def normalise(self, raw: Any) -> dict[str, Any]:
+        """The parameters as stored: validated, with defaults filled in."""
+        return self.parse(raw).model_dump(mode="json")
+
+    def run(self, params: dict[str, Any], run: Run) -> Any:
+        return self.function(self.parse(params), run)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "title": self.title,
+            "description": self.description,
+            "params": self.params_model.model_json_schema(),
+        }
+
+
+_registry: dict[str, Workload] = {}
+
+
+def workload(
+    *, name: str | None = None, title: str | None = None, description: str | None = None
+) -> Callable[[WorkloadFunction], WorkloadFunction]:
+    """Registers a function as a workload; its first parameter's annotation is
+    the pydantic model of its parameters."""
+
+    def register(function: WorkloadFunction) -> WorkloadFunction:
+        first = next(iter(inspect.signature(function).parameters))
+        params_model = typing.get_type_hints(function)[first]
+        if not (inspect.isclass(params_model) and issubclass(params_model, BaseModel)):
+            raise TypeError(f"{function.__name__}: annotate its first parameter with a pydantic model")
+        key = name or function.__name__
+        if key in _registry and _registry[key].function is not function:
+            raise ValueError(f"a workload named {key!r} is already registered")
+        doc = inspect.getdoc(function) or ""
+        _registry[key] = Workload(
+            name=key,
+            title=title or key.replace("_", " ").capitalize(),
+            description=description or doc.split("\n\n")[0].replace("\n", " "),
+            params_model=params_model,
+            function=function,
+        )
+        return function
+
+    return register
+
+
+def get_workload(name: Any) -> Workload:
+    if not isinstance(name, str) or name not in _registry:
+        raise UnknownWorkload(name)
+    return _registry[name]
+
+
+def all_workloads() -> list[Workload]:
+    return list(_registry.values())
+
+
+def unregister(name: str) -> None:
+    """For tests that register a workload of their own."""
+    _registry.pop(name, None)
