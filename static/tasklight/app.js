@@ -1,0 +1,809 @@
+/*
+ * Tasklight's only script: the signed-in home page.
+ *
+ * - builds the parameter inputs of the queue form from each workload's JSON Schema;
+ * - queues tasks over the REST API (session + CSRF);
+ * - keeps the task list up to date from the WebSocket /ws/, resuming from the
+ *   last event id it applied after every reconnection, and shows a toast for
+ *   every task that finishes (once per event id).
+ *
+ * On any other page it finds no task list and does nothing.
+ * Every text reaches the DOM through textContent: never innerHTML with data.
+ */
+(function () {
+  'use strict';
+
+  var TERMINAL = { succeeded: true, failed: true, cancelled: true };
+  var RANK = { queued: 0, running: 1, succeeded: 2, failed: 2, cancelled: 2 };
+  var MAX_ROWS = 50;
+  var TOAST_MS = 8000;
+  var MAX_TOASTS = 5;
+  var PING_EVERY_MS = 25000;
+  var PONG_TIMEOUT_MS = 10000;
+  var BACKOFF_MIN_MS = 500;
+  var BACKOFF_MAX_MS = 15000;
+  var CLOSE_UNAUTHENTICATED = 4401;
+
+  // ---------------------------------------------------------------- helpers
+
+  function h(tag, props, children) {
+    var node = document.createElement(tag);
+    if (props) {
+      Object.keys(props).forEach(function (key) {
+        var value = props[key];
+        if (value === undefined || value === null || value === false) return;
+        if (key === 'text') node.textContent = String(value);
+        else if (key === 'className') node.className = value;
+        else if (key === 'dataset') Object.keys(value).forEach(function (k) { node.dataset[k] = value[k]; });
+        else node.setAttribute(key, value === true ? '' : String(value));
+      });
+    }
+    (children || []).forEach(function (child) {
+      if (child === null || child === undefined || child === false) return;
+      node.appendChild(typeof child === 'string' ? document.createTextNode(child) : child);
+    });
+    return node;
+  }
+
+  function readJSONScript(id, fallback) {
+    var node = document.getElementById(id);
+    if (!node) return fallback;
+    try {
+      return JSON.parse(node.textContent);
+    } catch (err) {
+      console.warn('tasklight: could not read #' + id, err);
+      return fallback;
+    }
+  }
+
+  function getCookie(name) {
+    var parts = document.cookie ? document.cookie.split(';') : [];
+    for (var i = 0; i < parts.length; i++) {
+      var part = parts[i].trim();
+      if (part.slice(0, name.length + 1) === name + '=') {
+        return decodeURIComponent(part.slice(name.length + 1));
+      }
+    }
+    return '';
+  }
+
+  function csrfToken() {
+    var cookie = getCookie('csrftoken');
+    if (cookie) return cookie;
+    var input = document.querySelector('input[name="csrfmiddlewaretoken"]');
+    return input ? input.value : '';
+  }
+
+  function truncate(text, max) {
+    text = String(text);
+    return text.length > max ? text.slice(0, max - 1) + '\u2026' : text;
+  }
+
+  function compactJSON(value) {
+    try {
+      var text = JSON.stringify(value);
+      return text === undefined ? String(value) : text;
+    } catch (err) {
+      return String(value);
+    }
+  }
+
+  function parseTime(iso) {
+    if (!iso) return null;
+    var date = new Date(iso);
+    return isNaN(date.getTime()) ? null : date;
+  }
+
+  function formatClock(date) {
+    var now = new Date();
+    var sameDay = date.toDateString() === now.toDateString();
+    var time = date.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit', second: '2-digit' });
+    return sameDay ? time : date.toLocaleDateString([], { month: 'short', day: 'numeric' }) + ' ' + time;
+  }
+
+  function formatDuration(ms) {
+    var seconds = ms / 1000;
+    if (seconds < 60) return seconds.toFixed(seconds < 10 ? 1 : 0) + ' s';
+    var minutes = Math.floor(seconds / 60);
+    if (minutes < 60) return minutes + ' min ' + Math.round(seconds - minutes * 60) + ' s';
+    return Math.floor(minutes / 60) + ' h ' + (minutes % 60) + ' min';
+  }
+
+  function rankOf(status) {
+    return Object.prototype.hasOwnProperty.call(RANK, status) ? RANK[status] : 0;
+  }
+
+  function isTask(task) {
+    return task !== null && typeof task === 'object' && typeof task.id === 'string' && task.id !== '';
+  }
+
+  // ----------------------------------------------------------------- toasts
+
+  var toastBox = document.getElementById('toasts');
+
+  function toast(message, outcome) {
+    if (!toastBox) return;
+    var node = h('div', {
+      className: 'toast toast--' + outcome,
+      role: outcome === 'failed' ? 'alert' : 'status',
+      title: 'Click to dismiss',
+      dataset: { testid: 'notification', outcome: outcome }
+    }, [message]);
+    var timer = null;
+    function dismiss() {
+      if (timer !== null) clearTimeout(timer);
+      timer = null;
+      if (node.parentNode) node.parentNode.removeChild(node);
+    }
+    node.addEventListener('click', dismiss);
+    timer = setTimeout(dismiss, TOAST_MS);
+    toastBox.appendChild(node);
+    while (toastBox.children.length > MAX_TOASTS) toastBox.removeChild(toastBox.firstElementChild);
+  }
+
+  // --------------------------------------------------------------- the page
+
+  var taskList = document.getElementById('task-list');
+  if (!taskList) return; // not the signed-in home page: nothing to do
+
+  var emptyState = document.getElementById('tasks-empty');
+  var statusBadge = document.querySelector('[data-testid="connection-status"]');
+  var form = document.getElementById('queue-form');
+  var tasksUrl = (form && form.dataset.tasksUrl) || '/api/tasks/';
+  var holder = document.querySelector('[data-last-event-id]');
+  var lastEventId = holder ? parseInt(holder.dataset.lastEventId, 10) || 0 : 0;
+
+  // ------------------------------------------------------------- task list
+
+  var rows = new Map(); // task id -> { task, node, parts }
+
+  function paramsSummary(params) {
+    if (!params || typeof params !== 'object') return '';
+    return Object.keys(params).map(function (key) {
+      var value = params[key];
+      var shown = typeof value === 'string' ? JSON.stringify(truncate(value, 24)) : truncate(compactJSON(value), 24);
+      return key + '=' + shown;
+    }).join(', ');
+  }
+
+  function buildRow() {
+    var badge = h('span', { className: 'badge' });
+    var kind = h('span', { className: 'task__kind' });
+    var params = h('span', { className: 'task__params' });
+    var time = h('time', { className: 'task__time' });
+    var head = h('div', { className: 'task__head' }, [badge, kind, params, time]);
+    var fill = h('div', { className: 'bar__fill' });
+    var bar = h('div', { className: 'bar', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': '100' }, [fill]);
+    var percent = h('span', { className: 'progress__label' });
+    var progress = h('div', { className: 'progress', hidden: true }, [bar, percent]);
+    var outcome = h('div', { className: 'task__outcome', hidden: true });
+    var meta = h('div', { className: 'task__meta' });
+    var node = h('li', { className: 'task', dataset: { testid: 'task-row' } }, [head, progress, outcome, meta]);
+    return {
+      node: node,
+      parts: { badge: badge, kind: kind, params: params, time: time, bar: bar, fill: fill, percent: percent, progress: progress, outcome: outcome, meta: meta }
+    };
+  }
+
+  function renderRow(row) {
+    var task = row.task;
+    var p = row.parts;
+    var status = String(task.status || 'queued');
+    row.node.dataset.taskId = task.id;
+    row.node.dataset.status = status;
+    row.node.className = 'task task--' + status + (row.node.classList.contains('task--new') ? ' task--new' : '');
+
+    p.badge.className = 'badge badge--' + status;
+    p.badge.textContent = status;
+    p.kind.textContent = String(task.kind || '');
+    var summary = paramsSummary(task.params);
+    p.params.textContent = truncate(summary, 120);
+    p.params.title = truncate(compactJSON(task.params), 500);
+
+    var created = parseTime(task.created_at);
+    p.time.textContent = created ? formatClock(created) : '';
+    p.time.dateTime = task.created_at || '';
+    p.time.title = created ? created.toLocaleString() : '';
+
+    // The progress bar: while running (indeterminate until a first report).
+    var running = status === 'running';
+    p.progress.hidden = !running;
+    if (running) {
+      var known = typeof task.progress === 'number' && isFinite(task.progress);
+      var value = known ? Math.max(0, Math.min(100, Math.round(task.progress))) : null;
+      p.bar.classList.toggle('bar--indeterminate', !known);
+      if (known) {
+        p.bar.setAttribute('aria-valuenow', String(value));
+        p.fill.style.width = value + '%';
+        p.percent.textContent = value + '%';
+      } else {
+        p.bar.removeAttribute('aria-valuenow');
+        p.fill.style.width = '';
+        p.percent.textContent = '';
+      }
+    }
+
+    // The outcome: the result or the error, once finished.
+    while (p.outcome.firstChild) p.outcome.removeChild(p.outcome.firstChild);
+    p.outcome.hidden = true;
+    if (status === 'failed' || (status === 'cancelled' && task.error)) {
+      p.outcome.appendChild(h('p', { className: 'task__error' }, [String(task.error || 'Failed.')]));
+      p.outcome.hidden = false;
+    } else if (status === 'succeeded') {
+      var full = compactJSON(task.result);
+      p.outcome.appendChild(h('code', { className: 'task__result', title: truncate(full, 2000) }, [truncate(full, 300)]));
+      p.outcome.hidden = false;
+    }
+
+    var started = parseTime(task.started_at);
+    var finished = parseTime(task.finished_at);
+    var meta = '';
+    if (started && finished) meta = 'took ' + formatDuration(Math.max(0, finished - started));
+    else if (finished) meta = 'ended ' + formatClock(finished);
+    else if (started) meta = 'started ' + formatClock(started);
+    p.meta.textContent = meta;
+    p.meta.hidden = meta === '';
+  }
+
+  function createdKey(task) {
+    var date = parseTime(task.created_at);
+    return date ? date.getTime() : 0;
+  }
+
+  function updateEmptyState() {
+    if (emptyState) emptyState.hidden = rows.size > 0;
+  }
+
+  function trimRows() {
+    while (taskList.children.length > MAX_ROWS) {
+      var last = taskList.lastElementChild;
+      rows.delete(last.dataset.taskId);
+      taskList.removeChild(last);
+    }
+  }
+
+  /*
+   * Inserts or updates a task, by id. A task's status only moves forward
+   * (queued -> running -> finished), so an older copy (a late progress frame,
+   * the 202 answer racing its own events, a REST page) never moves it back.
+   * `append` puts a new row at the bottom (initial, newest-first lists);
+   * otherwise it goes where its creation time says, the newest on top.
+   */
+  function upsert(task, options) {
+    if (!isTask(task)) return false;
+    var existing = rows.get(task.id);
+    if (existing) {
+      if (rankOf(task.status) < rankOf(existing.task.status)) return false;
+      existing.task = task;
+      renderRow(existing);
+      return true;
+    }
+    var row = buildRow();
+    row.task = task;
+    renderRow(row);
+    rows.set(task.id, row);
+    if (options && options.append) {
+      taskList.appendChild(row.node);
+    } else {
+      var key = createdKey(task);
+      var before = null;
+      for (var child = taskList.firstElementChild; child; child = child.nextElementSibling) {
+        var other = rows.get(child.dataset.taskId);
+        if (other && createdKey(other.task) <= key) { before = child; break; }
+      }
+      taskList.insertBefore(row.node, before);
+      if (options && options.highlight) {
+        row.node.classList.add('task--new');
+        setTimeout(function () { row.node.classList.remove('task--new'); }, 1500);
+      }
+    }
+    trimRows();
+    updateEmptyState();
+    return true;
+  }
+
+  readJSONScript('initial-tasks', []).forEach(function (task) { upsert(task, { append: true }); });
+  updateEmptyState();
+
+  // Times like "12:03:04" become "Nov 28 12:03:04" when the day changes.
+  setInterval(function () { rows.forEach(renderRow); }, 60000);
+
+  // ------------------------------------------------------------ queue form
+
+  var schemas = readJSONScript('workload-schemas', []);
+  var kindSelect = document.getElementById('workload-kind');
+  var fieldsBox = document.getElementById('param-fields');
+  var descriptionBox = document.getElementById('workload-description');
+  var errorsBox = document.getElementById('form-errors');
+  var feedback = document.getElementById('queue-feedback');
+  var submitButton = form ? form.querySelector('[data-testid="queue-task"]') : null;
+  var fields = []; // { key, type, input, required, enumValues }
+  var savedValues = {}; // workload name -> { key: raw input state }, kept across switches
+
+  function schemaFor(name) {
+    for (var i = 0; i < schemas.length; i++) if (schemas[i] && schemas[i].name === name) return schemas[i];
+    return null;
+  }
+
+  // Follows $ref into $defs, unwraps anyOf/oneOf with null (Optional fields)
+  // and single allOf, keeping the outer title/description/default.
+  function resolve(root, schema) {
+    var s = schema || {};
+    for (var depth = 0; depth < 8; depth++) {
+      var outer = Object.assign({}, s);
+      var inner = null;
+      if (typeof s.$ref === 'string' && s.$ref.indexOf('#/') === 0) {
+        inner = s.$ref.slice(2).split('/').reduce(function (node, key) { return node && node[key]; }, root) || {};
+        delete outer.$ref;
+      } else if (Array.isArray(s.anyOf) || Array.isArray(s.oneOf)) {
+        var options = s.anyOf || s.oneOf;
+        inner = options.filter(function (o) { return o && o.type !== 'null'; })[0] || {};
+        delete outer.anyOf;
+        delete outer.oneOf;
+      } else if (Array.isArray(s.allOf) && s.allOf.length === 1) {
+        inner = s.allOf[0] || {};
+        delete outer.allOf;
+      }
+      if (!inner) break;
+      s = Object.assign({}, inner, outer);
+    }
+    if (Array.isArray(s.type)) {
+      s = Object.assign({}, s, { type: s.type.filter(function (t) { return t !== 'null'; })[0] || 'string' });
+    }
+    return s;
+  }
+
+  function fieldType(s) {
+    if (Array.isArray(s.enum)) return 'enum';
+    if (s.type === 'integer' || s.type === 'number' || s.type === 'boolean' || s.type === 'string') return s.type;
+    return 'json';
+  }
+
+  function buildField(root, key, raw, required, saved) {
+    var s = resolve(root, raw);
+    var type = fieldType(s);
+    var id = 'param-' + key;
+    var hasDefault = Object.prototype.hasOwnProperty.call(s, 'default');
+    var label = String(s.title || key);
+    var help = s.description ? h('p', { className: 'help', id: id + '-help' }, [String(s.description)]) : null;
+    var described = help ? id + '-help' : null;
+    var input;
+    var field = { key: key, type: type, required: required, schema: s };
+
+    if (type === 'boolean') {
+      input = h('input', { type: 'checkbox', id: id, name: key, 'aria-describedby': described });
+      input.checked = saved !== undefined ? Boolean(saved) : (hasDefault ? Boolean(s['default']) : false);
+      field.input = input;
+      return {
+        field: field,
+        node: h('div', { className: 'field field--checkbox', dataset: { param: key } }, [
+          h('label', { className: 'checkbox', for: id }, [input, ' ' + label]),
+          help,
+          h('ul', { className: 'field-errors', hidden: true })
+        ])
+      };
+    }
+
+    if (type === 'enum') {
+      field.enumValues = s['enum'].slice();
+      input = h('select', { id: id, name: key, 'aria-describedby': described });
+      if (!required && !hasDefault) input.appendChild(h('option', { value: '' }, ['\u2014']));
+      field.enumValues.forEach(function (value, index) {
+        var option = h('option', { value: String(index) }, [typeof value === 'string' ? value : compactJSON(value)]);
+        if (hasDefault && compactJSON(value) === compactJSON(s['default'])) option.selected = true;
+        input.appendChild(option);
+      });
+      if (saved !== undefined) input.value = saved;
+    } else if (type === 'integer' || type === 'number') {
+      var min = typeof s.minimum === 'number' ? s.minimum : s.exclusiveMinimum;
+      var max = typeof s.maximum === 'number' ? s.maximum : s.exclusiveMaximum;
+      var step = typeof s.multipleOf === 'number' ? s.multipleOf : (type === 'integer' ? 1 : 'any');
+      input = h('input', {
+        type: 'number', id: id, name: key, inputmode: type === 'integer' ? 'numeric' : 'decimal',
+        min: typeof min === 'number' ? min : null, max: typeof max === 'number' ? max : null, step: step,
+        required: required, 'aria-describedby': described
+      });
+      input.value = saved !== undefined ? saved : (hasDefault && s['default'] !== null ? String(s['default']) : '');
+    } else {
+      // Strings are free text (possibly long); anything else is typed as JSON.
+      input = h('textarea', {
+        id: id, name: key, rows: type === 'string' ? 5 : 3, required: required,
+        maxlength: typeof s.maxLength === 'number' ? s.maxLength : null,
+        placeholder: type === 'json' ? 'JSON' : (Array.isArray(s.examples) && typeof s.examples[0] === 'string' ? s.examples[0] : null),
+        spellcheck: type === 'json' ? 'false' : null,
+        'aria-describedby': described
+      });
+      if (saved !== undefined) input.value = saved;
+      else if (hasDefault && s['default'] !== null) input.value = type === 'string' ? String(s['default']) : JSON.stringify(s['default'], null, 2);
+    }
+    field.input = input;
+    var labelNode = h('label', { for: id }, [label, required ? h('span', { className: 'required', 'aria-hidden': 'true' }, [' *']) : null]);
+    return {
+      field: field,
+      node: h('div', { className: 'field', dataset: { param: key } }, [labelNode, input, help, h('ul', { className: 'field-errors', hidden: true })])
+    };
+  }
+
+  function saveValues() {
+    if (!kindSelect || !kindSelect.dataset.built) return;
+    var values = {};
+    fields.forEach(function (f) { values[f.key] = f.type === 'boolean' ? f.input.checked : f.input.value; });
+    savedValues[kindSelect.dataset.built] = values;
+  }
+
+  function buildFields() {
+    if (!kindSelect || !fieldsBox) return;
+    saveValues();
+    var workload = schemaFor(kindSelect.value);
+    var schema = (workload && workload.params) || {};
+    var saved = savedValues[kindSelect.value] || {};
+    var required = Array.isArray(schema.required) ? schema.required : [];
+    var properties = schema.properties || {};
+    fields = [];
+    while (fieldsBox.firstChild) fieldsBox.removeChild(fieldsBox.firstChild);
+    Object.keys(properties).forEach(function (key) {
+      var built = buildField(schema, key, properties[key], required.indexOf(key) !== -1, saved[key]);
+      fields.push(built.field);
+      fieldsBox.appendChild(built.node);
+    });
+    if (fields.length === 0) fieldsBox.appendChild(h('p', { className: 'help' }, ['This workload takes no parameters.']));
+    if (descriptionBox) descriptionBox.textContent = workload ? String(workload.description || '') : '';
+    kindSelect.dataset.built = kindSelect.value;
+    clearErrors();
+  }
+
+  function clearErrors() {
+    if (errorsBox) {
+      while (errorsBox.firstChild) errorsBox.removeChild(errorsBox.firstChild);
+      errorsBox.hidden = true;
+    }
+    if (form) {
+      form.querySelectorAll('.field-errors').forEach(function (list) {
+        while (list.firstChild) list.removeChild(list.firstChild);
+        list.hidden = true;
+      });
+      form.querySelectorAll('[aria-invalid]').forEach(function (node) { node.removeAttribute('aria-invalid'); });
+    }
+  }
+
+  function fieldErrorList(name) {
+    if (!form) return null;
+    if (name === 'kind') return form.querySelector('[data-errors-for="kind"]');
+    var key = name.indexOf('params.') === 0 ? name.slice('params.'.length).split('.')[0] : null;
+    if (key === null) return null;
+    var wrapper = null;
+    fieldsBox.querySelectorAll('[data-param]').forEach(function (node) { if (node.dataset.param === key) wrapper = node; });
+    if (!wrapper) return null;
+    var control = wrapper.querySelector('input, select, textarea');
+    if (control) control.setAttribute('aria-invalid', 'true');
+    return wrapper.querySelector('.field-errors');
+  }
+
+  // error: { message, fields? } as the API sends it.
+  function showErrors(error) {
+    clearErrors();
+    if (!errorsBox) return;
+    var message = error && error.message ? String(error.message) : 'The task could not be queued.';
+    errorsBox.appendChild(h('p', { className: 'form-errors__message' }, [message]));
+    var fieldMap = error && error.fields && typeof error.fields === 'object' ? error.fields : {};
+    var names = Object.keys(fieldMap);
+    if (names.length) {
+      var list = h('ul', { className: 'form-errors__fields' });
+      names.forEach(function (name) {
+        var messages = Array.isArray(fieldMap[name]) ? fieldMap[name] : [fieldMap[name]];
+        var inline = fieldErrorList(name);
+        messages.forEach(function (text) {
+          var shown = typeof text === 'string' ? text : compactJSON(text);
+          list.appendChild(h('li', { dataset: { field: name } }, [h('code', null, [name]), ': ' + shown]));
+          if (inline) {
+            inline.appendChild(h('li', null, [shown]));
+            inline.hidden = false;
+          }
+        });
+      });
+      errorsBox.appendChild(list);
+    }
+    errorsBox.hidden = false;
+  }
+
+  // The parameters, typed per the schema; empty optional numbers are left
+  // out so that the server's defaults apply.
+  function collectParams() {
+    var params = {};
+    var local = {};
+    fields.forEach(function (f) {
+      var raw;
+      if (f.type === 'boolean') {
+        params[f.key] = f.input.checked;
+      } else if (f.type === 'integer' || f.type === 'number') {
+        raw = f.input.value.trim();
+        if (raw === '') {
+          if (f.input.validity && f.input.validity.badInput) local['params.' + f.key] = ['Enter a number.'];
+          return; // absent: the default applies, or the server says it is required
+        }
+        var number = Number(raw);
+        if (!isFinite(number)) { local['params.' + f.key] = ['Enter a number.']; return; }
+        // Number(), not parseInt(): a fraction typed for an integer is sent as
+        // typed, and the server explains, instead of being silently truncated.
+        params[f.key] = number;
+      } else if (f.type === 'enum') {
+        if (f.input.value === '') return;
+        params[f.key] = f.enumValues[parseInt(f.input.value, 10)];
+      } else if (f.type === 'string') {
+        params[f.key] = f.input.value;
+      } else {
+        raw = f.input.value.trim();
+        if (raw === '') return;
+        try {
+          params[f.key] = JSON.parse(raw);
+        } catch (err) {
+          local['params.' + f.key] = ['Enter valid JSON.'];
+        }
+      }
+    });
+    return Object.keys(local).length ? { errors: local } : { params: params };
+  }
+
+  function setFeedback(text) {
+    if (feedback) feedback.textContent = text;
+  }
+
+  var feedbackTimer = null;
+
+  async function submitForm(event) {
+    event.preventDefault();
+    clearErrors();
+    setFeedback('');
+    var kind = kindSelect ? kindSelect.value : '';
+    var collected = collectParams();
+    if (collected.errors) {
+      showErrors({ message: 'Some parameters are not valid.', fields: collected.errors });
+      return;
+    }
+    if (submitButton) submitButton.disabled = true;
+    try {
+      var response = await fetch(tasksUrl, {
+        method: 'POST',
+        credentials: 'same-origin',
+        headers: {
+          'Content-Type': 'application/json',
+          'Accept': 'application/json',
+          'X-CSRFToken': csrfToken()
+        },
+        body: JSON.stringify({ kind: kind, params: collected.params })
+      });
+      var body = null;
+      try { body = await response.json(); } catch (err) { body = null; }
+      if (response.ok && isTask(body)) {
+        upsert(body, { highlight: true });
+        setFeedback('Queued.');
+        if (feedbackTimer !== null) clearTimeout(feedbackTimer);
+        feedbackTimer = setTimeout(function () { setFeedback(''); }, 3000);
+      } else if (body && body.error) {
+        showErrors(body.error);
+      } else {
+        showErrors({ message: 'The server answered ' + response.status + ' ' + (response.statusText || '') + '.' });
+      }
+    } catch (err) {
+      showErrors({ message: 'Could not reach the server. Check your connection and try again.' });
+    } finally {
+      if (submitButton) submitButton.disabled = false;
+    }
+  }
+
+  if (form && kindSelect && fieldsBox) {
+    kindSelect.addEventListener('change', buildFields);
+    form.addEventListener('submit', submitForm);
+    buildFields();
+  }
+
+  // ------------------------------------------------------------ WebSocket
+
+  var socket = null;
+  var everConnected = false;
+  var attempt = 0;
+  var reconnectTimer = null;
+  var pingTimer = null;
+  var deadTimer = null;
+  var pingId = 0;
+  var helloLastEventId = 0;
+  var stopped = false; // 4401: not signed in any more
+  var toasted = new Set(); // event ids already announced
+
+  function setConnection(state, text) {
+    if (!statusBadge) return;
+    statusBadge.dataset.state = state;
+    statusBadge.textContent = text || state;
+  }
+
+  function socketUrl() {
+    var path = taskList.dataset.wsPath || '/ws/';
+    return (location.protocol === 'https:' ? 'wss://' : 'ws://') + location.host + path;
+  }
+
+  function send(frame) {
+    if (socket && socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify(frame));
+  }
+
+  function stopTimers() {
+    if (pingTimer !== null) clearInterval(pingTimer);
+    if (deadTimer !== null) clearTimeout(deadTimer);
+    pingTimer = null;
+    deadTimer = null;
+  }
+
+  function connect() {
+    if (stopped || socket) return;
+    if (reconnectTimer !== null) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    setConnection(everConnected ? 'reconnecting' : 'connecting');
+    var ws;
+    try {
+      ws = new WebSocket(socketUrl());
+    } catch (err) {
+      console.warn('tasklight: cannot open the WebSocket', err);
+      scheduleReconnect();
+      return;
+    }
+    socket = ws;
+    ws.onopen = function () {
+      if (ws !== socket) return;
+      pingTimer = setInterval(ping, PING_EVERY_MS);
+    };
+    ws.onmessage = function (message) {
+      if (ws !== socket) return;
+      if (deadTimer !== null) { clearTimeout(deadTimer); deadTimer = null; }
+      var frame;
+      try { frame = JSON.parse(message.data); } catch (err) {
+        console.warn('tasklight: a frame that is not JSON', message.data);
+        return;
+      }
+      handleFrame(frame);
+    };
+    ws.onclose = function (close) {
+      if (ws !== socket) return;
+      socket = null;
+      stopTimers();
+      if (close.code === CLOSE_UNAUTHENTICATED) {
+        stopped = true;
+        setConnection('signed-out', 'signed out');
+        return;
+      }
+      scheduleReconnect();
+    };
+    ws.onerror = function () { /* a close event follows */ };
+  }
+
+  // Gives up on the current socket now (a dead connection may take minutes
+  // to report its close) and reconnects.
+  function dropSocket() {
+    var ws = socket;
+    if (!ws) return;
+    socket = null;
+    stopTimers();
+    ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+    try { ws.close(4000, 'no answer to ping'); } catch (err) { /* already closed */ }
+    scheduleReconnect();
+  }
+
+  function scheduleReconnect() {
+    if (stopped || reconnectTimer !== null) return;
+    setConnection(everConnected ? 'reconnecting' : 'connecting');
+    var base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, attempt));
+    var delay = Math.min(BACKOFF_MAX_MS, base * (0.75 + Math.random() * 0.5));
+    attempt += 1;
+    reconnectTimer = setTimeout(function () {
+      reconnectTimer = null;
+      connect();
+    }, delay);
+  }
+
+  function ping() {
+    pingId += 1;
+    send({ type: 'ping', id: pingId });
+    if (deadTimer === null) deadTimer = setTimeout(dropSocket, PONG_TIMEOUT_MS);
+  }
+
+  function handleFrame(frame) {
+    if (!frame || typeof frame !== 'object') return;
+    switch (frame.type) {
+      case 'hello': onHello(frame); break;
+      case 'event': onEvent(frame); break;
+      case 'progress': upsert(frame.task); break; // never moves a finished task back (upsert)
+      case 'pong': break;
+      case 'resync': resync(); break;
+      case 'error':
+        console.warn('tasklight: server error frame', frame.code, frame.message);
+        if (frame.code === 'invalid_resume') resync();
+        break;
+      default: break;
+    }
+  }
+
+  function onHello(frame) {
+    attempt = 0;
+    everConnected = true;
+    setConnection('connected');
+    helloLastEventId = typeof frame.last_event_id === 'number' ? frame.last_event_id : 0;
+    if (lastEventId > helloLastEventId) {
+      // The server knows fewer events than this page has seen (its data was
+      // reset): start over from its numbering.
+      lastEventId = helloLastEventId;
+      toasted.clear();
+      resync();
+      return;
+    }
+    send({ type: 'resume', after: lastEventId });
+  }
+
+  var OUTCOMES = { 'task.succeeded': 'succeeded', 'task.failed': 'failed', 'task.cancelled': 'cancelled' };
+
+  function onEvent(frame) {
+    if (typeof frame.id !== 'number' || frame.id <= lastEventId) return; // already applied
+    lastEventId = frame.id;
+    upsert(frame.task);
+    var outcome = OUTCOMES[frame.event];
+    if (outcome && !toasted.has(frame.id)) {
+      toasted.add(frame.id);
+      var task = isTask(frame.task) ? frame.task : {};
+      var kind = String(task.kind || 'task');
+      var message = kind + ' ' + outcome;
+      if (outcome === 'failed' || (outcome === 'cancelled' && task.error)) message += ': ' + truncate(String(task.error || 'no reason given'), 300);
+      toast(message, outcome);
+    }
+  }
+
+  // The server no longer holds the events this page missed: reload the
+  // list over REST. Events after this socket's hello arrive live meanwhile,
+  // and upsert never lets the (possibly older) REST copy move a task back.
+  var resyncing = false;
+  var resyncAgain = false;
+
+  async function resync() {
+    if (resyncing) { resyncAgain = true; return; }
+    resyncing = true;
+    lastEventId = Math.max(lastEventId, helloLastEventId);
+    try {
+      for (var tries = 0; tries < 4; tries++) {
+        try {
+          var separator = tasksUrl.indexOf('?') === -1 ? '?' : '&';
+          var response = await fetch(tasksUrl + separator + 'limit=' + MAX_ROWS, {
+            credentials: 'same-origin',
+            headers: { 'Accept': 'application/json' }
+          });
+          if (!response.ok) throw new Error('GET ' + tasksUrl + ' answered ' + response.status);
+          var body = await response.json();
+          var results = body && Array.isArray(body.results) ? body.results : [];
+          results.forEach(function (task) { upsert(task); });
+          return;
+        } catch (err) {
+          console.warn('tasklight: could not reload the tasks', err);
+          await new Promise(function (resolve) { setTimeout(resolve, 1000 * Math.pow(2, tries)); });
+        }
+      }
+    } finally {
+      resyncing = false;
+      if (resyncAgain) { resyncAgain = false; resync(); }
+    }
+  }
+
+  window.addEventListener('online', function () {
+    if (reconnectTimer !== null) { clearTimeout(reconnectTimer); reconnectTimer = null; attempt = 0; connect(); }
+  });
+  // Leaving the page (or entering the back/forward cache): close cleanly,
+  // and reopen if the page is shown again.
+  window.addEventListener('pagehide', function () {
+    if (reconnectTimer !== null) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    var ws = socket;
+    if (ws) {
+      socket = null;
+      stopTimers();
+      ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
+      try { ws.close(1000, 'page hidden'); } catch (err) { /* already closed */ }
+    }
+  });
+  window.addEventListener('pageshow', function (event) {
+    if (event.persisted) connect();
+  });
+
+  connect();
+})();
