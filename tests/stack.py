@@ -1,0 +1,203 @@
+"""Real processes for integration tests: an ASGI server and Celery workers.
+
+Everything waits for an event with a deadline, never for a fixed time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from websockets.sync.client import ClientConnection, connect
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PASSWORD = "a-long-enough-passphrase-9"
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def wait_for[T](check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
+    """Polls ``check`` until it returns something truthy, or fails after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            result = check()
+            if result:
+                return result
+        except Exception as exc:  # the thing is not up yet
+            last_error = exc
+        time.sleep(interval)
+    raise TimeoutError(f"gave up waiting {timeout} s for {what} (last error: {last_error!r})")
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
+        if self.popen.poll() is not None:
+            return
+        os.killpg(self.popen.pid, sig)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(5)
+
+
+def start(name: str, command: list[str], env: Mapping[str, str], log_dir: Path) -> Process:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            command, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    return Process(name, popen, log_path)
+
+
+def start_web(env: Mapping[str, str], log_dir: Path, name: str = "web") -> tuple[Process, str]:
+    port = free_port()
+    process = start(
+        name,
+        [
+            str(BIN / "uvicorn"),
+            "tasklight.asgi:application",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--lifespan",
+            "off",
+        ],
+        env,
+        log_dir,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{process.log()}")
+        return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200
+
+    wait_for(up, timeout=30, what=f"{name} to answer /healthz")
+    return process, base_url
+
+
+def start_worker(env: Mapping[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2) -> Process:
+    process = start(
+        name,
+        [
+            str(BIN / "celery"),
+            "-A",
+            "tasklight",
+            "worker",
+            "--loglevel=INFO",
+            f"--concurrency={concurrency}",
+            f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
+            "--without-gossip",
+            "--without-mingle",
+        ],
+        env,
+        log_dir,
+    )
+
+    def ready() -> bool:
+        if process.popen.poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{process.log()}")
+        return " ready." in process.log()
+
+    wait_for(ready, timeout=60, what=f"{name} to be ready")
+    return process
+
+
+@dataclass
+class Account:
+    """A user signed up over HTTP, with an API token for scripts."""
+
+    base_url: str
+    username: str
+    token: str
+    http: httpx.Client = field(repr=False)
+
+    @classmethod
+    def sign_up(cls, base_url: str, username: str | None = None) -> Account:
+        username = username or f"user-{uuid.uuid4().hex[:10]}"
+        http = httpx.Client(base_url=base_url, timeout=10)
+        response = http.post("/api/auth/signup/", json={"username": username, "password": PASSWORD})
+        assert response.status_code == 201, response.text
+        token = http.post("/api/auth/token/", json={"username": username, "password": PASSWORD}).json()["token"]
+        http.cookies.clear()
+        http.headers["Authorization"] = f"Token {token}"
+        return cls(base_url, username, token, http)
+
+    def queue(self, kind: str, **params: Any) -> dict[str, Any]:
+        response = self.http.post("/api/tasks/", json={"kind": kind, "params": params})
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    @contextmanager
+    def socket(self, base_url: str | None = None) -> Iterator[LiveSocket]:
+        url = (base_url or self.base_url).replace("http", "ws", 1) + "/ws/"
+        with connect(url, additional_headers={"Authorization": f"Token {self.token}"}, open_timeout=10) as ws:
+            live = LiveSocket(ws)
+            hello = live.next()
+            assert hello["type"] == "hello" and hello["user"] == self.username, hello
+            live.hello = hello
+            yield live
+
+
+@dataclass
+class LiveSocket:
+    ws: ClientConnection
+    hello: dict[str, Any] = field(default_factory=dict)
+    frames: list[dict[str, Any]] = field(default_factory=list)
+
+    def next(self, timeout: float = 30) -> dict[str, Any]:
+        frame = json.loads(self.ws.recv(timeout=timeout))
+        self.frames.append(frame)
+        return frame
+
+    def events_until(self, done: Callable[[dict[str, Any]], bool], timeout: float = 60) -> list[dict[str, Any]]:
+        """Lifecycle events received until one satisfies ``done`` (inclusive)."""
+        deadline = time.monotonic() + timeout
+        events = []
+        while True:
+            frame = self.next(timeout=max(deadline - time.monotonic(), 0.01))
+            if frame["type"] == "event":
+                events.append(frame)
+                if done(frame):
+                    return events
+
+
+def terminal_for(task_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda frame: (
+        frame["task"]["id"] == task_id
+        and frame["event"]
+        in (
+            "task.succeeded",
+            "task.failed",
+            "task.cancelled",
+        )
+    )

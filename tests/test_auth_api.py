@@ -1,0 +1,121 @@
+"""The JSON auth API: sign-up, log-in, log-out, me, token (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from .conftest import PASSWORD
+
+pytestmark = pytest.mark.django_db
+
+
+def assert_error(response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    error = response.json()["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code
+    return error
+
+
+def test_signup_creates_the_account_and_signs_in(anonymous: APIClient) -> None:
+    response = anonymous.post("/api/auth/signup/", {"username": "carol", "password": PASSWORD}, format="json")
+    assert response.status_code == 201
+    carol = User.objects.get(username="carol")
+    assert response.json() == {"id": carol.id, "username": "carol"}
+    assert anonymous.get("/api/auth/me/").json() == {"id": carol.id, "username": "carol"}
+
+
+def test_signup_refuses_a_duplicate_username(anonymous: APIClient, alice: User) -> None:
+    response = anonymous.post("/api/auth/signup/", {"username": "Alice", "password": PASSWORD}, format="json")
+    error = assert_error(response, 400, "invalid")
+    assert "username" in error["fields"]
+    assert User.objects.count() == 1
+
+
+@pytest.mark.parametrize("password", ["short", "password123", "12345678901", "carol-the-user"])
+def test_signup_refuses_a_weak_password(anonymous: APIClient, password: str) -> None:
+    response = anonymous.post("/api/auth/signup/", {"username": "carol-the-user", "password": password}, format="json")
+    error = assert_error(response, 400, "invalid")
+    assert error["fields"]["password"]
+    assert not User.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"username": "carol"}, {"username": "", "password": PASSWORD}, {"username": "a b!", "password": PASSWORD}],
+)
+def test_signup_refuses_bad_input_with_field_errors(anonymous: APIClient, body: dict) -> None:
+    error = assert_error(anonymous.post("/api/auth/signup/", body, format="json"), 400, "invalid")
+    assert error["fields"]
+    assert not User.objects.exists()
+
+
+def test_signup_refuses_malformed_json(anonymous: APIClient) -> None:
+    response = anonymous.post("/api/auth/signup/", "{not json", content_type="application/json")
+    assert_error(response, 400, "parse_error")
+    assert not User.objects.exists()
+
+
+def test_login_with_the_right_password_starts_a_session(anonymous: APIClient, alice: User) -> None:
+    response = anonymous.post("/api/auth/login/", {"username": "alice", "password": PASSWORD}, format="json")
+    assert response.status_code == 200
+    assert response.json() == {"id": alice.id, "username": "alice"}
+    assert "sessionid" in response.cookies
+    assert anonymous.get("/api/auth/me/").json()["username"] == "alice"
+
+
+def test_login_with_a_wrong_password_is_refused(anonymous: APIClient, alice: User) -> None:
+    response = anonymous.post("/api/auth/login/", {"username": "alice", "password": "wrong-password"}, format="json")
+    assert_error(response, 400, "invalid")
+    assert "sessionid" not in response.cookies
+    assert anonymous.get("/api/auth/me/").status_code in (401, 403)
+
+
+def test_logout_ends_the_session(anonymous: APIClient, alice: User) -> None:
+    anonymous.post("/api/auth/login/", {"username": "alice", "password": PASSWORD}, format="json")
+    csrf = anonymous.cookies["csrftoken"].value
+    assert anonymous.post("/api/auth/logout/", HTTP_X_CSRFTOKEN=csrf).status_code == 204
+    assert anonymous.get("/api/auth/me/").status_code in (401, 403)
+
+
+def test_logout_with_a_session_needs_the_csrf_token(anonymous: APIClient, alice: User) -> None:
+    anonymous.post("/api/auth/login/", {"username": "alice", "password": PASSWORD}, format="json")
+    assert_error(anonymous.post("/api/auth/logout/"), 403)
+    assert anonymous.get("/api/auth/me/").status_code == 200
+
+
+def test_me_refuses_an_anonymous_client(anonymous: APIClient) -> None:
+    response = anonymous.get("/api/auth/me/")
+    assert_error(response, 401, "not_authenticated")
+    assert response["WWW-Authenticate"] == "Token"
+
+
+def test_token_authenticates_scripts_without_cookies_or_csrf(alice: User) -> None:
+    anonymous = APIClient(enforce_csrf_checks=True)
+    response = anonymous.post("/api/auth/token/", {"username": "alice", "password": PASSWORD}, format="json")
+    assert response.status_code == 200
+    token = response.json()["token"]
+    assert Token.objects.get(user=alice).key == token
+    script = APIClient(enforce_csrf_checks=True)
+    script.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    assert script.get("/api/auth/me/").json()["username"] == "alice"
+    created = script.post("/api/tasks/", {"kind": "simulate", "params": {"seconds": 0}}, format="json")
+    assert created.status_code == 202
+
+
+def test_token_with_a_wrong_password_is_refused(anonymous: APIClient, alice: User) -> None:
+    response = anonymous.post("/api/auth/token/", {"username": "alice", "password": "nope-nope"}, format="json")
+    assert_error(response, 400, "invalid")
+    assert not Token.objects.exists()
+
+
+def test_a_bad_token_is_refused_even_with_a_valid_session(alice: User) -> None:
+    client = APIClient()
+    client.force_login(alice)
+    client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
+    assert_error(client.get("/api/auth/me/"), 401, "authentication_failed")

@@ -1,0 +1,105 @@
+"""A person's journey in a real browser: Debian's Chromium, driven headless
+by Playwright, against the real stack (uvicorn + worker on PostgreSQL,
+RabbitMQ and Redis)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from .stack import PASSWORD, ROOT
+
+pytestmark = [pytest.mark.browser, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Without these, Chromium reaches for Google's hosts and this machine refuses them.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Debian's chromium is not installed: apt-get install chromium (.ci/run does it)")
+    # Playwright's sync API keeps an event loop in this thread, and Django
+    # refuses sync database calls where a loop runs. The only such call here
+    # is the test database's flush after each test, with the browser idle.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            yield browser
+            browser.close()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    yield page
+    context.close()
+    assert not errors, f"the page logged errors: {errors}"
+
+
+def test_sign_up_queue_a_task_see_it_succeed_live_and_log_out(stack: Any, page: Page) -> None:
+    username = f"visitor-{uuid.uuid4().hex[:8]}"
+    page.goto(stack.base_url + "/")
+    page.get_by_role("link", name="Sign up").first.click()
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password1]", PASSWORD)
+    page.fill("input[name=password2]", PASSWORD)
+    page.locator("form button[type=submit], form input[type=submit]").last.click()
+
+    expect(page.get_by_test_id("nav-username")).to_have_text(username)
+    expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+
+    # Every navigation from here on would be a reload: there must be none.
+    navigations: list[str] = []
+    page.on("framenavigated", lambda frame: navigations.append(frame.url) if frame == page.main_frame else None)
+
+    page.get_by_test_id("queue-task").click()
+    row = page.get_by_test_id("task-row").first
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    toast = page.get_by_test_id("notification")
+    expect(toast).to_have_count(1)
+    expect(toast).to_contain_text("succeeded")
+    assert navigations == []
+
+    if os.environ.get("UPDATE_SCREENSHOT"):
+        page.screenshot(path=str(ROOT / "docs" / "screenshot.png"))
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page.get_by_role("link", name="Log in").first).to_be_visible()
+    expect(page.get_by_test_id("nav-username")).to_have_count(0)
+
+
+def test_a_failing_task_shows_a_failure_toast(stack: Any, page: Page) -> None:
+    username = f"visitor-{uuid.uuid4().hex[:8]}"
+    page.goto(stack.base_url + "/signup/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password1]", PASSWORD)
+    page.fill("input[name=password2]", PASSWORD)
+    page.locator("form button[type=submit], form input[type=submit]").last.click()
+    expect(page.get_by_test_id("nav-username")).to_have_text(username)
+
+    page.locator("input[name=seconds]").fill("0")
+    page.locator("input[name=fail]").check()
+    page.get_by_test_id("queue-task").click()
+    expect(page.get_by_test_id("task-row").first).to_have_attribute("data-status", "failed", timeout=30_000)
+    expect(page.get_by_test_id("notification")).to_contain_text("Simulated failure")

@@ -1,0 +1,188 @@
+"""The /ws/ consumer alone, with Channels' communicator and in-memory layer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels.testing import WebsocketCommunicator
+from django.contrib.auth.models import User
+from django.test import Client
+from rest_framework.authtoken.models import Token
+
+from live.consumers import CLOSE_UNAUTHENTICATED
+from live.events import user_group
+from live.models import Event, EventStream
+from tasklight.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+ORIGIN = (b"origin", b"http://localhost")
+
+
+@pytest.fixture(autouse=True)
+def in_memory_layer(settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+
+def token_header(user: User) -> tuple[bytes, bytes]:
+    return (b"authorization", f"Token {Token.objects.create(user=user).key}".encode())
+
+
+def session_cookie(user: User) -> tuple[bytes, bytes]:
+    client = Client()
+    client.force_login(user)
+    return (b"cookie", f"sessionid={client.cookies['sessionid'].value}".encode())
+
+
+@pytest.fixture
+async def open_socket() -> AsyncIterator[Callable[..., Any]]:
+    """Opens sockets and closes them all at the end."""
+    opened: list[WebsocketCommunicator] = []
+
+    async def open_(*headers: tuple[bytes, bytes]) -> tuple[WebsocketCommunicator, Any, Any]:
+        communicator = WebsocketCommunicator(application, "/ws/", headers=list(headers))
+        opened.append(communicator)
+        connected, code = await communicator.connect(timeout=5)
+        return communicator, connected, code
+
+    yield open_
+    for communicator in opened:
+        await communicator.disconnect()
+
+
+async def store_event(user: User, sequence: int, kind: str = "task.succeeded") -> dict[str, Any]:
+    """An event as record_event stores it; returns its frame."""
+    task = {"id": f"task-{sequence}", "kind": "simulate", "status": kind.split(".")[1]}
+
+    def store() -> None:
+        EventStream.objects.update_or_create(user=user, defaults={"last_event_id": sequence})
+        Event.objects.create(user=user, sequence=sequence, kind=kind, task=task)
+
+    await sync_to_async(store)()
+    return {"type": "event", "id": sequence, "event": kind, "task": task}
+
+
+def layer() -> Any:
+    return get_channel_layer()
+
+
+async def push(user: User, frame: dict[str, Any]) -> None:
+    await layer().group_send(user_group(user.id), {"type": "live.event", "frame": frame})
+
+
+async def test_a_token_opens_the_socket_and_hello_names_the_user(open_socket, alice: User) -> None:
+    socket, connected, _ = await open_socket(await sync_to_async(token_header)(alice))
+    assert connected
+    assert await socket.receive_json_from() == {"type": "hello", "user": "alice", "last_event_id": 0}
+
+
+async def test_the_session_cookie_opens_the_socket_from_an_allowed_origin(open_socket, alice: User) -> None:
+    await store_event(alice, 1)
+    socket, connected, _ = await open_socket(ORIGIN, await sync_to_async(session_cookie)(alice))
+    assert connected
+    assert await socket.receive_json_from() == {"type": "hello", "user": "alice", "last_event_id": 1}
+
+
+async def test_a_session_cookie_without_an_origin_is_not_enough(open_socket, alice: User) -> None:
+    socket, _, _ = await open_socket(await sync_to_async(session_cookie)(alice))
+    assert (await socket.receive_output())["code"] == CLOSE_UNAUTHENTICATED
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        [ORIGIN],
+        [],
+        [(b"authorization", b"Token no-such-token")],
+        [(b"authorization", b"Bearer something")],
+        [ORIGIN, (b"cookie", b"sessionid=forged")],
+    ],
+)
+async def test_anonymous_sockets_are_closed_with_4401(open_socket, headers: list) -> None:
+    socket, connected, _ = await open_socket(*headers)
+    assert connected
+    assert await socket.receive_output() == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+
+
+async def test_a_foreign_origin_is_refused_at_the_handshake(open_socket, alice: User) -> None:
+    _, connected, _ = await open_socket((b"origin", b"http://evil.example"), await sync_to_async(token_header)(alice))
+    assert not connected
+
+
+async def test_ping_is_answered_with_pong(open_socket, alice: User) -> None:
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    await socket.send_json_to({"type": "ping", "id": "abc"})
+    assert await socket.receive_json_from() == {"type": "pong", "id": "abc"}
+
+
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        ({"text_data": "{not json"}, "invalid_json"),
+        ({"bytes_data": b"\x00\x01"}, "binary_not_supported"),
+        ({"text_data": "[1, 2]"}, "invalid_frame"),
+        ({"text_data": '{"id": 1}'}, "invalid_frame"),
+        ({"text_data": '{"type": "subscribe"}'}, "unknown_type"),
+        ({"text_data": '{"type": "resume", "after": "x"}'}, "invalid_resume"),
+        ({"text_data": '{"type": "resume", "after": 99}'}, "invalid_resume"),
+    ],
+)
+async def test_a_bad_frame_gets_an_error_and_the_socket_stays_open(open_socket, alice: User, frame, code) -> None:
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    await socket.send_to(**frame)
+    error = await socket.receive_json_from()
+    assert (error["type"], error["code"]) == ("error", code)
+    await socket.send_json_to({"type": "ping", "id": 2})
+    assert await socket.receive_json_from() == {"type": "pong", "id": 2}
+
+
+async def test_events_reach_every_socket_of_the_owner_and_nobody_else(open_socket, alice: User, bob: User) -> None:
+    first, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    second, _, _ = await open_socket(ORIGIN, await sync_to_async(session_cookie)(alice))
+    bobs, _, _ = await open_socket(await sync_to_async(token_header)(bob))
+    for socket in (first, second, bobs):
+        await socket.receive_json_from()
+    alices_event = await store_event(alice, 1)
+    await push(alice, alices_event)
+    assert await first.receive_json_from() == alices_event
+    assert await second.receive_json_from() == alices_event
+    # Bob's own event, sent after alice's, is the first thing bob hears.
+    bobs_event = await store_event(bob, 1)
+    await push(bob, bobs_event)
+    assert await bobs.receive_json_from() == bobs_event
+
+
+async def test_progress_frames_are_forwarded(open_socket, alice: User) -> None:
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    frame = {"type": "progress", "task": {"id": "t", "progress": 40}}
+    await layer().group_send(user_group(alice.id), {"type": "live.progress", "frame": frame})
+    assert await socket.receive_json_from() == frame
+
+
+async def test_resume_replays_stored_events_in_order_then_goes_live(open_socket, alice: User) -> None:
+    stored = [await store_event(alice, n) for n in (1, 2, 3)]
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    assert (await socket.receive_json_from())["last_event_id"] == 3
+    await socket.send_json_to({"type": "resume", "after": 1})
+    assert [await socket.receive_json_from() for _ in range(2)] == stored[1:]
+    live = await store_event(alice, 4)
+    await push(alice, stored[2])  # a late copy of an event already replayed
+    await push(alice, live)
+    assert await socket.receive_json_from() == live
+
+
+async def test_a_live_event_that_skips_ahead_is_preceded_by_the_missing_one(open_socket, alice: User) -> None:
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    first, second = await store_event(alice, 1), await store_event(alice, 2)
+    await push(alice, second)  # from a faster process
+    await push(alice, first)  # the slower one, late
+    await socket.send_json_to({"type": "ping", "id": "end"})
+    assert [await socket.receive_json_from() for _ in range(3)] == [first, second, {"type": "pong", "id": "end"}]

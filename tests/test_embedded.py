@@ -1,0 +1,87 @@
+"""`make run`'s embedded mode, zero servers: SQLite, kombu's SQL transport and
+channels-lite. The same journey as test_journey, through the README's command."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .stack import ROOT, Account, Process, free_port, terminal_for, wait_for
+
+pytestmark = pytest.mark.embedded
+
+CONFIGURATION = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "CHANNEL_LAYER_URL",
+    "SECRET_KEY",
+    "DEBUG",
+    "HTTPS",
+    "TASKLIGHT_QUEUE",
+    "CHANNEL_LAYER_PREFIX",
+)
+
+
+@pytest.fixture
+def make_run(tmp_path: Path):
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in CONFIGURATION}
+    env["TASKLIGHT_DATA_DIR"] = str(tmp_path / "data")
+    log_path = tmp_path / "make-run.log"
+    with log_path.open("wb") as log:
+        popen = subprocess.Popen(
+            ["make", "run", f"PORT={port}"],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    process = Process("make-run", popen, log_path)
+    base_url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        if popen.poll() is not None:
+            raise RuntimeError(f"make run exited:\n{process.log()}")
+        return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200 and " ready." in process.log()
+
+    wait_for(up, timeout=120, what="make run to serve and its worker to be ready")
+    yield base_url, process, tmp_path / "data"
+    process.stop(signal.SIGINT, timeout=30)
+
+
+def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
+    base_url, process, data_dir = make_run
+    ready = httpx.get(f"{base_url}/readyz").json()
+    assert ready["status"] == "ok"
+    assert {part["name"]: part["backend"] for part in ready["parts"]} == {
+        "database": "sqlite",
+        "broker": "sqla+sqlite://",
+        "channel_layer": "AIOSQLiteChannelLayer",
+    }
+    assert {path.name for path in data_dir.iterdir()} >= {"tasklight.sqlite3", "broker.sqlite3", "channels.sqlite3"}
+
+    alice, bob = Account.sign_up(base_url), Account.sign_up(base_url)
+    with alice.socket() as first, alice.socket() as second, bob.socket() as bobs:
+        task = alice.queue("simulate", seconds=0.5)
+        for socket in (first, second):
+            events = socket.events_until(terminal_for(task["id"]))
+            assert [e["event"] for e in events] == ["task.queued", "task.started", "task.succeeded"]
+            assert events[-1]["task"]["result"] == {"slept": 0.5}
+        failing = alice.queue("simulate", seconds=0, fail=True)
+        assert first.events_until(terminal_for(failing["id"]))[-1]["task"]["error"].startswith("Simulated failure")
+        bobs_task = bob.queue("primes", below=100_000)
+        events = bobs.events_until(terminal_for(bobs_task["id"]))
+        assert events[-1]["task"]["result"] == {"count": 9592}
+        assert all(frame["task"]["id"] == bobs_task["id"] for frame in bobs.frames[1:])
+
+    # Ctrl-C (SIGINT to the terminal's process group) stops the server and the worker.
+    os.killpg(process.popen.pid, signal.SIGINT)
+    process.popen.wait(30)
+    survivors = subprocess.run(["pgrep", "-g", str(process.popen.pid)], capture_output=True, text=True).stdout
+    assert not survivors.strip(), f"still running after Ctrl-C: {survivors}"

@@ -1,0 +1,182 @@
+"""The task and workload endpoints, OpenAPI and health (DESIGN.md §4)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
+
+from live.models import Event
+from workloads.models import Task
+
+from .test_auth_api import assert_error
+
+pytestmark = pytest.mark.django_db
+
+
+def queue(client: APIClient, kind: str = "simulate", **params: object):
+    return client.post("/api/tasks/", {"kind": kind, "params": params}, format="json")
+
+
+def test_queueing_answers_202_with_the_task_and_its_location(alice_api: APIClient, alice: User) -> None:
+    response = queue(alice_api, seconds=1)
+    assert response.status_code == 202
+    task = response.json()
+    assert set(task) == {
+        "id",
+        "kind",
+        "params",
+        "status",
+        "progress",
+        "result",
+        "error",
+        "created_at",
+        "started_at",
+        "finished_at",
+    }
+    assert task["status"] == "queued"
+    assert task["params"] == {"seconds": 1.0, "fail": False}
+    assert response["Location"] == f"/api/tasks/{task['id']}/"
+    stored = Task.objects.get(pk=task["id"])
+    assert stored.owner == alice
+    assert alice_api.get(response["Location"]).json() == task
+
+
+def test_queueing_records_a_queued_event_for_the_owner(alice_api: APIClient, alice: User) -> None:
+    task = queue(alice_api).json()
+    event = Event.objects.get(user=alice)
+    assert (event.sequence, event.kind, event.task["id"]) == (1, "task.queued", task["id"])
+
+
+def test_queueing_fills_in_default_parameters(alice_api: APIClient) -> None:
+    response = alice_api.post("/api/tasks/", {"kind": "simulate"}, format="json")
+    assert response.status_code == 202
+    assert response.json()["params"] == {"seconds": 2.0, "fail": False}
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"kind": "mine_bitcoin", "params": {}}, "kind"),
+        ({"params": {}}, "kind"),
+        ({"kind": "simulate", "params": {"seconds": -1}}, "params.seconds"),
+        ({"kind": "simulate", "params": {"seconds": "soon"}}, "params.seconds"),
+        ({"kind": "simulate", "params": {"seconds": 3601}}, "params.seconds"),
+        ({"kind": "simulate", "params": {"fail": "yes"}}, "params.fail"),
+        ({"kind": "simulate", "params": {"sleep": 1}}, "params.sleep"),
+        ({"kind": "simulate", "params": [1, 2]}, "params"),
+        ({"kind": "primes", "params": {"below": 1}}, "params.below"),
+        ({"kind": "primes", "params": {"below": 100_000_001}}, "params.below"),
+        ({"kind": "primes", "params": {"below": 10.5}}, "params.below"),
+        ({"kind": "text_stats", "params": {}}, "params.text"),
+        ({"kind": "text_stats", "params": {"text": 42}}, "params.text"),
+        ({"kind": "text_stats", "params": {"text": "x" * (1024 * 1024 + 1)}}, "params.text"),
+    ],
+)
+def test_bad_input_is_a_400_with_field_errors_and_stores_nothing(alice_api: APIClient, body: dict, field: str) -> None:
+    error = assert_error(alice_api.post("/api/tasks/", body, format="json"), 400, "invalid")
+    assert field in error["fields"], error
+    assert not Task.objects.exists()
+    assert not Event.objects.exists()
+
+
+@pytest.mark.parametrize("body", ["{not json", "[1, 2]", '"simulate"', "null"])
+def test_a_body_that_is_not_a_json_object_is_a_400(alice_api: APIClient, body: str) -> None:
+    response = alice_api.post("/api/tasks/", body, content_type="application/json")
+    assert_error(response, 400)
+    assert not Task.objects.exists()
+
+
+def test_a_body_over_the_limit_is_a_413(alice_api: APIClient, settings) -> None:
+    settings.API_MAX_BODY_BYTES = 1000
+    response = queue(alice_api, "text_stats", text="x" * 2000)
+    assert_error(response, 413, "too_large")
+    assert not Task.objects.exists()
+
+
+def test_anonymous_clients_cannot_queue_or_list(anonymous: APIClient) -> None:
+    assert_error(queue(anonymous), 401)
+    assert_error(anonymous.get("/api/tasks/"), 401)
+    assert not Task.objects.exists()
+
+
+def test_a_session_post_without_csrf_is_refused(alice: User) -> None:
+    client = APIClient(enforce_csrf_checks=True)
+    client.force_login(alice)
+    assert_error(queue(client), 403)
+    assert not Task.objects.exists()
+
+
+def test_the_list_is_newest_first_and_paginated(alice_api: APIClient) -> None:
+    ids = [queue(alice_api, seconds=n).json()["id"] for n in range(5)]
+    first = alice_api.get("/api/tasks/?limit=2").json()
+    assert set(first) == {"results", "next"}
+    assert [task["id"] for task in first["results"]] == ids[::-1][:2]
+    second = alice_api.get(first["next"]).json()
+    third = alice_api.get(second["next"]).json()
+    assert [task["id"] for task in second["results"] + third["results"]] == ids[::-1][2:]
+    assert third["next"] is None
+
+
+@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=ten", "cursor=garbage"])
+def test_bad_paging_is_a_400(alice_api: APIClient, query: str) -> None:
+    assert_error(alice_api.get(f"/api/tasks/?{query}"), 400, "invalid")
+
+
+def test_the_list_shows_only_the_users_own_tasks(alice_api: APIClient, bob_api: APIClient) -> None:
+    queue(alice_api)
+    bobs = queue(bob_api).json()
+    assert [task["id"] for task in bob_api.get("/api/tasks/").json()["results"]] == [bobs["id"]]
+
+
+def test_another_users_task_is_a_404_not_a_403(alice_api: APIClient, bob_api: APIClient) -> None:
+    location = queue(alice_api)["Location"]
+    assert_error(bob_api.get(location), 404, "not_found")
+    assert_error(bob_api.get(f"/api/tasks/{uuid.uuid4()}/"), 404, "not_found")
+    assert_error(bob_api.get("/api/tasks/not-a-uuid/"), 404, "not_found")
+
+
+def test_workloads_are_listed_with_their_json_schemas(anonymous: APIClient) -> None:
+    workloads = {w["name"]: w for w in anonymous.get("/api/workloads/").json()}
+    assert {"simulate", "primes", "text_stats"} <= set(workloads)
+    simulate = workloads["simulate"]
+    assert simulate["title"] and simulate["description"]
+    assert simulate["params"]["properties"]["seconds"]["maximum"] == 3600
+    assert simulate["params"]["properties"]["fail"]["type"] == "boolean"
+    assert workloads["primes"]["params"]["properties"]["below"]["type"] == "integer"
+    assert workloads["text_stats"]["params"]["required"] == ["text"]
+
+
+def test_events_after_a_cursor_are_listed_oldest_first(alice_api: APIClient, bob_api: APIClient) -> None:
+    first, second = queue(alice_api).json(), queue(alice_api).json()
+    queue(bob_api)
+    events = alice_api.get("/api/events/?after=0").json()
+    assert [(e["id"], e["event"], e["task"]["id"]) for e in events["results"]] == [
+        (1, "task.queued", first["id"]),
+        (2, "task.queued", second["id"]),
+    ]
+    assert events["next"] is None
+    assert [e["id"] for e in alice_api.get("/api/events/?after=1").json()["results"]] == [2]
+    assert_error(alice_api.get("/api/events/?after=-1"), 400, "invalid")
+
+
+def test_openapi_schema_and_docs_are_served(anonymous: APIClient) -> None:
+    schema = anonymous.get("/api/schema/?format=json")
+    assert schema.status_code == 200
+    paths = schema.json()["paths"]
+    for path in ["/api/tasks/", "/api/tasks/{task_id}/", "/api/workloads/", "/api/auth/signup/", "/api/events/"]:
+        assert path in paths
+    docs = anonymous.get("/api/docs/")
+    assert docs.status_code == 200
+    assert b"swagger" in docs.content.lower()
+
+
+def test_healthz_says_the_process_is_alive(anonymous: APIClient) -> None:
+    response = anonymous.get("/healthz")
+    assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_unknown_api_paths_answer_json_404(anonymous: APIClient) -> None:
+    assert_error(anonymous.get("/api/nothing-here/"), 404, "not_found")

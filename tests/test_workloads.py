@@ -1,0 +1,77 @@
+"""The shipped workloads, called directly (they are plain functions)."""
+
+from __future__ import annotations
+
+import pytest
+
+from workloads.builtin import PrimesParams, SimulateParams, TextStatsParams, primes, simulate, text_stats
+from workloads.registry import InvalidParams, Run, WorkloadFailed, get_workload
+
+
+def naive_prime_count(below: int) -> int:
+    return sum(1 for n in range(2, below) if all(n % d for d in range(2, int(n**0.5) + 1)))
+
+
+def test_primes_below_100000_is_9592() -> None:
+    assert primes(PrimesParams(below=100_000), Run()) == {"count": 9592}
+
+
+@pytest.mark.parametrize("below", [2, 3, 4, 5, 10, 11, 100, 1_000, 7_919, 7_920, 65_537])
+def test_primes_agrees_with_trial_division(below: int) -> None:
+    assert primes(PrimesParams(below=below), Run()) == {"count": naive_prime_count(below)}
+
+
+def test_primes_counts_across_sieve_segments() -> None:
+    # pi(10^7) = 664579: several 1 Mi segments, and a short last one.
+    assert primes(PrimesParams(below=10_000_000), Run()) == {"count": 664_579}
+
+
+def test_primes_reports_progress_up_to_100() -> None:
+    reported: list[int] = []
+    primes(PrimesParams(below=5_000_000), Run(reported.append))
+    assert reported and reported == sorted(reported)
+    assert reported[0] < 100 or len(reported) == 1
+    assert reported[-1] <= 100
+
+
+def test_text_stats_counts_words_and_lines() -> None:
+    text = "The cat sat.\nThe dog sat, the end.\n\nIt's done"
+    result = text_stats(TextStatsParams(text=text), Run())
+    assert result["words"] == 10  # "It's" is one word
+    assert result["lines"] == 4
+    assert result["top_words"][:2] == [["the", 3], ["sat", 2]]
+
+
+def test_text_stats_keeps_ten_top_words_at_most() -> None:
+    text = " ".join(f"w{n} " * (n + 1) for n in range(15))
+    top = text_stats(TextStatsParams(text=text), Run())["top_words"]
+    assert len(top) == 10
+    assert top[0] == ["w14", 15]
+
+
+def test_text_stats_of_an_empty_text() -> None:
+    assert text_stats(TextStatsParams(text=""), Run()) == {"words": 0, "lines": 0, "top_words": []}
+
+
+def test_simulate_fails_with_a_readable_error_when_told_to() -> None:
+    with pytest.raises(WorkloadFailed, match="Simulated failure"):
+        simulate(SimulateParams(seconds=0, fail=True), Run())
+
+
+def test_simulate_returns_what_it_slept() -> None:
+    assert simulate(SimulateParams(seconds=0.05), Run()) == {"slept": 0.05}
+
+
+def test_progress_is_coalesced() -> None:
+    reported: list[int] = []
+    run = Run(reported.append)
+    for done in range(1_000_000):
+        run.progress(done, 1_000_000)
+    # At most one report per 0.25 s (plus the first): a million calls are a handful.
+    assert 1 <= len(reported) < 20
+
+
+def test_params_are_validated_with_a_message_per_field() -> None:
+    with pytest.raises(InvalidParams) as caught:
+        get_workload("simulate").normalise({"seconds": -5, "fail": "maybe", "extra": 1})
+    assert set(caught.value.fields) == {"seconds", "fail", "extra"}
