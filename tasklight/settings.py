@@ -139,6 +139,20 @@ else:
         }
     }
 
+# --- Cache (rate limits) ----------------------------------------------------
+# Rate limits must be shared by every web process: they use the Redis of the
+# channel layer, under their own key prefix. Embedded mode has one web process.
+if CHANNEL_LAYER_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": CHANNEL_LAYER_URL,
+            "KEY_PREFIX": env.str("CHANNEL_LAYER_PREFIX", default="tasklight") + "-cache",
+        }
+    }
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
 # --- Celery ---------------------------------------------------------------
 CELERY_BROKER_URL = CELERY_BROKER_URL or f"sqla+sqlite:///{DATA_DIR / 'broker.sqlite3'}"
 # kombu's SQL transport polls its table; tasklight/celery.py applies this.
@@ -159,8 +173,26 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=2)
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = True
+# Time limits for workloads that declare none (seconds).
 TASK_SOFT_TIME_LIMIT = env.int("TASK_SOFT_TIME_LIMIT", default=3660)
 TASK_TIME_LIMIT = env.int("TASK_TIME_LIMIT", default=3720)
+# Modules with more @workload functions, imported at start-up (web and worker).
+WORKLOAD_MODULES = env.list("WORKLOAD_MODULES", default=[])
+# A running task whose owner cancelled it and that does not stop by itself at
+# its next cancellation check within this many seconds is killed.
+CANCEL_GRACE_SECONDS = env.float("CANCEL_GRACE_SECONDS", default=5.0)
+# How often a running task's watchdog looks for a cancel request (seconds).
+CANCEL_POLL_SECONDS = env.float("CANCEL_POLL_SECONDS", default=0.5)
+# Per user: tasks running at once (the rest wait queued) and queueing rate.
+MAX_RUNNING_TASKS_PER_USER = env.int("MAX_RUNNING_TASKS_PER_USER", default=4)
+TASK_RATE_LIMIT = env.str("TASK_RATE_LIMIT", default="120/min")
+# The relay re-sends queued tasks the broker never accepted, every
+# RELAY_INTERVAL_SECONDS, once they are RELAY_MIN_AGE_SECONDS old.
+RELAY_INTERVAL_SECONDS = env.float("RELAY_INTERVAL_SECONDS", default=5.0)
+RELAY_MIN_AGE_SECONDS = env.float("RELAY_MIN_AGE_SECONDS", default=5.0)
+# Keep publishing to a down broker short: the relay sends the task later.
+CELERY_BROKER_CONNECTION_TIMEOUT = 2
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
 
 # --- Auth -----------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -33,12 +33,25 @@ class Task(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # When the broker accepted the task; null until then (the relay's worklist).
+    sent_at = models.DateTimeField(null=True, blank=True)
+    # Set by a cancel request on a running task; the worker stops it.
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
 
     class Meta:
         ordering = ["-created_at", "-id"]
         indexes = [
             # The home page and GET /api/tasks/: one user's tasks, newest first.
             models.Index(fields=["owner", "-created_at", "-id"], name="task_owner_recent"),
+            # The relay looks for queued tasks the broker never accepted.
+            models.Index(
+                fields=["created_at"],
+                name="task_unsent",
+                condition=models.Q(status="queued", sent_at__isnull=True),
+            ),
+            # The concurrency cap counts one user's running tasks.
+            models.Index(fields=["owner"], name="task_owner_running", condition=models.Q(status="running")),
         ]
 
     def __str__(self) -> str:
@@ -66,3 +79,20 @@ class Task(models.Model):
 
 def _iso(moment: Any) -> str | None:
     return moment.isoformat().replace("+00:00", "Z") if moment is not None else None
+
+
+class IdempotencyKey(models.Model):
+    """A client's ``Idempotency-Key`` for one POST /api/tasks/, kept 24 h."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    key = models.CharField(max_length=255)
+    # SHA-256 of the request's kind and params, to tell a repeat from a misuse.
+    fingerprint = models.CharField(max_length=64)
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["owner", "key"], name="idempotency_owner_key")]
+
+    def __str__(self) -> str:
+        return f"{self.key} -> {self.task_id}"
