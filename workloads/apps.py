@@ -1,3 +1,5 @@
+import importlib
+
 from django.apps import AppConfig
 
 
@@ -5,5 +7,11 @@ class WorkloadsConfig(AppConfig):
     name = "workloads"
 
     def ready(self) -> None:
-        # Registering the shipped workloads is importing their module.
+        # Registering workloads is importing their modules: the shipped ones,
+        # then the deployment's own (WORKLOAD_MODULES).
+        from django.conf import settings
+
         from . import builtin  # noqa: F401
+
+        for module in settings.WORKLOAD_MODULES:
+            importlib.import_module(module)

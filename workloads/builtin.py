@@ -25,11 +25,12 @@ class SimulateParams(Params):
     fail: Annotated[StrictBool, Field(description="Fail at the end, with a readable error.")] = False
 
 
-@workload(title="Simulate")
+@workload(title="Simulate", soft_time_limit=3630, time_limit=3660)
 def simulate(params: SimulateParams, run: Run) -> dict[str, Any]:
     """Waits for the given number of seconds, reporting progress; can be told to fail."""
     started = time.monotonic()
     while (elapsed := time.monotonic() - started) < params.seconds:
+        run.stop_if_cancelled()
         time.sleep(min(params.seconds - elapsed, 0.1))
         run.progress(time.monotonic() - started, params.seconds)
     if params.fail:
@@ -48,7 +49,7 @@ class PrimesParams(Params):
 SIEVE_SEGMENT = 1 << 20
 
 
-@workload(title="Count primes")
+@workload(title="Count primes", soft_time_limit=600, time_limit=630)
 def primes(params: PrimesParams, run: Run) -> dict[str, int]:
     """Counts the primes below a number with a segmented sieve: real CPU work."""
     limit = params.below
@@ -61,6 +62,7 @@ def primes(params: PrimesParams, run: Run) -> dict[str, int]:
     small_primes = [n for n in range(root) if base[n]]
     count = 0
     for low in range(0, limit, SIEVE_SEGMENT):
+        run.stop_if_cancelled()
         high = min(low + SIEVE_SEGMENT, limit)
         segment = bytearray([1]) * (high - low)
         for p in small_primes:
@@ -91,7 +93,7 @@ class TextStatsParams(Params):
         return text
 
 
-@workload(name="text_stats", title="Text statistics")
+@workload(name="text_stats", title="Text statistics", soft_time_limit=60, time_limit=90)
 def text_stats(params: TextStatsParams, run: Run) -> dict[str, Any]:
     """Counts the words and lines of a text and finds its ten most common words."""
     words = [word.lower() for word in WORD.findall(params.text)]

@@ -3,10 +3,11 @@
     class SleepParams(BaseModel):
         seconds: float = Field(1, ge=0)
 
-    @workload(title="Sleep")
+    @workload(title="Sleep", soft_time_limit=120, time_limit=150)
     def sleep(params: SleepParams, run: Run) -> dict:
         ...
-        run.progress(done, total)
+        run.progress(done, total)     # coalesced; call it as often as you like
+        run.stop_if_cancelled()       # raises Cancelled once a cancel arrived
         return {"slept": params.seconds}
 
 The parameter model (pydantic) gives validation with per-field errors and the
@@ -17,6 +18,7 @@ from; the return value (JSON) is the task's result.
 from __future__ import annotations
 
 import inspect
+import threading
 import time
 import typing
 from collections.abc import Callable
@@ -40,16 +42,22 @@ class WorkloadFailed(Exception):
     """Raised by a workload to fail its task with a message meant for the user."""
 
 
+class Cancelled(Exception):
+    """Raised by ``Run.stop_if_cancelled`` once the task's owner cancelled it."""
+
+
 # Progress reaches the database and the sockets at most this often per task,
 # however often a workload reports it (a change of at least one percent too).
 PROGRESS_MIN_INTERVAL_SECONDS = 0.25
 
 
 class Run:
-    """What a running workload is handed: a progress report that coalesces."""
+    """What a running workload is handed: a progress report that coalesces,
+    and a cancellation check that costs nothing (the worker's watchdog sets it)."""
 
-    def __init__(self, on_progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, on_progress: Callable[[int], None] | None = None, cancel: threading.Event | None = None) -> None:
         self._on_progress = on_progress
+        self._cancel = cancel or threading.Event()
         self._last_percent: int | None = None
         self._last_sent_at = 0.0
 
@@ -62,6 +70,14 @@ class Run:
         if self._on_progress is not None:
             self._on_progress(percent)
 
+    def cancelled(self) -> bool:
+        """True once the owner asked to cancel: stop soon, return or raise."""
+        return self._cancel.is_set()
+
+    def stop_if_cancelled(self) -> None:
+        if self._cancel.is_set():
+            raise Cancelled
+
 
 WorkloadFunction = Callable[[Any, Run], Any]
 
@@ -73,6 +89,11 @@ class Workload:
     description: str
     params_model: type[BaseModel]
     function: WorkloadFunction
+    # Seconds; None means the deployment's TASK_SOFT_TIME_LIMIT / TASK_TIME_LIMIT.
+    # The soft limit fails the task with a readable error; the hard one kills
+    # the worker process running it, for code that ignores the soft one.
+    soft_time_limit: float | None = None
+    time_limit: float | None = None
 
     def parse(self, raw: Any) -> BaseModel:
         if not isinstance(raw, dict):
@@ -106,7 +127,12 @@ _registry: dict[str, Workload] = {}
 
 
 def workload(
-    *, name: str | None = None, title: str | None = None, description: str | None = None
+    *,
+    name: str | None = None,
+    title: str | None = None,
+    description: str | None = None,
+    soft_time_limit: float | None = None,
+    time_limit: float | None = None,
 ) -> Callable[[WorkloadFunction], WorkloadFunction]:
     """Registers a function as a workload; its first parameter's annotation is
     the pydantic model of its parameters."""
@@ -126,6 +152,8 @@ def workload(
             description=description or doc.split("\n\n")[0].replace("\n", " "),
             params_model=params_model,
             function=function,
+            soft_time_limit=soft_time_limit,
+            time_limit=time_limit,
         )
         return function
 
