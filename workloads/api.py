@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
+from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import APIException, NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle, UserRateThrottle
 from rest_framework.views import APIView
 
 from tasklight.pagination import page_size
@@ -21,6 +24,18 @@ from tasklight.pagination import page_size
 from . import services
 from .models import Task, TaskStatus
 from .registry import InvalidParams, UnknownWorkload, all_workloads
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_code = "conflict"
+    default_detail = "The task's state forbids this."
+
+
+class UnprocessableEntity(APIException):
+    status_code = status.HTTP_422_UNPROCESSABLE_ENTITY
+    default_code = "idempotency_mismatch"
+    default_detail = "The request does not match the one first made with this key."
 
 
 class TaskSerializer(serializers.Serializer[Task]):
@@ -55,6 +70,32 @@ class WorkloadSerializer(serializers.Serializer[Any]):
     params = serializers.JSONField(help_text="JSON Schema of the parameters.")
 
 
+class QueueRateThrottle(UserRateThrottle):
+    """Per user, on everything that queues a task: TASK_RATE_LIMIT."""
+
+    scope = "queue"
+
+    def get_rate(self) -> str:
+        return str(settings.TASK_RATE_LIMIT)
+
+
+IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+
+
+def idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not IDEMPOTENCY_KEY.match(key):
+        raise ValidationError({"Idempotency-Key": ["1 to 255 visible ASCII characters, no spaces."]})
+    return key
+
+
+def accepted(task: Task) -> Response:
+    location = reverse("api-task-detail", kwargs={"task_id": task.id})
+    return Response(task.as_json(), status=status.HTTP_202_ACCEPTED, headers={"Location": location})
+
+
 class NewestFirst(CursorPagination):
     ordering = ("-created_at", "-id")
     cursor_query_param = "cursor"
@@ -73,6 +114,9 @@ class NewestFirst(CursorPagination):
 
 
 class TaskListView(APIView):
+    def get_throttles(self) -> list[BaseThrottle]:
+        return [QueueRateThrottle()] if self.request.method == "POST" else []
+
     @extend_schema(
         parameters=[
             OpenApiParameter("limit", int, description="Page size, 1 to 500 (default 20)."),
@@ -85,7 +129,18 @@ class TaskListView(APIView):
         page = paginator.paginate_queryset(Task.objects.filter(owner_id=request.user.pk), request, view=self)
         return paginator.get_paginated_response([task.as_json() for task in page or []])
 
-    @extend_schema(request=NewTaskSerializer, responses={202: TaskSerializer})
+    @extend_schema(
+        request=NewTaskSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Idempotency-Key",
+                str,
+                OpenApiParameter.HEADER,
+                description="Repeat a POST safely: the same key and body within 24 h return the same task.",
+            )
+        ],
+        responses={202: TaskSerializer},
+    )
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, dict):
             raise ValidationError("The body must be a JSON object.")
@@ -93,15 +148,23 @@ class TaskListView(APIView):
         body.is_valid(raise_exception=True)
         kind, params = body.validated_data["kind"], body.validated_data["params"]
         try:
-            task = services.create_task(owner=request.user, kind=kind, params=params)  # type: ignore[arg-type]  # IsAuthenticated
+            task = services.create_task(
+                owner=request.user,  # type: ignore[arg-type]  # IsAuthenticated
+                kind=kind,
+                params=params,
+                idempotency_key=idempotency_key(request),
+            )
+        except services.IdempotencyMismatch:
+            raise UnprocessableEntity(
+                "This Idempotency-Key was used with a different request in the last 24 hours."
+            ) from None
         except UnknownWorkload:
             raise ValidationError({"kind": [f"There is no workload named {kind!r}."]}) from None
         except InvalidParams as exc:
             raise ValidationError(
                 {f"params.{name}" if name != "params" else name: messages for name, messages in exc.fields.items()}
             ) from None
-        location = reverse("api-task-detail", kwargs={"task_id": task.id})
-        return Response(task.as_json(), status=status.HTTP_202_ACCEPTED, headers={"Location": location})
+        return accepted(task)
 
 
 class TaskDetailView(APIView):
@@ -110,6 +173,37 @@ class TaskDetailView(APIView):
         # Another user's task is a 404, never a 403: its existence stays hidden.
         task = get_object_or_404(Task, pk=task_id, owner_id=request.user.pk)
         return Response(task.as_json())
+
+
+class TaskCancelView(APIView):
+    @extend_schema(request=None, responses={202: TaskSerializer})
+    def post(self, request: Request, task_id: uuid.UUID) -> Response:
+        """A queued task is cancelled at once; a running one stops at its next
+        cancellation check, or is killed after the grace period."""
+        try:
+            task = services.cancel_task(task_id=task_id, owner=request.user)  # type: ignore[arg-type]
+        except Task.DoesNotExist:
+            raise NotFound from None
+        except services.TaskConflict as exc:
+            raise Conflict(str(exc)) from None
+        return Response(task.as_json(), status=status.HTTP_202_ACCEPTED)
+
+
+class TaskRetryView(APIView):
+    throttle_classes = [QueueRateThrottle]
+
+    @extend_schema(request=None, responses={202: TaskSerializer})
+    def post(self, request: Request, task_id: uuid.UUID) -> Response:
+        """Queues a copy of a finished task (same kind and params) as a new task."""
+        try:
+            task = services.retry_task(task_id=task_id, owner=request.user)  # type: ignore[arg-type]
+        except Task.DoesNotExist:
+            raise NotFound from None
+        except services.TaskConflict as exc:
+            raise Conflict(str(exc)) from None
+        except (UnknownWorkload, InvalidParams):
+            raise Conflict("This task's workload or parameters are no longer accepted.") from None
+        return accepted(task)
 
 
 class WorkloadListView(APIView):

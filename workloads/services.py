@@ -7,60 +7,171 @@ in that same transaction (live.services.record_event).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
-from functools import partial
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
+from live.models import EventStream
 from live.services import push_progress, record_event
 
-from .models import Task, TaskStatus
-from .registry import get_workload
+from .models import IdempotencyKey, Task, TaskStatus
+from .registry import UnknownWorkload, get_workload
 
 logger = logging.getLogger(__name__)
 
+IDEMPOTENCY_WINDOW = timedelta(hours=24)
 
-def create_task(*, owner: User, kind: str, params: Any) -> Task:
+
+class TaskConflict(Exception):
+    """The task's state forbids the action (the API's 409)."""
+
+
+class IdempotencyMismatch(Exception):
+    """An Idempotency-Key reused with a different request (the API's 422)."""
+
+
+class OwnerAtCapacity(Exception):
+    """The owner already has MAX_RUNNING_TASKS_PER_USER tasks running."""
+
+
+# --- Creating ---------------------------------------------------------------
+
+
+def create_task(
+    *, owner: User, kind: str, params: Any, idempotency_key: str | None = None, retry_of: Task | None = None
+) -> Task:
     """Validates and stores a task, then sends it to the broker after commit.
 
-    Raises UnknownWorkload or InvalidParams; nothing is stored then.
+    With an ``idempotency_key``, a repeat of the same request by the same
+    owner within 24 h returns the task the first one created; the same key
+    with other parameters raises IdempotencyMismatch. Raises UnknownWorkload
+    or InvalidParams; nothing is stored then.
     """
     normalised = get_workload(kind).normalise(params)
-    with transaction.atomic():
-        task = Task.objects.create(owner=owner, kind=kind, params=normalised)
-        record_event(user_id=owner.pk, kind="task.queued", task=task.as_json())
-        # Sent only once the row is committed: a worker never looks for a task
-        # that is not there yet, and a rolled-back task is never sent.
-        transaction.on_commit(partial(_send_to_broker, task.id))
+    if idempotency_key is None:
+        with transaction.atomic():
+            return _create(owner, kind, normalised, retry_of)
+    fingerprint = hashlib.sha256(
+        json.dumps({"kind": kind, "params": normalised}, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
+    # A concurrent request with the same key makes our insert of the key fail;
+    # the whole attempt (task, event, send) rolls back and we read its task.
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                existing = (
+                    IdempotencyKey.objects.select_for_update()
+                    .select_related("task")
+                    .filter(owner=owner, key=idempotency_key)
+                    .first()
+                )
+                if existing is not None:
+                    if existing.created_at >= timezone.now() - IDEMPOTENCY_WINDOW:
+                        if existing.fingerprint != fingerprint:
+                            raise IdempotencyMismatch
+                        return existing.task
+                    existing.delete()
+                task = _create(owner, kind, normalised, retry_of)
+                IdempotencyKey.objects.create(owner=owner, key=idempotency_key, fingerprint=fingerprint, task=task)
+                return task
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"could not settle Idempotency-Key {idempotency_key!r}")
+
+
+def _create(owner: User, kind: str, params: dict[str, Any], retry_of: Task | None) -> Task:
+    task = Task.objects.create(owner=owner, kind=kind, params=params, retry_of=retry_of)
+    record_event(user_id=owner.pk, kind="task.queued", task=task.as_json())
+    # Sent only once the row is committed: a worker never looks for a task
+    # that is not there yet, and a rolled-back task is never sent.
+    task_id = task.id
+    transaction.on_commit(lambda: send_to_broker(task_id=task_id))
     return task
 
 
-def _send_to_broker(task_id: uuid.UUID) -> None:
+def send_to_broker(*, task_id: uuid.UUID | str, countdown: float | None = None) -> bool:
+    """Publishes a task; False when the broker would not take it (the relay
+    sends it later). Never raises: the broker being down is no reason to
+    refuse work (DESIGN.md §4)."""
     from .tasks import run_task
 
+    task = Task.objects.filter(pk=task_id).only("kind").first()
+    if task is None:
+        return False
     try:
-        run_task.apply_async(args=(str(task_id),), task_id=str(task_id))
-    except Exception:
-        # The task stays queued in the database; see docs/architecture.md.
-        logger.exception("could not send task %s to the broker", task_id)
+        workload = get_workload(task.kind)
+        soft_limit, hard_limit = workload.soft_time_limit, workload.time_limit
+    except UnknownWorkload:
+        soft_limit = hard_limit = None  # the worker fails it with a readable error
+    options: dict[str, Any] = {
+        "soft_time_limit": soft_limit or settings.TASK_SOFT_TIME_LIMIT,
+        "time_limit": hard_limit or settings.TASK_TIME_LIMIT,
+    }
+    try:
+        if countdown is not None:
+            options["countdown"] = countdown
+        run_task.apply_async(args=(str(task_id),), task_id=str(task_id), **options)
+    except Exception as exc:
+        logger.warning("task %s not sent to the broker (the relay will retry): %s", task_id, exc)
+        return False
+    Task.objects.filter(pk=task_id, sent_at__isnull=True).update(sent_at=timezone.now())
+    return True
 
 
-def start_task(*, task_id: uuid.UUID | str) -> Task | None:
-    """Marks a task running; None when it must not run (gone or finished).
+def relay_unsent(*, older_than: float, limit: int = 500) -> int:
+    """Sends queued tasks the broker never accepted; returns how many it sent.
 
-    A task found already running was redelivered after its worker died: it
-    runs again from the start, without a second ``task.started``.
+    Several workers may relay at once: rows are claimed with SKIP LOCKED where
+    the database has it, and a task sent twice still runs once (start_task).
+    """
+    cutoff = timezone.now() - timedelta(seconds=older_than)
+    sent = 0
+    with transaction.atomic():
+        unsent = Task.objects.filter(status=TaskStatus.QUEUED, sent_at__isnull=True, created_at__lt=cutoff)
+        if connection.features.has_select_for_update_skip_locked:
+            unsent = unsent.select_for_update(skip_locked=True)
+        for task_id in unsent.order_by("created_at").values_list("id", flat=True)[:limit]:
+            if not send_to_broker(task_id=task_id):
+                break  # the broker is still away; try again next round
+            sent += 1
+    return sent
+
+
+# --- Running ----------------------------------------------------------------
+
+
+def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
+    """Marks a task running; None when it must not run.
+
+    Not run: a task that is gone or finished, a cancelled one, and a second
+    copy of a message for a task another worker is running. A task found
+    running in a *redelivered* message lost its worker: it runs again from the
+    start, without a second ``task.started``. Raises OwnerAtCapacity when the
+    owner has MAX_RUNNING_TASKS_PER_USER tasks running already.
     """
     with transaction.atomic():
         task = Task.objects.select_for_update().filter(pk=task_id).first()
         if task is None or task.is_finished:
             return None
+        if task.status == TaskStatus.RUNNING and not redelivered:
+            return None
+        if task.cancel_requested_at is not None:
+            _close(task, TaskStatus.CANCELLED, error="Cancelled by its owner.")
+            return None
         if task.status == TaskStatus.QUEUED:
+            # One start at a time per owner, so that the count below holds.
+            EventStream.objects.select_for_update().filter(user_id=task.owner_id).first()
+            running = Task.objects.filter(owner_id=task.owner_id, status=TaskStatus.RUNNING).count()
+            if running >= settings.MAX_RUNNING_TASKS_PER_USER:
+                raise OwnerAtCapacity
             task.status = TaskStatus.RUNNING
             task.started_at = timezone.now()
             task.progress = 0
@@ -77,6 +188,10 @@ def report_progress(*, task: Task, percent: int) -> None:
         push_progress(user_id=task.owner_id, task=task.as_json())
 
 
+def cancel_requested(*, task_id: uuid.UUID | str) -> bool:
+    return Task.objects.filter(pk=task_id, cancel_requested_at__isnull=False).exists()
+
+
 def finish_task(*, task_id: uuid.UUID | str, result: Any) -> Task | None:
     try:
         json.dumps(result)
@@ -89,20 +204,56 @@ def fail_task(*, task_id: uuid.UUID | str, error: str) -> Task | None:
     return _end(task_id, TaskStatus.FAILED, error=error)
 
 
+def end_cancelled(*, task_id: uuid.UUID | str, error: str = "Cancelled by its owner.") -> Task | None:
+    return _end(task_id, TaskStatus.CANCELLED, error=error)
+
+
 def _end(task_id: uuid.UUID | str, status: TaskStatus, *, result: Any = None, error: str = "") -> Task | None:
     """Moves a running task to a terminal state, once: a repeat does nothing."""
     with transaction.atomic():
         task = Task.objects.select_for_update().filter(pk=task_id, status=TaskStatus.RUNNING).first()
         if task is None:
             return None
-        task.status = status
-        task.result = result
-        task.error = error
-        task.finished_at = timezone.now()
-        fields = ["status", "result", "error", "finished_at"]
-        if status == TaskStatus.SUCCEEDED:
-            task.progress = 100
-            fields.append("progress")
-        task.save(update_fields=fields)
-        record_event(user_id=task.owner_id, kind=f"task.{status}", task=task.as_json())  # type: ignore[arg-type]
+        _close(task, status, result=result, error=error)
         return task
+
+
+def _close(task: Task, status: TaskStatus, *, result: Any = None, error: str = "") -> None:
+    """Writes a terminal state on a locked task, with its event."""
+    task.status = status
+    task.result = result
+    task.error = error
+    task.finished_at = timezone.now()
+    fields = ["status", "result", "error", "finished_at"]
+    if status == TaskStatus.SUCCEEDED:
+        task.progress = 100
+        fields.append("progress")
+    task.save(update_fields=fields)
+    record_event(user_id=task.owner_id, kind=f"task.{status}", task=task.as_json())  # type: ignore[arg-type]
+
+
+# --- The owner's actions ------------------------------------------------------
+
+
+def cancel_task(*, task_id: uuid.UUID | str, owner: User) -> Task:
+    """A queued task is cancelled at once; a running one is asked to stop
+    (the worker ends it as cancelled). Raises Task.DoesNotExist for another
+    user's task and TaskConflict for a finished one."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().get(pk=task_id, owner=owner)
+        if task.is_finished:
+            raise TaskConflict(f"The task has already {task.status}.")
+        if task.status == TaskStatus.QUEUED:
+            _close(task, TaskStatus.CANCELLED, error="Cancelled before it started.")
+        elif task.cancel_requested_at is None:
+            task.cancel_requested_at = timezone.now()
+            task.save(update_fields=["cancel_requested_at"])
+        return task
+
+
+def retry_task(*, task_id: uuid.UUID | str, owner: User) -> Task:
+    """Queues a copy of a finished task as a new task."""
+    original = Task.objects.get(pk=task_id, owner=owner)
+    if not original.is_finished:
+        raise TaskConflict(f"Only a finished task can be retried; this one is {original.status}.")
+    return create_task(owner=owner, kind=original.kind, params=original.params, retry_of=original)

@@ -1,43 +1,155 @@
-"""Celery entry points: thin, they take ids and call the service layer."""
+"""Celery entry points: thin, they take ids and call the service layer.
+
+Besides ``run_task``, this module gives each running task a cancel watchdog
+and each worker a relay that sends tasks the broker never accepted.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import random
+import signal
+import threading
+from typing import Any
 
+from celery import Task as CeleryTask
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
+from django.db import close_old_connections, connection
+
+from live.publisher import publisher
 
 from . import services
-from .registry import Run, UnknownWorkload, WorkloadFailed, get_workload
+from .registry import Cancelled, Run, UnknownWorkload, WorkloadFailed, get_workload
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(
-    name="tasklight.run_task",
-    acks_late=True,
-    soft_time_limit=settings.TASK_SOFT_TIME_LIMIT,
-    time_limit=settings.TASK_TIME_LIMIT,
-)
-def run_task(task_id: str) -> None:
-    task = services.start_task(task_id=task_id)
+class TasklightTask(CeleryTask):
+    def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        # On a hard time limit Celery kills the process running the task and
+        # calls this in the worker's main process: the task must still end.
+        if isinstance(exc, TimeLimitExceeded):
+            limit = exc.args[0] if exc.args else "its"
+            services.fail_task(task_id=task_id, error=f"The task was stopped at its hard time limit of {limit} s.")
+
+
+@shared_task(bind=True, base=TasklightTask, name="tasklight.run_task", acks_late=True)
+def run_task(self: CeleryTask, task_id: str) -> None:
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    try:
+        task = services.start_task(task_id=task_id, redelivered=redelivered)
+    except services.OwnerAtCapacity:
+        # Wait in the queue, not in this worker: other users' tasks go first.
+        services.send_to_broker(task_id=task_id, countdown=1 + random.random())  # noqa: S311
+        return
     if task is None:
-        logger.info("task %s is finished or gone; not running it", task_id)
+        logger.info("task %s is finished, cancelled or running elsewhere; not running it", task_id)
         return
     try:
         workload = get_workload(task.kind)
-        result = workload.run(task.params, Run(lambda percent: services.report_progress(task=task, percent=percent)))
     except UnknownWorkload:
         services.fail_task(task_id=task_id, error=f"No workload named {task.kind!r} is installed on this worker.")
+        return
+    cancel = threading.Event()
+    watchdog = CancelWatchdog(task_id, cancel)
+    watchdog.start()
+    try:
+        result = workload.run(
+            task.params, Run(lambda percent: services.report_progress(task=task, percent=percent), cancel)
+        )
+    except Cancelled:
+        services.end_cancelled(task_id=task_id)
     except WorkloadFailed as exc:
         services.fail_task(task_id=task_id, error=str(exc))
     except SoftTimeLimitExceeded:
-        services.fail_task(
-            task_id=task_id, error=f"The task ran longer than its time limit of {settings.TASK_SOFT_TIME_LIMIT} s."
-        )
+        limit = workload.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT
+        services.fail_task(task_id=task_id, error=f"The task ran longer than its time limit of {limit:g} s.")
     except Exception as exc:
         logger.exception("task %s (%s) raised", task_id, task.kind)
         services.fail_task(task_id=task_id, error=f"The workload crashed: {type(exc).__name__}: {exc}")
     else:
         services.finish_task(task_id=task_id, result=result)
+    finally:
+        watchdog.stop()
+
+
+class CancelWatchdog(threading.Thread):
+    """Watches a running task for its owner's cancel request.
+
+    Every CANCEL_POLL_SECONDS it looks at the task's row. Once a cancel is
+    requested it sets the event behind ``run.cancelled()``; if the workload
+    has not stopped CANCEL_GRACE_SECONDS later, it ends the task as cancelled
+    and kills this pool process (Celery starts a new one; the message comes
+    back and is dropped, since the task is finished).
+    """
+
+    def __init__(self, task_id: str, cancel: threading.Event) -> None:
+        super().__init__(name=f"cancel-watchdog-{task_id}", daemon=True)
+        self.task_id = task_id
+        self.cancel = cancel
+        self.done = threading.Event()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(timeout=5)
+
+    def run(self) -> None:
+        try:
+            while not self.done.wait(settings.CANCEL_POLL_SECONDS):
+                if services.cancel_requested(task_id=self.task_id):
+                    self.cancel.set()
+                    break
+            if self.done.wait(settings.CANCEL_GRACE_SECONDS):
+                return
+            grace = settings.CANCEL_GRACE_SECONDS
+            ended = services.end_cancelled(
+                task_id=self.task_id,
+                error=f"Cancelled by its owner; stopped after it ran {grace:g} s past the request.",
+            )
+            if ended is not None and not self.done.is_set():
+                logger.warning("task %s ignored its cancellation for %s s: killing its process", self.task_id, grace)
+                publisher.flush(2.0)
+                os.kill(os.getpid(), signal.SIGKILL)
+        except Exception:
+            logger.exception("cancel watchdog of task %s failed", self.task_id)
+        finally:
+            connection.close()
+
+
+class Relay(threading.Thread):
+    """Sends queued tasks that never reached the broker, in every worker."""
+
+    def __init__(self) -> None:
+        super().__init__(name="tasklight-relay", daemon=True)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.wait(settings.RELAY_INTERVAL_SECONDS):
+            try:
+                close_old_connections()
+                sent = services.relay_unsent(older_than=settings.RELAY_MIN_AGE_SECONDS)
+                if sent:
+                    logger.info("relay: sent %d task(s) the broker had not accepted", sent)
+            except Exception as exc:
+                logger.warning("relay: will try again: %s", exc)
+        connection.close()
+
+
+_relay: Relay | None = None
+
+
+@worker_ready.connect
+def start_relay(**kwargs: Any) -> None:
+    global _relay
+    _relay = Relay()
+    _relay.start()
+
+
+@worker_shutdown.connect
+def stop_relay(**kwargs: Any) -> None:
+    if _relay is not None:
+        _relay.stopping.set()
