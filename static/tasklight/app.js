@@ -125,7 +125,7 @@
     if (!toastBox) return;
     var node = h('div', {
       className: 'toast toast--' + outcome,
-      role: outcome === 'failed' ? 'alert' : 'status',
+      role: outcome === 'failed' || outcome === 'error' ? 'alert' : 'status',
       title: 'Click to dismiss',
       dataset: { testid: 'notification', outcome: outcome }
     }, [message]);
@@ -171,7 +171,8 @@
     var kind = h('span', { className: 'task__kind' });
     var params = h('span', { className: 'task__params' });
     var time = h('time', { className: 'task__time' });
-    var head = h('div', { className: 'task__head' }, [badge, kind, params, time]);
+    var actions = h('span', { className: 'task__actions' });
+    var head = h('div', { className: 'task__head' }, [badge, kind, params, time, actions]);
     var fill = h('div', { className: 'bar__fill' });
     var bar = h('div', { className: 'bar', role: 'progressbar', 'aria-valuemin': '0', 'aria-valuemax': '100' }, [fill]);
     var percent = h('span', { className: 'progress__label' });
@@ -179,10 +180,46 @@
     var outcome = h('div', { className: 'task__outcome', hidden: true });
     var meta = h('div', { className: 'task__meta' });
     var node = h('li', { className: 'task', dataset: { testid: 'task-row' } }, [head, progress, outcome, meta]);
-    return {
+    var row = {
       node: node,
-      parts: { badge: badge, kind: kind, params: params, time: time, bar: bar, fill: fill, percent: percent, progress: progress, outcome: outcome, meta: meta }
+      cancelPending: false, // a cancel request is in flight
+      cancelRequested: false, // the server accepted a cancel of the running task
+      retryPending: false,
+      parts: { badge: badge, kind: kind, params: params, time: time, actions: actions, bar: bar, fill: fill, percent: percent, progress: progress, outcome: outcome, meta: meta }
     };
+    // Both buttons are built once; renderRow puts in the row only the one the
+    // status calls for.
+    row.parts.cancel = h('button', {
+      type: 'button', className: 'button button--small button--danger-outline',
+      title: 'Cancel this task', dataset: { testid: 'cancel-task' }
+    }, ['Cancel']);
+    row.parts.retry = h('button', {
+      type: 'button', className: 'button button--small button--outline',
+      title: 'Queue this task again', dataset: { testid: 'retry-task' }
+    }, ['Retry']);
+    row.parts.cancel.addEventListener('click', function () { cancelTask(row); });
+    row.parts.retry.addEventListener('click', function () { retryTask(row); });
+    return row;
+  }
+
+  function renderActions(row, status) {
+    var p = row.parts;
+    var active = status === 'queued' || status === 'running';
+    if (!active) { row.cancelPending = false; row.cancelRequested = false; }
+    var wanted = active ? p.cancel : (TERMINAL[status] ? p.retry : null);
+    // Exactly the wanted button, whatever was there before.
+    Array.prototype.slice.call(p.actions.children).forEach(function (child) {
+      if (child !== wanted) p.actions.removeChild(child);
+    });
+    if (wanted && wanted.parentNode !== p.actions) p.actions.appendChild(wanted);
+    p.actions.hidden = !wanted;
+
+    var cancelling = active && (row.cancelPending || row.cancelRequested);
+    p.cancel.disabled = cancelling;
+    p.cancel.textContent = cancelling ? 'Cancelling\u2026' : 'Cancel';
+    if (cancelling) p.cancel.setAttribute('aria-busy', 'true'); else p.cancel.removeAttribute('aria-busy');
+    p.retry.disabled = row.retryPending;
+    if (row.retryPending) p.retry.setAttribute('aria-busy', 'true'); else p.retry.removeAttribute('aria-busy');
   }
 
   function renderRow(row) {
@@ -243,6 +280,8 @@
     else if (started) meta = 'started ' + formatClock(started);
     p.meta.textContent = meta;
     p.meta.hidden = meta === '';
+
+    renderActions(row, status);
   }
 
   function createdKey(task) {
@@ -300,6 +339,74 @@
     trimRows();
     updateEmptyState();
     return true;
+  }
+
+  // ------------------------------------------------------- cancel and retry
+
+  function taskActionUrl(id, action) {
+    var base = tasksUrl.split('?')[0];
+    if (base.slice(-1) !== '/') base += '/';
+    return base + encodeURIComponent(id) + '/' + action + '/';
+  }
+
+  // POSTs {} to a task's action; resolves to { ok, status, body, message }.
+  async function postTaskAction(id, action) {
+    var response;
+    try {
+      response = await fetch(taskActionUrl(id, action), {
+        method: 'POST',
+        credentials: 'same-origin',
+        headers: {
+          'Content-Type': 'application/json',
+          'Accept': 'application/json',
+          'X-CSRFToken': csrfToken()
+        },
+        body: '{}'
+      });
+    } catch (err) {
+      return { ok: false, status: 0, body: null, message: 'Could not reach the server. Check your connection and try again.' };
+    }
+    var body = null;
+    try { body = await response.json(); } catch (err) { body = null; }
+    if (response.ok && isTask(body)) return { ok: true, status: response.status, body: body, message: '' };
+    var message = body && body.error && body.error.message
+      ? String(body.error.message)
+      : 'The server answered ' + response.status + (response.statusText ? ' ' + response.statusText : '') + '.';
+    return { ok: false, status: response.status, body: body, message: message };
+  }
+
+  function rowIsCurrent(row) {
+    return rows.get(row.task.id) === row;
+  }
+
+  async function cancelTask(row) {
+    if (row.cancelPending || row.cancelRequested) return;
+    var id = row.task.id;
+    row.cancelPending = true;
+    renderRow(row);
+    var answer = await postTaskAction(id, 'cancel');
+    row.cancelPending = false;
+    if (answer.ok) {
+      // Still running: it ends cancelled later (a task.cancelled event).
+      if (!TERMINAL[answer.body.status]) row.cancelRequested = true;
+      upsert(answer.body);
+    } else {
+      // 409: it finished meanwhile; the events bring its final state.
+      toast(truncate(answer.message, 300), 'error');
+    }
+    if (rowIsCurrent(row)) renderRow(row);
+  }
+
+  async function retryTask(row) {
+    if (row.retryPending) return;
+    var id = row.task.id;
+    row.retryPending = true;
+    renderRow(row);
+    var answer = await postTaskAction(id, 'retry');
+    row.retryPending = false;
+    if (answer.ok) upsert(answer.body, { highlight: true });
+    else toast(truncate(answer.message, 300), 'error');
+    if (rowIsCurrent(row)) renderRow(row);
   }
 
   readJSONScript('initial-tasks', []).forEach(function (task) { upsert(task, { append: true }); });
