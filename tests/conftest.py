@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -79,29 +83,105 @@ def fast_password_hashing(settings) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
-@pytest.fixture(scope="session")
-def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """One uvicorn process and one Celery worker on PostgreSQL, RabbitMQ and
-    Redis, sharing the test database. Started once for the session."""
+def stack_env(**overrides: str) -> dict[str, str]:
+    """The environment of the processes under test: the test database, the
+    test workloads, and tight knobs so that waits stay short."""
     from django.db import connection
 
-    from tasklight.celery import app as celery_app
-
-    from . import stack as processes
-
     settings_dict = connection.settings_dict
-    env = {
+    return {
         **os.environ,
         "DATABASE_URL": (
             f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}/{settings_dict['NAME']}"
         ),
         "PYTHONUNBUFFERED": "1",
+        "WORKLOAD_MODULES": "tests.workloads_for_tests",
+        "MAX_RUNNING_TASKS_PER_USER": "2",
+        "CANCEL_GRACE_SECONDS": "2",
+        "CANCEL_POLL_SECONDS": "0.2",
+        "RELAY_INTERVAL_SECONDS": "1",
+        "RELAY_MIN_AGE_SECONDS": "1",
+        **overrides,
     }
+
+
+@dataclass
+class Stack:
+    base_url: str
+    env: dict[str, str]
+    log_dir: Path
+    web: Any
+    workers: list[Any] = field(default_factory=list)
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.log()}" for p in [self.web, *self.workers])
+
+    def start_worker(self, concurrency: int = 2, **overrides: str) -> Any:
+        from . import stack as processes
+
+        name = f"worker-{len(self.workers)}"
+        worker = processes.start_worker({**self.env, **overrides}, self.log_dir, name=name, concurrency=concurrency)
+        self.workers.append(worker)
+        return worker
+
+
+def forget_throttle_history() -> None:
+    """Rate-limit counters of an earlier run would count against this one's
+    users, whose ids start from 1 again."""
+    import redis
+    from django.conf import settings
+
+    client = redis.Redis.from_url(settings.CHANNEL_LAYER_URL)
+    for key in client.scan_iter(match=f"*{settings.CACHES['default']['KEY_PREFIX']}*", count=1000):
+        client.delete(key)
+
+
+@pytest.fixture(scope="session")
+def stack(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One uvicorn process and one Celery worker on PostgreSQL, RabbitMQ and
+    Redis, sharing the test database. Started once for the session."""
+    from tasklight.celery import app as celery_app
+
+    from . import stack as processes
+
+    env = stack_env()
     # Leftovers of an earlier, interrupted run must not reach this worker.
     celery_app.control.purge()
+    forget_throttle_history()
     log_dir = tmp_path_factory.mktemp("stack-logs")
     web, base_url = processes.start_web(env, log_dir)
     worker = processes.start_worker(env, log_dir)
-    yield type("Stack", (), {"base_url": base_url, "env": env, "log_dir": log_dir, "web": web, "worker": worker})
+    running = Stack(base_url, env, log_dir, web, [worker])
+    yield running
     worker.stop()
     web.stop()
+
+
+@pytest.fixture
+def private_stack(django_db_setup: None, tmp_path: Path) -> Iterator[Callable[..., Stack]]:
+    """A web process and workers of a test's own, on a queue of their own, for
+    tests that kill or starve them. Call it with env overrides for the web
+    process; start workers with ``start_worker``."""
+    from . import stack as processes
+
+    queue = f"tasklight-test-{uuid.uuid4().hex[:8]}"
+    started: list[Stack] = []
+
+    def launch(**web_overrides: str) -> Stack:
+        env = stack_env(TASKLIGHT_QUEUE=queue, **web_overrides)
+        web, base_url = processes.start_web(env, tmp_path, name=f"web-{len(started)}")
+        started.append(Stack(base_url, stack_env(TASKLIGHT_QUEUE=queue), tmp_path, web))
+        return started[-1]
+
+    yield launch
+    for running in started:
+        for process in [*running.workers, running.web]:
+            process.stop(signal.SIGKILL)
+    delete_queue(queue)
+
+
+def delete_queue(name: str) -> None:
+    from tasklight.celery import app as celery_app
+
+    with celery_app.connection_for_write() as conn:
+        conn.default_channel.queue_delete(name)

@@ -191,6 +191,18 @@ class LiveSocket:
                     return events
 
 
+def until_all_finished(task_ids: list[str]) -> Callable[[dict[str, Any]], bool]:
+    """For events_until: true once every one of these tasks has ended, in any order."""
+    pending = set(task_ids)
+
+    def done(frame: dict[str, Any]) -> bool:
+        if frame["event"] in ("task.succeeded", "task.failed", "task.cancelled"):
+            pending.discard(frame["task"]["id"])
+        return not pending
+
+    return done
+
+
 def terminal_for(task_id: str) -> Callable[[dict[str, Any]], bool]:
     return lambda frame: (
         frame["task"]["id"] == task_id

@@ -57,16 +57,21 @@ def page(browser: Browser) -> Iterator[Page]:
     assert not errors, f"the page logged errors: {errors}"
 
 
-def test_sign_up_queue_a_task_see_it_succeed_live_and_log_out(stack: Any, page: Page) -> None:
+def sign_up(page: Page) -> str:
+    """Signs up through the sign-up page; returns the username."""
     username = f"visitor-{uuid.uuid4().hex[:8]}"
-    page.goto(stack.base_url + "/")
-    page.get_by_role("link", name="Sign up").first.click()
     page.fill("input[name=username]", username)
     page.fill("input[name=password1]", PASSWORD)
     page.fill("input[name=password2]", PASSWORD)
     page.locator("form button[type=submit], form input[type=submit]").last.click()
-
     expect(page.get_by_test_id("nav-username")).to_have_text(username)
+    return username
+
+
+def test_sign_up_queue_a_task_see_it_succeed_live_and_log_out(stack: Any, page: Page) -> None:
+    page.goto(stack.base_url + "/")
+    page.get_by_role("link", name="Sign up").first.click()
+    sign_up(page)
     expect(page.get_by_test_id("connection-status")).to_have_text("connected")
 
     # Every navigation from here on would be a reload: there must be none.
@@ -90,16 +95,32 @@ def test_sign_up_queue_a_task_see_it_succeed_live_and_log_out(stack: Any, page: 
 
 
 def test_a_failing_task_shows_a_failure_toast(stack: Any, page: Page) -> None:
-    username = f"visitor-{uuid.uuid4().hex[:8]}"
     page.goto(stack.base_url + "/signup/")
-    page.fill("input[name=username]", username)
-    page.fill("input[name=password1]", PASSWORD)
-    page.fill("input[name=password2]", PASSWORD)
-    page.locator("form button[type=submit], form input[type=submit]").last.click()
-    expect(page.get_by_test_id("nav-username")).to_have_text(username)
+    sign_up(page)
 
     page.locator("input[name=seconds]").fill("0")
     page.locator("input[name=fail]").check()
     page.get_by_test_id("queue-task").click()
     expect(page.get_by_test_id("task-row").first).to_have_attribute("data-status", "failed", timeout=30_000)
     expect(page.get_by_test_id("notification")).to_contain_text("Simulated failure")
+
+
+def test_cancel_a_running_task_then_retry_it_from_its_row(stack: Any, page: Page) -> None:
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+    page.locator("input[name=seconds]").fill("60")
+    page.get_by_test_id("queue-task").click()
+    row = page.get_by_test_id("task-row").first
+    expect(row).to_have_attribute("data-status", "running", timeout=30_000)
+    row.get_by_test_id("cancel-task").click()
+    expect(row).to_have_attribute("data-status", "cancelled", timeout=10_000)
+    expect(page.get_by_test_id("notification")).to_contain_text("cancelled")
+
+    original = row.get_attribute("data-task-id")
+    row.get_by_test_id("retry-task").click()
+    expect(page.get_by_test_id("task-row")).to_have_count(2)
+    copy = page.get_by_test_id("task-row").first
+    assert copy.get_attribute("data-task-id") != original
+    expect(copy).to_contain_text("seconds=60")
+    copy.get_by_test_id("cancel-task").click()  # no need to keep a worker busy for a minute
+    expect(copy).to_have_attribute("data-status", "cancelled", timeout=10_000)

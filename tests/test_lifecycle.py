@@ -1,0 +1,185 @@
+"""A task's life on real processes: progress, cancel, limits, time limits and
+the delivery guarantees when workers die or the broker is away."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+from collections import Counter
+from typing import Any
+
+import httpx
+import pytest
+
+from live.models import Event
+from workloads.models import Task
+
+from .stack import Account, terminal_for, until_all_finished, wait_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+
+def kinds_for(task_id: str) -> list[str]:
+    """The stored lifecycle events of one task, in order."""
+    return [e.kind for e in Event.objects.filter(task__id=task_id).order_by("user_id", "sequence")]
+
+
+def test_progress_frames_of_a_primes_run_are_bounded(stack: Any) -> None:
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("primes", below=100_000_000)
+        events = socket.events_until(terminal_for(task["id"]), timeout=120)
+    assert events[-1]["task"]["result"] == {"count": 5_761_455}
+    progress = [f for f in socket.frames if f["type"] == "progress" and f["task"]["id"] == task["id"]]
+    stored = Task.objects.get(pk=task["id"])
+    seconds = (stored.finished_at - stored.started_at).total_seconds()
+    # The sieve reports ~95 times; coalescing lets through one per 0.25 s and per percent.
+    assert 2 <= len(progress) <= min(101, math.ceil(seconds / 0.25) + 1)
+    percents = [f["task"]["progress"] for f in progress]
+    assert percents == sorted(set(percents))
+
+
+def test_a_queued_task_cancelled_never_starts(stack: Any) -> None:
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        # MAX_RUNNING_TASKS_PER_USER is 2 here: the third task has to wait.
+        busy = [alice.queue("simulate", seconds=2) for _ in range(2)]
+        socket.events_until(lambda e: e["event"] == "task.started" and e["task"]["id"] == busy[1]["id"])
+        waiting = alice.queue("simulate", seconds=0)
+        response = alice.http.post(f"/api/tasks/{waiting['id']}/cancel/")
+        assert (response.status_code, response.json()["status"]) == (202, "cancelled")
+        socket.events_until(until_all_finished([t["id"] for t in busy]))
+    assert kinds_for(waiting["id"]) == ["task.queued", "task.cancelled"]
+    assert Task.objects.get(pk=waiting["id"]).started_at is None
+
+
+def test_a_running_task_stops_at_its_next_check(stack: Any) -> None:
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("simulate", seconds=60)
+        socket.events_until(lambda e: e["event"] == "task.started")
+        response = alice.http.post(f"/api/tasks/{task['id']}/cancel/")
+        assert response.status_code == 202
+        events = socket.events_until(terminal_for(task["id"]))
+    assert events[-1]["event"] == "task.cancelled"
+    assert events[-1]["task"]["error"] == "Cancelled by its owner."
+    stored = Task.objects.get(pk=task["id"])
+    # Stopped within the grace period (2 s here), not at the end of its 60 s.
+    assert (stored.finished_at - stored.cancel_requested_at).total_seconds() < 2
+    assert alice.http.post(f"/api/tasks/{task['id']}/cancel/").status_code == 409
+
+
+def test_a_task_that_ignores_cancellation_is_killed_after_the_grace_period(stack: Any) -> None:
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("ignores_cancellation", seconds=60)
+        socket.events_until(lambda e: e["event"] == "task.started")
+        alice.http.post(f"/api/tasks/{task['id']}/cancel/")
+        events = socket.events_until(terminal_for(task["id"]))
+        assert events[-1]["event"] == "task.cancelled"
+        assert "stopped after it ran 2 s past the request" in events[-1]["task"]["error"]
+        # The worker replaced the killed process and goes on working.
+        after = alice.queue("simulate", seconds=0)
+        assert socket.events_until(terminal_for(after["id"]))[-1]["event"] == "task.succeeded"
+    assert kinds_for(task["id"]).count("task.cancelled") == 1
+
+
+def test_a_workload_past_its_hard_time_limit_fails_readably(stack: Any) -> None:
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("ignores_time_limit", seconds=30)
+        events = socket.events_until(terminal_for(task["id"]), timeout=30)
+    assert events[-1]["event"] == "task.failed"
+    assert events[-1]["task"]["error"] == "The task was stopped at its hard time limit of 2 s."
+
+
+def test_a_workload_installed_by_the_recipe_runs_on_the_worker(stack: Any) -> None:
+    alice = Account.sign_up(stack.base_url)
+    names = [w["name"] for w in alice.http.get("/api/workloads/").json()]
+    assert "reverse" in names
+    bad = alice.http.post("/api/tasks/", json={"kind": "reverse", "params": {"text": "x", "times": 11}})
+    assert bad.status_code == 400
+    assert "params.times" in bad.json()["error"]["fields"]
+    with alice.socket() as socket:
+        task = alice.queue("reverse", text="abc", times=2)
+        events = socket.events_until(terminal_for(task["id"]))
+    assert events[-1]["task"]["result"] == {"reversed": "cbacba"}
+
+
+def test_ten_parallel_posts_with_one_idempotency_key_make_one_task(stack: Any) -> None:
+    alice = Account.sign_up(stack.base_url)
+    barrier = threading.Barrier(10)
+    answers: list[httpx.Response] = []
+
+    def post() -> None:
+        with httpx.Client(base_url=stack.base_url, headers=dict(alice.http.headers), timeout=30) as client:
+            barrier.wait()
+            answers.append(
+                client.post(
+                    "/api/tasks/",
+                    json={"kind": "simulate", "params": {"seconds": 0}},
+                    headers={"Idempotency-Key": "burst-1"},
+                )
+            )
+
+    threads = [threading.Thread(target=post) for _ in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert [a.status_code for a in answers] == [202] * 10
+    assert len({a.json()["id"] for a in answers}) == 1
+    assert Task.objects.filter(owner__username=alice.username).count() == 1
+
+
+def test_the_running_cap_holds_under_a_burst_and_other_users_are_not_starved(private_stack) -> None:
+    running = private_stack()
+    running.start_worker(concurrency=4)
+    running.start_worker(concurrency=2)
+    alice, bob = Account.sign_up(running.base_url), Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        burst = [alice.queue("simulate", seconds=0.5) for _ in range(8)]
+        bobs = bob.queue("simulate", seconds=0)
+        socket.events_until(until_all_finished([t["id"] for t in burst]), timeout=90)
+    # Alice's events are in commit order: replay them and count what runs.
+    now_running, most = 0, 0
+    for kind in Event.objects.filter(user__username=alice.username).order_by("sequence").values_list("kind", flat=True):
+        now_running += {"task.started": 1, "task.succeeded": -1}.get(kind, 0)
+        most = max(most, now_running)
+    assert most == 2  # MAX_RUNNING_TASKS_PER_USER
+    bobs_task = wait_for(lambda: Task.objects.filter(pk=bobs["id"], status="succeeded").first(), timeout=30, what="bob")
+    last_alice_start = max(Task.objects.filter(pk__in=[t["id"] for t in burst]).values_list("started_at", flat=True))
+    assert bobs_task.started_at < last_alice_start, "bob waited behind alice's whole burst"
+
+
+def test_a_worker_killed_mid_task_is_replaced_and_the_task_finishes_once(private_stack) -> None:
+    running = private_stack()
+    doomed = running.start_worker(concurrency=1)
+    alice = Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("simulate", seconds=3)
+        socket.events_until(lambda e: e["event"] == "task.started")
+        os.killpg(doomed.popen.pid, signal.SIGKILL)  # the whole worker, pool and all
+        doomed.popen.wait(10)
+        running.start_worker(concurrency=1)
+        events = socket.events_until(terminal_for(task["id"]), timeout=60)
+    assert events[-1]["event"] == "task.succeeded"
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
+
+
+def test_tasks_queued_while_the_broker_is_away_are_relayed_once(private_stack) -> None:
+    # The web process's broker is a closed port; the worker has the real one.
+    running = private_stack(CELERY_BROKER_URL="amqp://guest:guest@127.0.0.1:1//")
+    running.start_worker(concurrency=2)
+    alice = Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        queued = [alice.queue("simulate", seconds=0) for _ in range(20)]  # each one a 202
+        socket.events_until(until_all_finished([t["id"] for t in queued]), timeout=90)
+    for task in queued:
+        assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
+    assert Counter(Task.objects.filter(pk__in=[t["id"] for t in queued]).values_list("status", flat=True)) == {
+        "succeeded": 20
+    }
+    assert "relay: sent" in running.logs()

@@ -1,0 +1,51 @@
+"""Workloads that only the tests install (WORKLOAD_MODULES=tests.workloads_for_tests):
+one written by the recipe in docs/adding-a-workload.md, and two that misbehave."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+from pydantic import BaseModel, ConfigDict, Field
+
+from workloads.registry import Run, workload
+
+
+class ReverseParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: Annotated[str, Field(max_length=1000, description="The text to reverse.")]
+    times: Annotated[int, Field(ge=1, le=10, description="How many copies.")] = 1
+
+
+@workload(title="Reverse", soft_time_limit=10, time_limit=20)
+def reverse(params: ReverseParams, run: Run) -> dict[str, Any]:
+    """Reverses a text; the recipe's example."""
+    run.stop_if_cancelled()
+    return {"reversed": params.text[::-1] * params.times}
+
+
+class SecondsParams(BaseModel):
+    seconds: Annotated[float, Field(ge=0, le=120)] = 30
+
+
+@workload(title="Ignores its time limit", soft_time_limit=1, time_limit=2)
+def ignores_time_limit(params: SecondsParams, run: Run) -> dict[str, Any]:
+    """Swallows the soft time limit, so only the hard one can stop it."""
+    deadline = time.monotonic() + params.seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(0.05)
+        except SoftTimeLimitExceeded:
+            continue
+    return {"ran": params.seconds}
+
+
+@workload(title="Ignores cancellation")
+def ignores_cancellation(params: SecondsParams, run: Run) -> dict[str, Any]:
+    """Never checks run.cancelled(): only the watchdog can stop it."""
+    deadline = time.monotonic() + params.seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    return {"ran": params.seconds}
