@@ -5,8 +5,8 @@ from typing import Any
 from django.urls import reverse
 from django.utils.http import urlencode
 from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import serializers
-from rest_framework.exceptions import ValidationError
+from rest_framework import serializers, status
+from rest_framework.exceptions import APIException, ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -15,6 +15,7 @@ from tasklight.pagination import page_size
 from workloads.api import TaskSerializer
 
 from . import services
+from .models import Event
 
 
 class EventSerializer(serializers.Serializer[Any]):
@@ -46,17 +47,62 @@ class EventListView(APIView):
             raise ValidationError({"after": ["Must be a non-negative whole number."]})
         limit = page_size(request, default=500)
         user_id: int = request.user.pk  # type: ignore[assignment]  # IsAuthenticated
-        events = services.events_after(user_id=user_id, after=after, limit=limit)
+        try:
+            events = services.events_after(user_id=user_id, after=after, limit=limit)
+        except services.CursorExpired:
+            raise CursorGone from None
         next_url = None
         if len(events) == limit:
             query = urlencode({"after": events[-1].sequence, "limit": limit})
             next_url = request.build_absolute_uri(f"{reverse('api-events')}?{query}")
+        return Response({"results": [event_json(e) for e in events], "next": next_url})
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    return {"id": event.sequence, "event": event.kind, "task": event.task, "created_at": event.created_at.isoformat()}
+
+
+class CursorGone(APIException):
+    status_code = status.HTTP_410_GONE
+    default_code = "resync"
+    default_detail = "Events after this id are past retention: reload the tasks over REST, then follow the socket."
+
+
+class InboxSerializer(serializers.Serializer[Any]):
+    unread = serializers.IntegerField(help_text=f"Counted up to {services.UNREAD_COUNT_CAP}.")
+    read_up_to = serializers.IntegerField()
+
+
+class NotificationPageSerializer(InboxSerializer):
+    results = EventSerializer(many=True)
+
+
+class MarkReadSerializer(serializers.Serializer[Any]):
+    up_to = serializers.IntegerField(min_value=0, help_text="Marks every notification with an id up to this read.")
+
+
+class NotificationListView(APIView):
+    @extend_schema(
+        parameters=[OpenApiParameter("limit", int, description="How many, 1 to 500 (default 10).")],
+        responses={200: NotificationPageSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        """The inbox: terminal task events, newest first, and the unread count."""
+        user_id: int = request.user.pk  # type: ignore[assignment]  # IsAuthenticated
+        limit = page_size(request, default=10)
         return Response(
             {
-                "results": [
-                    {"id": e.sequence, "event": e.kind, "task": e.task, "created_at": e.created_at.isoformat()}
-                    for e in events
-                ],
-                "next": next_url,
+                **services.inbox_state(user_id),
+                "results": [event_json(e) for e in services.notifications(user_id=user_id, limit=limit)],
             }
         )
+
+
+class MarkReadView(APIView):
+    @extend_schema(request=MarkReadSerializer, responses={200: InboxSerializer})
+    def post(self, request: Request) -> Response:
+        """Marks notifications read; every socket of the user hears of it."""
+        body = MarkReadSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        user_id: int = request.user.pk  # type: ignore[assignment]  # IsAuthenticated
+        return Response(services.mark_read(user_id=user_id, up_to=body.validated_data["up_to"]))

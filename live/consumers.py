@@ -1,9 +1,12 @@
 """The /ws/ consumer: one per socket, joined to its user's group.
 
-Delivery rule: a socket sends a user's events in id order, each once. Ids are
-gap-free per user (live/models.py), so a live event that skips ahead means an
-earlier one is still in flight from another process: the consumer fills the
-gap from the table first and drops the late copy when it comes.
+Delivery rule: from ``hello`` on, a socket sends each of its user's events
+once, in id order. Ids are gap-free per user (live/models.py), so a live
+event that skips ahead means an earlier one is still in flight from another
+process, or was lost by the channel layer: the consumer sends the missing ones
+from the table first and drops a late copy when it comes. Every ``ping`` also
+checks the table, so an event the layer lost (Redis restarted, say) reaches
+the socket by the next heartbeat at the latest, even if no later event comes.
 """
 
 from __future__ import annotations
@@ -41,8 +44,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         # the read can be missed: it arrives live.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        self.last_sent_id = await database_sync_to_async(services.last_event_id)(user.id)
-        await self.send_json({"type": "hello", "user": user.username, "last_event_id": self.last_sent_id})
+        self.last_sent_id, inbox = await database_sync_to_async(services.hello_state)(user.id)
+        await self.send_json({"type": "hello", "user": user.username, "last_event_id": self.last_sent_id, **inbox})
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
@@ -67,6 +70,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         kind = content["type"]
         if kind == "ping":
+            await self.catch_up()
             await self.send_json({"type": "pong", "id": content.get("id")})
         elif kind == "resume":
             await self.resume(content.get("after"))
@@ -83,13 +87,26 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         await self.replay(after)
 
+    async def catch_up(self) -> None:
+        """Sends what is stored but has not reached this socket."""
+        newest = await database_sync_to_async(services.last_event_id)(self.user_id)
+        if newest > self.last_sent_id:
+            await self.replay(self.last_sent_id)
+
     async def replay(self, after: int) -> None:
-        """Sends stored events after ``after``, oldest first."""
+        """Sends stored events after ``after``, oldest first; ``resync`` if
+        some of them are past retention."""
         self.last_sent_id = after
         while True:
-            batch = await database_sync_to_async(services.events_after)(
-                user_id=self.user_id, after=self.last_sent_id, limit=REPLAY_BATCH
-            )
+            try:
+                batch = await database_sync_to_async(services.events_after)(
+                    user_id=self.user_id, after=self.last_sent_id, limit=REPLAY_BATCH
+                )
+            except services.CursorExpired as expired:
+                # The client reloads its state over REST and continues from here.
+                self.last_sent_id = expired.newest
+                await self.send_json({"type": "resync", "last_event_id": expired.newest})
+                return
             for event in batch:
                 await self.send_json(services.frame_for(event))
                 self.last_sent_id = event.sequence
@@ -113,4 +130,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.last_sent_id = frame["id"]
 
     async def live_progress(self, message: dict[str, Any]) -> None:
+        await self.send_json(message["frame"])
+
+    async def live_inbox(self, message: dict[str, Any]) -> None:
         await self.send_json(message["frame"])

@@ -16,6 +16,8 @@ class EventStream(models.Model):
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, primary_key=True, related_name="event_stream"
     )
     last_event_id = models.PositiveBigIntegerField(default=0)
+    # The inbox: notifications (terminal events) up to this id are read.
+    read_up_to = models.PositiveBigIntegerField(default=0, db_default=0)
 
     def __str__(self) -> str:
         return f"user {self.user_id}: last event {self.last_event_id}"
@@ -32,6 +34,7 @@ class Event(models.Model):
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["user", "sequence"], name="event_user_sequence")]
+        indexes = [models.Index(fields=["created_at"], name="event_created")]  # retention cleanup
 
     def __str__(self) -> str:
         return f"{self.kind} #{self.sequence} for user {self.user_id}"

@@ -7,9 +7,12 @@ socket ever hears of a state the database does not hold.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import timedelta
+from typing import Any, TypedDict
 
+from django.conf import settings
 from django.db import connection, transaction
+from django.utils import timezone
 
 from .events import EventFrame, EventKind, ProgressFrame, user_group
 from .models import Event, EventStream
@@ -57,5 +60,86 @@ def last_event_id(user_id: int) -> int:
     return value or 0
 
 
+class CursorExpired(Exception):
+    """Events after the client's cursor were deleted by retention: it must
+    reload its state over REST instead of replaying (``resync``)."""
+
+    def __init__(self, newest: int) -> None:
+        super().__init__(f"events before {newest} are no longer kept")
+        self.newest = newest
+
+
 def events_after(*, user_id: int, after: int, limit: int) -> list[Event]:
-    return list(Event.objects.filter(user_id=user_id, sequence__gt=after).order_by("sequence")[:limit])
+    """The user's stored events with ids above ``after``, oldest first.
+
+    Raises CursorExpired when some of them are gone: ids have no gaps, so the
+    first one returned must be ``after + 1``.
+    """
+    events = list(Event.objects.filter(user_id=user_id, sequence__gt=after).order_by("sequence")[:limit])
+    if events and events[0].sequence != after + 1:
+        raise CursorExpired(last_event_id(user_id))
+    if not events and after < (newest := last_event_id(user_id)):
+        raise CursorExpired(newest)
+    return events
+
+
+def delete_expired_events(*, batch: int = 10_000) -> int:
+    """Deletes events older than EVENT_RETENTION_DAYS, in batches; returns how many."""
+    cutoff = timezone.now() - timedelta(days=settings.EVENT_RETENTION_DAYS)
+    deleted = 0
+    while True:
+        ids = list(Event.objects.filter(created_at__lt=cutoff).values_list("id", flat=True)[:batch])
+        if not ids:
+            return deleted
+        deleted += Event.objects.filter(id__in=ids).delete()[0]
+
+
+# --- The inbox: terminal events are notifications -------------------------
+
+NOTIFICATION_KINDS = ("task.succeeded", "task.failed", "task.cancelled")
+# Counting stops here: a badge says "999+", and the query stays cheap.
+UNREAD_COUNT_CAP = 1000
+
+
+class InboxState(TypedDict):
+    unread: int
+    read_up_to: int
+
+
+def inbox_state(user_id: int, read_up_to: int | None = None) -> InboxState:
+    if read_up_to is None:
+        read_up_to = EventStream.objects.filter(user_id=user_id).values_list("read_up_to", flat=True).first() or 0
+    unread = Event.objects.filter(user_id=user_id, sequence__gt=read_up_to, kind__in=NOTIFICATION_KINDS)[
+        :UNREAD_COUNT_CAP
+    ].count()
+    return {"unread": unread, "read_up_to": read_up_to}
+
+
+def hello_state(user_id: int) -> tuple[int, InboxState]:
+    """What a new socket is told: the newest event id and the inbox."""
+    row = EventStream.objects.filter(user_id=user_id).values_list("last_event_id", "read_up_to").first()
+    newest, read_up_to = row or (0, 0)
+    return newest, inbox_state(user_id, read_up_to)
+
+
+def notifications(*, user_id: int, limit: int) -> list[Event]:
+    """The newest notifications first."""
+    return list(Event.objects.filter(user_id=user_id, kind__in=NOTIFICATION_KINDS).order_by("-sequence")[:limit])
+
+
+def mark_read(*, user_id: int, up_to: int) -> InboxState:
+    """Marks the user's notifications up to ``up_to`` read and tells every
+    socket of the user, so that all tabs agree."""
+    with transaction.atomic():
+        stream = EventStream.objects.select_for_update().filter(user_id=user_id).first()
+        if stream is None:
+            return {"unread": 0, "read_up_to": 0}
+        up_to = min(up_to, stream.last_event_id)
+        if up_to <= stream.read_up_to:
+            return inbox_state(user_id, stream.read_up_to)
+        stream.read_up_to = up_to
+        stream.save(update_fields=["read_up_to"])
+        state = inbox_state(user_id, up_to)
+        frame = {"type": "inbox", **state}
+        transaction.on_commit(lambda: publisher.push(user_group(user_id), {"type": "live.inbox", "frame": frame}))
+    return state

@@ -183,6 +183,11 @@ WORKLOAD_MODULES = env.list("WORKLOAD_MODULES", default=[])
 CANCEL_GRACE_SECONDS = env.float("CANCEL_GRACE_SECONDS", default=5.0)
 # How often a running task's watchdog looks for a cancel request (seconds).
 CANCEL_POLL_SECONDS = env.float("CANCEL_POLL_SECONDS", default=0.5)
+# Stored events older than this are deleted; a client resuming from before
+# them is told to resync (docs/events.md).
+EVENT_RETENTION_DAYS = env.float("EVENT_RETENTION_DAYS", default=7)
+# How often each worker deletes expired events and idempotency keys.
+CLEANUP_INTERVAL_SECONDS = env.float("CLEANUP_INTERVAL_SECONDS", default=3600)
 # Per user: tasks running at once (the rest wait queued) and queueing rate.
 MAX_RUNNING_TASKS_PER_USER = env.int("MAX_RUNNING_TASKS_PER_USER", default=4)
 TASK_RATE_LIMIT = env.str("TASK_RATE_LIMIT", default="120/min")

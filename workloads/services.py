@@ -145,6 +145,11 @@ def relay_unsent(*, older_than: float, limit: int = 500) -> int:
     return sent
 
 
+def delete_expired_idempotency_keys() -> int:
+    cutoff = timezone.now() - IDEMPOTENCY_WINDOW
+    return IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()[0]
+
+
 # --- Running ----------------------------------------------------------------
 
 

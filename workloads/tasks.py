@@ -11,6 +11,7 @@ import os
 import random
 import signal
 import threading
+import time
 from typing import Any
 
 from celery import Task as CeleryTask
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection
 
 from live.publisher import publisher
+from live.services import delete_expired_events
 
 from . import services
 from .registry import Cancelled, Run, UnknownWorkload, WorkloadFailed, get_workload
@@ -120,36 +122,52 @@ class CancelWatchdog(threading.Thread):
             connection.close()
 
 
-class Relay(threading.Thread):
-    """Sends queued tasks that never reached the broker, in every worker."""
+class Housekeeper(threading.Thread):
+    """In every worker's main process: sends queued tasks that never reached
+    the broker (every RELAY_INTERVAL_SECONDS), and deletes expired events and
+    idempotency keys (every CLEANUP_INTERVAL_SECONDS). Doing either in several
+    workers at once is harmless."""
 
     def __init__(self) -> None:
-        super().__init__(name="tasklight-relay", daemon=True)
+        super().__init__(name="tasklight-housekeeper", daemon=True)
         self.stopping = threading.Event()
+        self.next_cleanup = time.monotonic()
 
     def run(self) -> None:
         while not self.stopping.wait(settings.RELAY_INTERVAL_SECONDS):
+            close_old_connections()
             try:
-                close_old_connections()
                 sent = services.relay_unsent(older_than=settings.RELAY_MIN_AGE_SECONDS)
                 if sent:
                     logger.info("relay: sent %d task(s) the broker had not accepted", sent)
             except Exception as exc:
                 logger.warning("relay: will try again: %s", exc)
+            if time.monotonic() >= self.next_cleanup:
+                self.next_cleanup = time.monotonic() + settings.CLEANUP_INTERVAL_SECONDS
+                try:
+                    events, keys = cleanup()
+                    if events or keys:
+                        logger.info("cleanup: deleted %d expired event(s), %d idempotency key(s)", events, keys)
+                except Exception as exc:
+                    logger.warning("cleanup: will try again: %s", exc)
         connection.close()
 
 
-_relay: Relay | None = None
+def cleanup() -> tuple[int, int]:
+    return delete_expired_events(), services.delete_expired_idempotency_keys()
+
+
+_housekeeper: Housekeeper | None = None
 
 
 @worker_ready.connect
-def start_relay(**kwargs: Any) -> None:
-    global _relay
-    _relay = Relay()
-    _relay.start()
+def start_housekeeper(**kwargs: Any) -> None:
+    global _housekeeper
+    _housekeeper = Housekeeper()
+    _housekeeper.start()
 
 
 @worker_shutdown.connect
-def stop_relay(**kwargs: Any) -> None:
-    if _relay is not None:
-        _relay.stopping.set()
+def stop_housekeeper(**kwargs: Any) -> None:
+    if _housekeeper is not None:
+        _housekeeper.stopping.set()
