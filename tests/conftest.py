@@ -112,15 +112,26 @@ class Stack:
     log_dir: Path
     web: Any
     workers: list[Any] = field(default_factory=list)
+    worker_env: dict[str, str] | None = None
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.log()}" for p in [self.web, *self.workers])
+
+    def restart_web(self) -> None:
+        """Stops the web process and starts a new one on the same port: every
+        socket on it drops."""
+        from . import stack as processes
+
+        port = int(self.base_url.rsplit(":", 1)[1])
+        self.web.stop()
+        self.web, _ = processes.start_web(self.env, self.log_dir, name=f"{self.web.name}-again", port=port)
 
     def start_worker(self, concurrency: int = 2, **overrides: str) -> Any:
         from . import stack as processes
 
         name = f"worker-{len(self.workers)}"
-        worker = processes.start_worker({**self.env, **overrides}, self.log_dir, name=name, concurrency=concurrency)
+        env = {**(self.worker_env or self.env), **overrides}
+        worker = processes.start_worker(env, self.log_dir, name=name, concurrency=concurrency)
         self.workers.append(worker)
         return worker
 
@@ -170,7 +181,8 @@ def private_stack(django_db_setup: None, tmp_path: Path) -> Iterator[Callable[..
     def launch(**web_overrides: str) -> Stack:
         env = stack_env(TASKLIGHT_QUEUE=queue, **web_overrides)
         web, base_url = processes.start_web(env, tmp_path, name=f"web-{len(started)}")
-        started.append(Stack(base_url, stack_env(TASKLIGHT_QUEUE=queue), tmp_path, web))
+        started.append(Stack(base_url, env, tmp_path, web))
+        started[-1].worker_env = stack_env(TASKLIGHT_QUEUE=queue)
         return started[-1]
 
     yield launch

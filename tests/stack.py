@@ -77,8 +77,8 @@ def start(name: str, command: list[str], env: Mapping[str, str], log_dir: Path) 
     return Process(name, popen, log_path)
 
 
-def start_web(env: Mapping[str, str], log_dir: Path, name: str = "web") -> tuple[Process, str]:
-    port = free_port()
+def start_web(env: Mapping[str, str], log_dir: Path, name: str = "web", port: int | None = None) -> tuple[Process, str]:
+    port = port or free_port()
     process = start(
         name,
         [
@@ -160,7 +160,11 @@ class Account:
     @contextmanager
     def socket(self, base_url: str | None = None) -> Iterator[LiveSocket]:
         url = (base_url or self.base_url).replace("http", "ws", 1) + "/ws/"
-        with connect(url, additional_headers={"Authorization": f"Token {self.token}"}, open_timeout=10) as ws:
+        # max_queue=None: a test that reads late must not make the client stop
+        # reading (and miss its keepalive pongs) after 16 unread frames.
+        with connect(
+            url, additional_headers={"Authorization": f"Token {self.token}"}, open_timeout=10, max_queue=None
+        ) as ws:
             live = LiveSocket(ws)
             hello = live.next()
             assert hello["type"] == "hello" and hello["user"] == self.username, hello

@@ -29,7 +29,7 @@ def in_memory_layer(settings: Any) -> None:
 
 
 def token_header(user: User) -> tuple[bytes, bytes]:
-    return (b"authorization", f"Token {Token.objects.create(user=user).key}".encode())
+    return (b"authorization", f"Token {Token.objects.get_or_create(user=user)[0].key}".encode())
 
 
 def session_cookie(user: User) -> tuple[bytes, bytes]:
@@ -77,14 +77,26 @@ async def push(user: User, frame: dict[str, Any]) -> None:
 async def test_a_token_opens_the_socket_and_hello_names_the_user(open_socket, alice: User) -> None:
     socket, connected, _ = await open_socket(await sync_to_async(token_header)(alice))
     assert connected
-    assert await socket.receive_json_from() == {"type": "hello", "user": "alice", "last_event_id": 0}
+    assert await socket.receive_json_from() == {
+        "type": "hello",
+        "user": "alice",
+        "last_event_id": 0,
+        "unread": 0,
+        "read_up_to": 0,
+    }
 
 
 async def test_the_session_cookie_opens_the_socket_from_an_allowed_origin(open_socket, alice: User) -> None:
     await store_event(alice, 1)
     socket, connected, _ = await open_socket(ORIGIN, await sync_to_async(session_cookie)(alice))
     assert connected
-    assert await socket.receive_json_from() == {"type": "hello", "user": "alice", "last_event_id": 1}
+    assert await socket.receive_json_from() == {
+        "type": "hello",
+        "user": "alice",
+        "last_event_id": 1,
+        "unread": 1,
+        "read_up_to": 0,
+    }
 
 
 async def test_a_session_cookie_without_an_origin_is_not_enough(open_socket, alice: User) -> None:
@@ -186,3 +198,39 @@ async def test_a_live_event_that_skips_ahead_is_preceded_by_the_missing_one(open
     await push(alice, first)  # the slower one, late
     await socket.send_json_to({"type": "ping", "id": "end"})
     assert [await socket.receive_json_from() for _ in range(3)] == [first, second, {"type": "pong", "id": "end"}]
+
+
+async def test_resuming_from_before_retention_gets_resync(open_socket, alice: User) -> None:
+    for n in (1, 2, 3):
+        await store_event(alice, n)
+    await sync_to_async(Event.objects.filter(user=alice, sequence__lt=3).delete)()
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    await socket.send_json_to({"type": "resume", "after": 0})
+    assert await socket.receive_json_from() == {"type": "resync", "last_event_id": 3}
+    # Resuming from a kept point still replays.
+    await socket.send_json_to({"type": "resume", "after": 2})
+    assert (await socket.receive_json_from())["id"] == 3
+
+
+async def test_a_ping_delivers_stored_events_the_layer_lost(open_socket, alice: User) -> None:
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    lost = await store_event(alice, 1)  # stored, never pushed: as if Redis dropped it
+    await socket.send_json_to({"type": "ping", "id": 7})
+    assert await socket.receive_json_from() == lost
+    assert await socket.receive_json_from() == {"type": "pong", "id": 7}
+    await push(alice, lost)  # a late copy is dropped
+    await socket.send_json_to({"type": "ping", "id": 8})
+    assert await socket.receive_json_from() == {"type": "pong", "id": 8}
+
+
+async def test_inbox_frames_reach_every_socket_of_the_user(open_socket, alice: User) -> None:
+    first, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    second, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    for socket in (first, second):
+        await socket.receive_json_from()
+    frame = {"type": "inbox", "unread": 0, "read_up_to": 4}
+    await layer().group_send(user_group(alice.id), {"type": "live.inbox", "frame": frame})
+    assert await first.receive_json_from() == frame
+    assert await second.receive_json_from() == frame

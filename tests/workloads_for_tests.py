@@ -49,3 +49,21 @@ def ignores_cancellation(params: SecondsParams, run: Run) -> dict[str, Any]:
     while time.monotonic() < deadline:
         time.sleep(0.05)
     return {"ran": params.seconds}
+
+
+class ChatterParams(BaseModel):
+    count: Annotated[int, Field(ge=1, le=100_000)] = 10_000
+
+
+@workload(title="Chatter")
+def chatter(params: ChatterParams, run: Run) -> dict[str, Any]:
+    """Publishes ``count`` progress frames straight to the owner's sockets,
+    without coalescing: a load on the worker's publisher."""
+    from live.services import push_progress
+    from workloads.models import Task
+
+    task = Task.objects.filter(status="running", kind="chatter").order_by("-started_at").first()
+    assert task is not None
+    for n in range(params.count):
+        push_progress(user_id=task.owner_id, task={"id": str(task.id), "progress": n})
+    return {"published": params.count}
