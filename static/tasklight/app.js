@@ -7,7 +7,10 @@
  *   last event id it applied after every reconnection, and shows a toast for
  *   every task that finishes (once per event id).
  *
- * On any other page it finds no task list and does nothing.
+ * The notification bell ("inbox") in the nav bar works on every signed-in
+ * page; its count is kept live only here, from the socket.
+ *
+ * On any other page it finds no task list and does nothing more.
  * Every text reaches the DOM through textContent: never innerHTML with data.
  */
 (function () {
@@ -141,6 +144,251 @@
     while (toastBox.children.length > MAX_TOASTS) toastBox.removeChild(toastBox.firstElementChild);
   }
 
+  // ------------------------------------------------------------------ inbox
+
+  /*
+   * The bell in the nav bar. Its panel works on every signed-in page over
+   * REST; the unread count is kept live only on the home page, where the
+   * socket feeds it (hello, event and inbox frames). Elsewhere the count
+   * shows once the panel has been opened.
+   */
+  var NOTIFICATION_KINDS = { 'task.succeeded': 'succeeded', 'task.failed': 'failed', 'task.cancelled': 'cancelled' };
+  var INBOX_LIMIT = 10;
+
+  function toCount(value) {
+    return typeof value === 'number' && isFinite(value) && value >= 0 ? Math.floor(value) : 0;
+  }
+
+  function formatRelative(date) {
+    var seconds = Math.round((Date.now() - date.getTime()) / 1000);
+    if (seconds < 45) return 'just now';
+    var minutes = Math.round(seconds / 60);
+    if (minutes < 60) return minutes + ' min ago';
+    var hours = Math.round(minutes / 60);
+    if (hours < 12) return hours + ' h ago';
+    return formatClock(date);
+  }
+
+  var inbox = (function () {
+    var root = document.querySelector('[data-inbox]');
+    var bell = root ? root.querySelector('[data-testid="inbox-bell"]') : null;
+    var countNode = root ? root.querySelector('[data-testid="inbox-unread"]') : null;
+    var panel = root ? root.querySelector('[data-testid="inbox-panel"]') : null;
+    var markButton = root ? root.querySelector('[data-testid="inbox-mark-read"]') : null;
+    var list = root ? root.querySelector('[data-testid="inbox-list"]') : null;
+    var statusLine = root ? root.querySelector('[data-testid="inbox-status"]') : null;
+    var api = {
+      latestEventId: function () { return 0; }, // the home page plugs in its lastEventId
+      onHello: function () {},
+      onEvent: function () {},
+      onInboxFrame: function () {}
+    };
+    if (!root || !bell || !countNode || !panel || !list) return api;
+
+    var listUrl = root.dataset.notificationsUrl || '/api/notifications/';
+    var readUrl = root.dataset.readUrl || '/api/notifications/read/';
+    var unread = 0;
+    var readUpTo = 0;
+    var countedUpTo = 0; // the newest event id already included in `unread`
+    var items = []; // newest first: { id, event, task, created_at }
+    var loaded = false; // items holds a server listing (live events may be merged in)
+    var loadSeq = 0;
+    var marking = false;
+    var clockTimer = null;
+
+    function renderCount() {
+      // The server stops counting at 1000 (live/services.py UNREAD_COUNT_CAP).
+      countNode.textContent = unread >= 1000 ? '999+' : String(unread);
+      countNode.classList.toggle('inbox__count--hidden', unread === 0);
+      bell.classList.toggle('inbox__bell--unread', unread > 0);
+      bell.setAttribute('aria-label', unread > 0 ? 'Notifications, ' + unread + ' unread' : 'Notifications');
+    }
+
+    // { unread, read_up_to } from a GET, a POST answer or an inbox frame. An
+    // answer older than what is already applied (a smaller read_up_to) is stale.
+    function applyState(state) {
+      if (!state || typeof state !== 'object') return;
+      var upTo = toCount(state.read_up_to);
+      if (upTo < readUpTo) return;
+      readUpTo = upTo;
+      unread = toCount(state.unread);
+      countedUpTo = Math.max(countedUpTo, readUpTo);
+      if (typeof state.last_event_id === 'number') countedUpTo = Math.max(countedUpTo, state.last_event_id);
+      renderCount();
+      renderItems();
+    }
+
+    function setStatus(text) {
+      if (!statusLine) return;
+      statusLine.textContent = text || '';
+      statusLine.hidden = !text;
+    }
+
+    function isNotification(item) {
+      return item && typeof item === 'object' && typeof item.id === 'number' && Object.prototype.hasOwnProperty.call(NOTIFICATION_KINDS, item.event);
+    }
+
+    function mergeItems(incoming) {
+      var byId = new Map();
+      items.concat(incoming).forEach(function (item) {
+        if (isNotification(item) && !byId.has(item.id)) byId.set(item.id, item);
+      });
+      items = Array.from(byId.values()).sort(function (a, b) { return b.id - a.id; }).slice(0, INBOX_LIMIT);
+    }
+
+    function buildItem(item) {
+      var outcome = NOTIFICATION_KINDS[item.event];
+      var task = item.task && typeof item.task === 'object' ? item.task : {};
+      var isUnread = item.id > readUpTo;
+      var when = parseTime(item.created_at) || parseTime(task.finished_at);
+      var body = h('div', { className: 'inbox-item__body' }, [
+        h('div', { className: 'inbox-item__line' }, [
+          h('span', { className: 'badge badge--' + outcome }, [outcome]),
+          h('span', { className: 'inbox-item__kind' }, [String(task.kind || 'task')])
+        ]),
+        outcome === 'failed' || (outcome === 'cancelled' && task.error)
+          ? h('p', { className: 'inbox-item__error' }, [truncate(String(task.error || 'no reason given'), 300)])
+          : null
+      ]);
+      var time = when
+        ? h('time', { className: 'inbox-item__time', datetime: when.toISOString(), title: when.toLocaleString() }, [formatRelative(when)])
+        : null;
+      return h('li', {
+        className: 'inbox-item inbox-item--' + outcome + (isUnread ? ' inbox-item--unread' : ''),
+        dataset: { testid: 'inbox-item', eventId: String(item.id), outcome: outcome, unread: isUnread ? 'true' : 'false' }
+      }, [body, time]);
+    }
+
+    function renderItems() {
+      if (panel.hidden) return;
+      while (list.firstChild) list.removeChild(list.firstChild);
+      items.forEach(function (item) { list.appendChild(buildItem(item)); });
+      if (loaded && items.length === 0) setStatus('No notifications yet. Finished tasks show up here.');
+      else if (loaded) setStatus('');
+    }
+
+    async function load() {
+      var seq = ++loadSeq;
+      if (!loaded) setStatus('Loading\u2026');
+      try {
+        var separator = listUrl.indexOf('?') === -1 ? '?' : '&';
+        var response = await fetch(listUrl + separator + 'limit=' + INBOX_LIMIT, {
+          credentials: 'same-origin',
+          headers: { 'Accept': 'application/json' }
+        });
+        if (!response.ok) throw new Error('GET ' + listUrl + ' answered ' + response.status);
+        var body = await response.json();
+        if (seq !== loadSeq) return;
+        var results = body && Array.isArray(body.results) ? body.results.filter(isNotification) : [];
+        // The listing replaces what was shown; live events newer than it stay.
+        var newestListed = results.reduce(function (max, item) { return Math.max(max, item.id); }, 0);
+        items = items.filter(function (item) { return item.id > newestListed; });
+        loaded = true;
+        mergeItems(results);
+        // Every notification up to the newest listed one is in its count.
+        countedUpTo = Math.max(countedUpTo, newestListed);
+        if (body && typeof body === 'object' && ('unread' in body || 'read_up_to' in body)) applyState(body);
+        renderItems();
+      } catch (err) {
+        if (seq !== loadSeq) return;
+        console.warn('tasklight: could not load the notifications', err);
+        renderItems();
+        setStatus('Could not load the notifications.');
+      }
+    }
+
+    async function markAllRead() {
+      if (marking) return;
+      marking = true;
+      if (markButton) { markButton.disabled = true; markButton.setAttribute('aria-busy', 'true'); }
+      var newestListed = items.reduce(function (max, item) { return Math.max(max, item.id); }, 0);
+      var upTo = Math.max(toCount(api.latestEventId()), newestListed);
+      try {
+        var response = await fetch(readUrl, {
+          method: 'POST',
+          credentials: 'same-origin',
+          headers: {
+            'Content-Type': 'application/json',
+            'Accept': 'application/json',
+            'X-CSRFToken': csrfToken()
+          },
+          body: JSON.stringify({ up_to: upTo })
+        });
+        var body = null;
+        try { body = await response.json(); } catch (err) { body = null; }
+        if (!response.ok) throw new Error(body && body.error && body.error.message ? String(body.error.message) : 'The server answered ' + response.status + '.');
+        applyState(body);
+      } catch (err) {
+        toast('Could not mark the notifications as read: ' + truncate(err && err.message ? err.message : String(err), 200), 'error');
+      } finally {
+        marking = false;
+        if (markButton) { markButton.disabled = false; markButton.removeAttribute('aria-busy'); }
+      }
+    }
+
+    function open() {
+      if (!panel.hidden) return;
+      panel.hidden = false;
+      bell.setAttribute('aria-expanded', 'true');
+      root.classList.add('inbox--open');
+      renderItems();
+      load();
+      clockTimer = setInterval(renderItems, 30000); // keeps "2 min ago" true
+    }
+
+    function close(refocus) {
+      if (panel.hidden) return;
+      panel.hidden = true;
+      bell.setAttribute('aria-expanded', 'false');
+      root.classList.remove('inbox--open');
+      if (clockTimer !== null) clearInterval(clockTimer);
+      clockTimer = null;
+      if (refocus) bell.focus();
+    }
+
+    bell.addEventListener('click', function () {
+      if (panel.hidden) open(); else close(false);
+    });
+    if (markButton) markButton.addEventListener('click', markAllRead);
+    document.addEventListener('click', function (event) {
+      // A node removed by the click's own handler is no outside click.
+      if (!panel.hidden && event.target.isConnected && !root.contains(event.target)) close(false);
+    });
+    document.addEventListener('keydown', function (event) {
+      if (event.key !== 'Escape' || panel.hidden) return;
+      close(root.contains(document.activeElement));
+    });
+
+    api.onHello = function (frame) {
+      unread = toCount(frame.unread);
+      readUpTo = toCount(frame.read_up_to);
+      countedUpTo = toCount(frame.last_event_id);
+      renderCount();
+      renderItems();
+    };
+
+    // Every event frame, including the ones a resume replays: hello already
+    // counted those up to its last_event_id, and no id is counted twice.
+    api.onEvent = function (frame) {
+      if (typeof frame.id !== 'number' || !Object.prototype.hasOwnProperty.call(NOTIFICATION_KINDS, frame.event)) return;
+      if (frame.id > countedUpTo && frame.id > readUpTo) {
+        unread += 1;
+        countedUpTo = frame.id;
+        renderCount();
+      }
+      if (loaded) {
+        var task = frame.task && typeof frame.task === 'object' ? frame.task : {};
+        mergeItems([{ id: frame.id, event: frame.event, task: task, created_at: task.finished_at || new Date().toISOString() }]);
+        renderItems();
+      }
+    };
+
+    api.onInboxFrame = function (frame) { applyState(frame); };
+
+    renderCount();
+    return api;
+  })();
+
   // --------------------------------------------------------------- the page
 
   var taskList = document.getElementById('task-list');
@@ -152,6 +400,7 @@
   var tasksUrl = (form && form.dataset.tasksUrl) || '/api/tasks/';
   var holder = document.querySelector('[data-last-event-id]');
   var lastEventId = holder ? parseInt(holder.dataset.lastEventId, 10) || 0 : 0;
+  inbox.latestEventId = function () { return lastEventId; };
 
   // ------------------------------------------------------------- task list
 
@@ -817,6 +1066,7 @@
       case 'event': onEvent(frame); break;
       case 'progress': upsert(frame.task); break; // never moves a finished task back (upsert)
       case 'pong': break;
+      case 'inbox': inbox.onInboxFrame(frame); break;
       case 'resync': resync(); break;
       case 'error':
         console.warn('tasklight: server error frame', frame.code, frame.message);
@@ -831,6 +1081,7 @@
     everConnected = true;
     setConnection('connected');
     helloLastEventId = typeof frame.last_event_id === 'number' ? frame.last_event_id : 0;
+    inbox.onHello(frame);
     if (lastEventId > helloLastEventId) {
       // The server knows fewer events than this page has seen (its data was
       // reset): start over from its numbering.
@@ -842,9 +1093,10 @@
     send({ type: 'resume', after: lastEventId });
   }
 
-  var OUTCOMES = { 'task.succeeded': 'succeeded', 'task.failed': 'failed', 'task.cancelled': 'cancelled' };
+  var OUTCOMES = NOTIFICATION_KINDS;
 
   function onEvent(frame) {
+    if (frame && typeof frame.id === 'number') inbox.onEvent(frame);
     if (typeof frame.id !== 'number' || frame.id <= lastEventId) return; // already applied
     lastEventId = frame.id;
     upsert(frame.task);
