@@ -124,3 +124,49 @@ def test_cancel_a_running_task_then_retry_it_from_its_row(stack: Any, page: Page
     expect(copy).to_contain_text("seconds=60")
     copy.get_by_test_id("cancel-task").click()  # no need to keep a worker busy for a minute
     expect(copy).to_have_attribute("data-status", "cancelled", timeout=10_000)
+
+
+def test_the_page_reconnects_after_the_web_process_restarts_and_misses_nothing(private_stack, browser: Browser) -> None:
+    running = private_stack()
+    running.start_worker(concurrency=2)
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    try:
+        first = context.new_page()
+        first.goto(running.base_url + "/signup/")
+        sign_up(first)
+        second = context.new_page()  # a second tab of the same user
+        second.goto(running.base_url + "/")
+        for tab in (first, second):
+            expect(tab.get_by_test_id("connection-status")).to_have_text("connected")
+
+        first.locator("input[name=seconds]").fill("3")
+        first.get_by_test_id("queue-task").click()
+        for tab in (first, second):
+            expect(tab.get_by_test_id("task-row").first).to_have_attribute("data-status", "running", timeout=30_000)
+        running.restart_web()  # every socket drops while the task runs
+
+        for tab in (first, second):
+            expect(tab.get_by_test_id("task-row").first).to_have_attribute("data-status", "succeeded", timeout=30_000)
+            expect(tab.get_by_test_id("connection-status")).to_have_text("connected", timeout=30_000)
+            expect(tab.get_by_test_id("notification").filter(has_text="simulate succeeded")).to_have_count(1)
+            expect(tab.get_by_test_id("inbox-unread")).to_have_text("1")
+
+        # A second task, after the reconnection: its toast is a barrier; the
+        # first task's toast must still be there once, not twice.
+        first.locator("input[name=seconds]").fill("0")
+        first.locator("input[name=fail]").check()
+        first.get_by_test_id("queue-task").click()
+        for tab in (first, second):
+            expect(tab.get_by_test_id("notification").filter(has_text="simulate failed")).to_have_count(1)
+            expect(tab.get_by_test_id("notification").filter(has_text="simulate succeeded")).to_have_count(1)
+            expect(tab.get_by_test_id("inbox-unread")).to_have_text("2")
+
+        # Marking read in one tab clears the bell in the other, live.
+        first.get_by_test_id("inbox-bell").click()
+        expect(first.get_by_test_id("inbox-item")).to_have_count(2)
+        first.get_by_test_id("inbox-mark-read").click()
+        expect(second.get_by_test_id("inbox-unread")).to_have_text("0")
+        expect(second.get_by_test_id("inbox-unread")).to_be_hidden()
+        expect(first.get_by_test_id("inbox-unread")).to_have_text("0")
+    finally:
+        context.close()
