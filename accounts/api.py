@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth import authenticate, login, logout
 from django.contrib.auth.models import User
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import ValidationError
+from rest_framework.exceptions import Throttled, ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from . import services
+from . import services, throttles
 
 
 class CredentialsSerializer(serializers.Serializer[dict[str, str]]):
@@ -34,11 +36,22 @@ def _credentials(request: Request) -> dict[str, str]:
     return serializer.validated_data
 
 
+def client_address(request: Request) -> str:
+    return str(request.META.get("REMOTE_ADDR") or "unknown")
+
+
 def _authenticate(request: Request) -> User:
+    """Checks credentials, with a limit on failures per account and per address."""
     credentials = _credentials(request)
+    address = client_address(request)
+    wait = throttles.login_wait(username=credentials["username"], address=address)
+    if wait is not None:
+        raise Throttled(wait, detail="Too many failed log-ins; try again later.")
     user = authenticate(request._request, **credentials)
     if not isinstance(user, User):
+        throttles.login_failed(username=credentials["username"], address=address)
         raise ValidationError("The username or password is not correct.", code="invalid_credentials")
+    throttles.login_succeeded(username=credentials["username"])
     return user
 
 
@@ -52,6 +65,9 @@ class AnonymousEndpoint(APIView):
 class SignupView(AnonymousEndpoint):
     @extend_schema(request=CredentialsSerializer, responses={201: UserSerializer})
     def post(self, request: Request) -> Response:
+        wait = throttles.signup_wait(address=client_address(request))
+        if wait is not None:
+            raise Throttled(wait, detail="Too many sign-ups from this address; try again later.")
         credentials = _credentials(request)
         try:
             user = services.create_account(**credentials)
@@ -69,11 +85,29 @@ class LoginView(AnonymousEndpoint):
         return Response(UserSerializer(user).data)
 
 
-class TokenView(AnonymousEndpoint):
+class TokenView(APIView):
+    """POST: credentials in, the user's API token out. DELETE: revokes the
+    token of the user making the request; the next POST issues a new one."""
+
+    def _issuing(self) -> bool:
+        # No request while drf-spectacular inspects the view for the schema.
+        return getattr(self.request, "method", None) == "POST"
+
+    def get_authenticators(self) -> list[Any]:
+        return [] if self._issuing() else super().get_authenticators()
+
+    def get_permissions(self) -> list[Any]:
+        return [AllowAny()] if self._issuing() else list(super().get_permissions())
+
     @extend_schema(request=CredentialsSerializer, responses={200: TokenSerializer})
     def post(self, request: Request) -> Response:
         user = _authenticate(request)
         return Response({"token": services.issue_token(user=user)})
+
+    @extend_schema(request=None, responses={204: None})
+    def delete(self, request: Request) -> Response:
+        services.revoke_token(user=request.user)  # type: ignore[arg-type]  # IsAuthenticated
+        return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class LogoutView(APIView):

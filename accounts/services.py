@@ -42,3 +42,7 @@ def create_account(*, username: str, password: str) -> User:
 def issue_token(*, user: User) -> str:
     token, _ = Token.objects.get_or_create(user=user)
     return token.key
+
+
+def revoke_token(*, user: User) -> None:
+    Token.objects.filter(user=user).delete()

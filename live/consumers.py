@@ -13,19 +13,44 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from collections import Counter
 from typing import Any
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from . import services
 from .events import user_group
 
 logger = logging.getLogger(__name__)
 
-# Close code for a handshake without valid credentials (DESIGN.md §5).
+# Close codes (docs/events.md): no valid credentials (DESIGN.md §5); too
+# many sockets for one user, or too many frames from one socket.
 CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TOO_MANY = 4429
 REPLAY_BATCH = 500
+
+# Sockets per user in this process (each web process counts its own).
+_sockets_per_user: Counter[int] = Counter()
+
+
+class FrameBudget:
+    """A token bucket: FRAME_BURST frames at once, FRAME_RATE per second after."""
+
+    def __init__(self) -> None:
+        self.tokens = float(settings.WS_FRAME_BURST)
+        self.updated = time.monotonic()
+
+    def spend(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(settings.WS_FRAME_BURST, self.tokens + (now - self.updated) * settings.WS_FRAME_RATE)
+        self.updated = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
@@ -38,7 +63,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.accept()
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
+        if _sockets_per_user[user.id] >= settings.MAX_SOCKETS_PER_USER:
+            await self.accept()
+            await self.send_error("too_many_sockets", f"At most {settings.MAX_SOCKETS_PER_USER} sockets per user.")
+            await self.close(code=CLOSE_TOO_MANY)
+            return
+        _sockets_per_user[user.id] += 1
         self.user_id = user.id
+        self.budget = FrameBudget()
         self.group = user_group(user.id)
         # Join before reading the last id, so that nothing committed after
         # the read can be missed: it arrives live.
@@ -49,9 +81,16 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
+            _sockets_per_user[self.user_id] -= 1
+            if _sockets_per_user[self.user_id] <= 0:
+                del _sockets_per_user[self.user_id]
             await self.channel_layer.group_discard(self.group, self.channel_name)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        if hasattr(self, "budget") and not self.budget.spend():
+            await self.send_error("too_many_frames", f"At most {settings.WS_FRAME_RATE:g} frames per second.")
+            await self.close(code=CLOSE_TOO_MANY)
+            return
         if text_data is None:
             await self.send_error("binary_not_supported", "Frames must be JSON text.")
             return

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import environ
+from django.utils.csp import CSP
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -56,6 +57,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "tasklight.middleware.BodySizeLimitMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -181,8 +183,11 @@ WORKLOAD_MODULES = env.list("WORKLOAD_MODULES", default=[])
 # A running task whose owner cancelled it and that does not stop by itself at
 # its next cancellation check within this many seconds is killed.
 CANCEL_GRACE_SECONDS = env.float("CANCEL_GRACE_SECONDS", default=5.0)
-# How often a running task's watchdog looks for a cancel request (seconds).
-CANCEL_POLL_SECONDS = env.float("CANCEL_POLL_SECONDS", default=0.5)
+# How often a running task's watchdog renews its lease and looks for a cancel
+# request (seconds), and how old a lease must be before a redelivered task is
+# taken over by another worker (its first worker is presumed dead).
+CANCEL_POLL_SECONDS = env.float("CANCEL_POLL_SECONDS", default=1.0)
+TASK_LEASE_SECONDS = env.float("TASK_LEASE_SECONDS", default=10.0)
 # Stored events older than this are deleted; a client resuming from before
 # them is told to resync (docs/events.md).
 EVENT_RETENTION_DAYS = env.float("EVENT_RETENTION_DAYS", default=7)
@@ -213,11 +218,41 @@ LOGOUT_REDIRECT_URL = "home"
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
 SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+CSRF_COOKIE_SAMESITE = "Lax"
 SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
 if HTTPS:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+# Pages run only our own static script and styles: no inline script anywhere.
+# connect-src 'self' covers same-origin ws:// and wss:// in current browsers.
+SECURE_CSP = {
+    "default-src": [CSP.SELF],
+    "script-src": [CSP.SELF],
+    "style-src": [CSP.SELF],
+    "img-src": [CSP.SELF, "data:"],
+    "connect-src": [CSP.SELF],
+    "frame-ancestors": [CSP.NONE],
+    "base-uri": [CSP.SELF],
+    "form-action": [CSP.SELF],
+    "object-src": [CSP.NONE],
+}
+# Log-in attempts that fail, per account and per client address, before 429.
+LOGIN_FAILURES_PER_ACCOUNT = env.int("LOGIN_FAILURES_PER_ACCOUNT", default=5)
+LOGIN_FAILURES_PER_ADDRESS = env.int("LOGIN_FAILURES_PER_ADDRESS", default=20)
+LOGIN_FAILURE_WINDOW_SECONDS = env.int("LOGIN_FAILURE_WINDOW_SECONDS", default=900)
+# WebSocket abuse limits (docs/events.md): sockets per user per web process;
+# frames a socket may send (burst, then per second) before it is closed.
+MAX_SOCKETS_PER_USER = env.int("MAX_SOCKETS_PER_USER", default=20)
+WS_FRAME_BURST = env.int("WS_FRAME_BURST", default=30)
+WS_FRAME_RATE = env.float("WS_FRAME_RATE", default=5)
+# Anonymous sign-ups per client address.
+SIGNUP_RATE_LIMIT = env.str("SIGNUP_RATE_LIMIT", default="30/hour")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- REST API -------------------------------------------------------------

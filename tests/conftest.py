@@ -78,6 +78,12 @@ def bob_api(bob: User) -> APIClient:
 
 
 @pytest.fixture(autouse=True)
+def fresh_throttles() -> None:
+    """Every test starts with no failed log-ins or sign-ups counted against 127.0.0.1."""
+    forget_throttle_history()
+
+
+@pytest.fixture(autouse=True)
 def fast_password_hashing(settings) -> None:
     """In-process tests only: the real hasher costs ~0.3 s per user."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
@@ -99,6 +105,7 @@ def stack_env(**overrides: str) -> dict[str, str]:
         "MAX_RUNNING_TASKS_PER_USER": "2",
         "CANCEL_GRACE_SECONDS": "2",
         "CANCEL_POLL_SECONDS": "0.2",
+        "TASK_LEASE_SECONDS": "3",
         "RELAY_INTERVAL_SECONDS": "1",
         "RELAY_MIN_AGE_SECONDS": "1",
         **overrides,

@@ -70,6 +70,7 @@ class Process:
 
 def start(name: str, command: list[str], env: Mapping[str, str], log_dir: Path) -> Process:
     log_path = log_dir / f"{name}.log"
+    env = {**env, "PATH": f"{BIN}:{env.get('PATH', '')}"}
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
             command, cwd=ROOT, env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
@@ -77,21 +78,21 @@ def start(name: str, command: list[str], env: Mapping[str, str], log_dir: Path) 
     return Process(name, popen, log_path)
 
 
+def procfile_command(process_type: str) -> str:
+    """The Procfile's command for a process type: tests start what production starts."""
+    for line in (ROOT / "Procfile").read_text().splitlines():
+        name, _, command = line.partition(":")
+        if name.strip() == process_type:
+            return command.strip()
+    raise KeyError(process_type)
+
+
 def start_web(env: Mapping[str, str], log_dir: Path, name: str = "web", port: int | None = None) -> tuple[Process, str]:
     port = port or free_port()
     process = start(
         name,
-        [
-            str(BIN / "uvicorn"),
-            "tasklight.asgi:application",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--lifespan",
-            "off",
-        ],
-        env,
+        ["bash", "-c", f"exec {procfile_command('web')}"],
+        {**env, "PORT": str(port), "HOST": "127.0.0.1"},
         log_dir,
     )
     base_url = f"http://127.0.0.1:{port}"
@@ -106,20 +107,12 @@ def start_web(env: Mapping[str, str], log_dir: Path, name: str = "web", port: in
 
 
 def start_worker(env: Mapping[str, str], log_dir: Path, name: str = "worker", concurrency: int = 2) -> Process:
+    # A name of its own, and no start-up chatter with other workers (faster start).
+    extra = f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h --without-gossip --without-mingle"
     process = start(
         name,
-        [
-            str(BIN / "celery"),
-            "-A",
-            "tasklight",
-            "worker",
-            "--loglevel=INFO",
-            f"--concurrency={concurrency}",
-            f"--hostname={name}-{uuid.uuid4().hex[:6]}@%h",
-            "--without-gossip",
-            "--without-mingle",
-        ],
-        env,
+        ["bash", "-c", f"exec {procfile_command('worker')} {extra}"],
+        {**env, "WORKER_CONCURRENCY": str(concurrency)},
         log_dir,
     )
 

@@ -234,3 +234,28 @@ async def test_inbox_frames_reach_every_socket_of_the_user(open_socket, alice: U
     await layer().group_send(user_group(alice.id), {"type": "live.inbox", "frame": frame})
     assert await first.receive_json_from() == frame
     assert await second.receive_json_from() == frame
+
+
+async def test_a_flood_of_frames_closes_the_socket_with_4429(open_socket, alice: User, settings) -> None:
+    settings.WS_FRAME_BURST, settings.WS_FRAME_RATE = 5, 0.001
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    for n in range(6):
+        await socket.send_json_to({"type": "ping", "id": n})
+    assert [(await socket.receive_json_from())["id"] for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert (await socket.receive_json_from())["code"] == "too_many_frames"
+    assert await socket.receive_output() == {"type": "websocket.close", "code": 4429}
+
+
+async def test_sockets_per_user_are_capped_and_others_are_unaffected(
+    open_socket, alice: User, bob: User, settings
+) -> None:
+    settings.MAX_SOCKETS_PER_USER = 2
+    for _ in range(2):
+        socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+        assert (await socket.receive_json_from())["type"] == "hello"
+    third, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    assert (await third.receive_json_from())["code"] == "too_many_sockets"
+    assert await third.receive_output() == {"type": "websocket.close", "code": 4429}
+    bobs, _, _ = await open_socket(await sync_to_async(token_header)(bob))
+    assert (await bobs.receive_json_from())["type"] == "hello"

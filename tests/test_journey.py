@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from workloads.models import Task
 
@@ -85,3 +87,16 @@ def test_the_shipped_workloads_compute_their_results_on_a_worker(
         events = socket.events_until(terminal_for(task["id"]))
     assert events[-1]["event"] == "task.succeeded", events[-1]
     assert events[-1]["task"]["result"] == result
+
+
+def test_an_oversized_frame_closes_that_socket_only(stack: Any) -> None:
+    alice, bob = Account.sign_up(stack.base_url), Account.sign_up(stack.base_url)
+    with alice.socket() as abuser, bob.socket() as bystander:
+        abuser.ws.send('{"type": "ping", "id": "' + "x" * 100_000 + '"}')
+        with pytest.raises(ConnectionClosed) as closed:
+            abuser.next(timeout=10)
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == 1009  # message too big (--ws-max-size 65536)
+        bystander.ws.send('{"type": "ping", "id": 1}')
+        assert bystander.next() == {"type": "pong", "id": 1}
+    assert httpx.get(f"{stack.base_url}/healthz").status_code == 200
