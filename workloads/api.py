@@ -122,6 +122,7 @@ class TaskListView(APIView):
             OpenApiParameter("limit", int, description="Page size, 1 to 500 (default 20)."),
             OpenApiParameter("cursor", str, description="From a previous page's `next`."),
         ],
+        operation_id="tasks_list",
         responses={200: TaskPageSerializer},
     )
     def get(self, request: Request) -> Response:

@@ -37,6 +37,9 @@ class Task(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     # Set by a cancel request on a running task; the worker stops it.
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # Renewed by the worker running the task: its lease. A redelivered task
+    # whose lease is fresh is still running somewhere and is not run again.
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
     retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
 
     class Meta:

@@ -42,6 +42,10 @@ class OwnerAtCapacity(Exception):
     """The owner already has MAX_RUNNING_TASKS_PER_USER tasks running."""
 
 
+class StillRunningElsewhere(Exception):
+    """A redelivered task whose lease is fresh: its worker is alive."""
+
+
 # --- Creating ---------------------------------------------------------------
 
 
@@ -97,7 +101,7 @@ def _create(owner: User, kind: str, params: dict[str, Any], retry_of: Task | Non
     return task
 
 
-def send_to_broker(*, task_id: uuid.UUID | str, countdown: float | None = None) -> bool:
+def send_to_broker(*, task_id: uuid.UUID | str, countdown: float | None = None, again: bool = False) -> bool:
     """Publishes a task; False when the broker would not take it (the relay
     sends it later). Never raises: the broker being down is no reason to
     refuse work (DESIGN.md §4)."""
@@ -118,7 +122,7 @@ def send_to_broker(*, task_id: uuid.UUID | str, countdown: float | None = None) 
     try:
         if countdown is not None:
             options["countdown"] = countdown
-        run_task.apply_async(args=(str(task_id),), task_id=str(task_id), **options)
+        run_task.apply_async(args=(str(task_id),), kwargs={"again": again}, task_id=str(task_id), **options)
     except Exception as exc:
         logger.warning("task %s not sent to the broker (the relay will retry): %s", task_id, exc)
         return False
@@ -168,6 +172,12 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
             return None
         if task.status == TaskStatus.RUNNING and not redelivered:
             return None
+        if task.status == TaskStatus.RUNNING:
+            lease_age = (timezone.now() - task.heartbeat_at).total_seconds() if task.heartbeat_at else None
+            if lease_age is not None and lease_age < settings.TASK_LEASE_SECONDS:
+                raise StillRunningElsewhere
+            task.heartbeat_at = timezone.now()  # taken over: ours now
+            task.save(update_fields=["heartbeat_at"])
         if task.cancel_requested_at is not None:
             _close(task, TaskStatus.CANCELLED, error="Cancelled by its owner.")
             return None
@@ -178,9 +188,9 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
             if running >= settings.MAX_RUNNING_TASKS_PER_USER:
                 raise OwnerAtCapacity
             task.status = TaskStatus.RUNNING
-            task.started_at = timezone.now()
+            task.started_at = task.heartbeat_at = timezone.now()
             task.progress = 0
-            task.save(update_fields=["status", "started_at", "progress"])
+            task.save(update_fields=["status", "started_at", "heartbeat_at", "progress"])
             record_event(user_id=task.owner_id, kind="task.started", task=task.as_json())
         return task
 
@@ -193,7 +203,9 @@ def report_progress(*, task: Task, percent: int) -> None:
         push_progress(user_id=task.owner_id, task=task.as_json())
 
 
-def cancel_requested(*, task_id: uuid.UUID | str) -> bool:
+def renew_lease(*, task_id: uuid.UUID | str) -> bool:
+    """Renews a running task's lease; True if its owner asked to cancel it."""
+    Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).update(heartbeat_at=timezone.now())
     return Task.objects.filter(pk=task_id, cancel_requested_at__isnull=False).exists()
 
 

@@ -19,7 +19,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
-from django.db import close_old_connections, connection
+from django.db import InterfaceError, OperationalError, close_old_connections, connection
 
 from live.publisher import publisher
 from live.services import delete_expired_events
@@ -39,14 +39,39 @@ class TasklightTask(CeleryTask):
             services.fail_task(task_id=task_id, error=f"The task was stopped at its hard time limit of {limit} s.")
 
 
+# The database being away is a reason to wait, never to lose a task.
+DATABASE_DOWN = (OperationalError, InterfaceError)
+DATABASE_RETRY_MAX_SECONDS = 30
+
+
 @shared_task(bind=True, base=TasklightTask, name="tasklight.run_task", acks_late=True)
-def run_task(self: CeleryTask, task_id: str) -> None:
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+def run_task(self: CeleryTask, task_id: str, again: bool = False) -> None:
+    try:
+        _run(self, task_id, again)
+    except DATABASE_DOWN as exc:
+        close_old_connections()
+        logger.warning("task %s: database unavailable, retrying: %s", task_id, exc)
+        # A retry is a new message: "again" lets it resume a task it had started.
+        raise self.retry(
+            exc=exc,
+            countdown=min(DATABASE_RETRY_MAX_SECONDS, 2**self.request.retries),
+            max_retries=None,
+            kwargs={"task_id": task_id, "again": True},
+        ) from None
+
+
+def _run(self: CeleryTask, task_id: str, again: bool) -> None:
+    redelivered = again or bool((self.request.delivery_info or {}).get("redelivered"))
     try:
         task = services.start_task(task_id=task_id, redelivered=redelivered)
     except services.OwnerAtCapacity:
         # Wait in the queue, not in this worker: other users' tasks go first.
-        services.send_to_broker(task_id=task_id, countdown=1 + random.random())  # noqa: S311
+        services.send_to_broker(task_id=task_id, countdown=1 + random.random(), again=again)  # noqa: S311
+        return
+    except services.StillRunningElsewhere:
+        # Look again once the lease could have lapsed: if that worker died
+        # meanwhile, this message takes the task over.
+        services.send_to_broker(task_id=task_id, countdown=settings.TASK_LEASE_SECONDS / 2, again=True)
         return
     if task is None:
         logger.info("task %s is finished, cancelled or running elsewhere; not running it", task_id)
@@ -70,6 +95,8 @@ def run_task(self: CeleryTask, task_id: str) -> None:
     except SoftTimeLimitExceeded:
         limit = workload.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT
         services.fail_task(task_id=task_id, error=f"The task ran longer than its time limit of {limit:g} s.")
+    except DATABASE_DOWN:
+        raise
     except Exception as exc:
         logger.exception("task %s (%s) raised", task_id, task.kind)
         services.fail_task(task_id=task_id, error=f"The workload crashed: {type(exc).__name__}: {exc}")
@@ -80,9 +107,9 @@ def run_task(self: CeleryTask, task_id: str) -> None:
 
 
 class CancelWatchdog(threading.Thread):
-    """Watches a running task for its owner's cancel request.
+    """Keeps a running task's lease and watches for its owner's cancel request.
 
-    Every CANCEL_POLL_SECONDS it looks at the task's row. Once a cancel is
+    Every CANCEL_POLL_SECONDS it renews the lease and looks at the task's row. Once a cancel is
     requested it sets the event behind ``run.cancelled()``; if the workload
     has not stopped CANCEL_GRACE_SECONDS later, it ends the task as cancelled
     and kills this pool process (Celery starts a new one; the message comes
@@ -102,9 +129,10 @@ class CancelWatchdog(threading.Thread):
     def run(self) -> None:
         try:
             while not self.done.wait(settings.CANCEL_POLL_SECONDS):
-                if services.cancel_requested(task_id=self.task_id):
+                if services.renew_lease(task_id=self.task_id):
                     self.cancel.set()
                     break
+            # The lease lasts TASK_LEASE_SECONDS, longer than the grace period.
             if self.done.wait(settings.CANCEL_GRACE_SECONDS):
                 return
             grace = settings.CANCEL_GRACE_SECONDS

@@ -1,0 +1,88 @@
+"""Each dependency fails under load and comes back: nothing lost, nothing run
+twice. These restart the real PostgreSQL and RabbitMQ of this machine."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from django.db import connection
+
+from live.models import Event
+from workloads.models import Task
+
+from .stack import Account, until_all_finished, wait_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.faults, pytest.mark.django_db(transaction=True)]
+
+
+def postgresql(action: str) -> None:
+    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+    subprocess.run(
+        [
+            "pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            version,
+            "main",
+            action,
+            *(["-m", "fast"] if action == "stop" else []),
+        ],
+        check=True,
+        capture_output=True,
+    )
+
+
+def rabbitmq(action: str) -> None:
+    subprocess.run(["rabbitmqctl", action], check=True, capture_output=True, timeout=120)
+
+
+def assert_each_ran_once(task_ids: list[str]) -> None:
+    connection.close()  # the test's own connection did not survive a restart
+    assert set(Task.objects.filter(pk__in=task_ids).values_list("status", flat=True)) == {"succeeded"}
+    for task_id in task_ids:
+        kinds = list(Event.objects.filter(task__id=task_id).order_by("sequence").values_list("kind", flat=True))
+        assert kinds == ["task.queued", "task.started", "task.succeeded"], (task_id, kinds)
+
+
+def test_postgresql_restarted_under_load(private_stack) -> None:
+    running = private_stack()
+    running.start_worker(concurrency=2)
+    alice = Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        before = [alice.queue("simulate", seconds=1) for _ in range(6)]
+        postgresql("stop")
+        try:
+            refused = alice.http.post("/api/tasks/", json={"kind": "simulate", "params": {"seconds": 0}})
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "database_unavailable"
+            ready = httpx.get(f"{running.base_url}/readyz", timeout=10)
+            assert (ready.status_code, ready.json()["down"]) == (503, ["database"])
+        finally:
+            postgresql("start")
+        back = time.monotonic()
+        wait_for(lambda: alice.http.get("/api/tasks/").status_code == 200, timeout=10, what="the API to recover")
+        assert time.monotonic() - back < 10
+        after = alice.queue("simulate", seconds=0)
+        ids = [t["id"] for t in [*before, after]]
+        socket.events_until(until_all_finished(ids), timeout=120)
+    assert_each_ran_once(ids)
+
+
+def test_rabbitmq_restarted_under_load(private_stack) -> None:
+    running = private_stack()
+    running.start_worker(concurrency=2)
+    alice = Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        before = [alice.queue("simulate", seconds=1) for _ in range(6)]
+        rabbitmq("stop_app")
+        try:
+            # The broker being away is no reason to refuse work.
+            during = [alice.queue("simulate", seconds=0) for _ in range(4)]
+        finally:
+            rabbitmq("start_app")
+        ids = [t["id"] for t in [*before, *during]]
+        socket.events_until(until_all_finished(ids), timeout=180)
+    assert_each_ran_once(ids)
