@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasklight.pagination import page_size
+from tasklight.pagination import LIMIT_SCHEMA, page_size
 from workloads.api import TaskSerializer
 
 from . import services
@@ -33,8 +33,10 @@ class EventPageSerializer(serializers.Serializer[Any]):
 class EventListView(APIView):
     @extend_schema(
         parameters=[
-            OpenApiParameter("after", int, description="Only events with a greater id (default 0)."),
-            OpenApiParameter("limit", int, description="Page size, 1 to 500 (default 500)."),
+            OpenApiParameter(
+                "after", {"type": "integer", "minimum": 0}, description="Only events with a greater id (default 0)."
+            ),
+            OpenApiParameter("limit", LIMIT_SCHEMA, description="Page size, 1 to 500 (default 500)."),
         ],
         responses={200: EventPageSerializer},
     )
@@ -83,7 +85,7 @@ class MarkReadSerializer(serializers.Serializer[Any]):
 
 class NotificationListView(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("limit", int, description="How many, 1 to 500 (default 10).")],
+        parameters=[OpenApiParameter("limit", LIMIT_SCHEMA, description="How many, 1 to 500 (default 10).")],
         responses={200: NotificationPageSerializer},
     )
     def get(self, request: Request) -> Response:

@@ -22,6 +22,10 @@ def page_size(request: Request, default: int) -> int:
     return size
 
 
+# How ?limit= looks in the OpenAPI schema.
+LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}
+
+
 def paginated_schema(item_schema: dict[str, Any]) -> dict[str, Any]:
     return {
         "type": "object",

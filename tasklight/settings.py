@@ -277,6 +277,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "tasklight.openapi.add_error_responses",
+    ],
 }
 # JSON bodies over this size answer 413. text_stats takes up to 1 MiB of text,
 # which JSON escaping can grow; 4 MiB leaves room for that and no more.

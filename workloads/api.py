@@ -19,7 +19,8 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle, UserRateThrottle
 from rest_framework.views import APIView
 
-from tasklight.pagination import page_size
+from tasklight.fields import StrictCharField
+from tasklight.pagination import LIMIT_SCHEMA, page_size
 
 from . import services
 from .models import Task, TaskStatus
@@ -59,7 +60,7 @@ class TaskPageSerializer(serializers.Serializer[Any]):
 
 
 class NewTaskSerializer(serializers.Serializer[dict[str, Any]]):
-    kind = serializers.CharField(max_length=64, help_text="A workload name from GET /api/workloads/.")
+    kind = StrictCharField(max_length=64, help_text="A workload name from GET /api/workloads/.")
     params = serializers.JSONField(default=dict, help_text="The workload's parameters (its JSON Schema).")
 
 
@@ -119,8 +120,8 @@ class TaskListView(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("limit", int, description="Page size, 1 to 500 (default 20)."),
-            OpenApiParameter("cursor", str, description="From a previous page's `next`."),
+            OpenApiParameter("limit", LIMIT_SCHEMA, description="Page size, 1 to 500 (default 20)."),
+            # The cursor is opaque: clients follow `next` rather than build it.
         ],
         operation_id="tasks_list",
         responses={200: TaskPageSerializer},
