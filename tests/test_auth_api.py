@@ -47,7 +47,13 @@ def test_signup_refuses_a_weak_password(anonymous: APIClient, password: str) -> 
 
 @pytest.mark.parametrize(
     "body",
-    [{}, {"username": "carol"}, {"username": "", "password": PASSWORD}, {"username": "a b!", "password": PASSWORD}],
+    [
+        {},
+        {"username": "carol"},
+        {"username": "", "password": PASSWORD},
+        {"username": "a b!", "password": PASSWORD},
+        {"username": 6469693230, "password": PASSWORD},
+    ],
 )
 def test_signup_refuses_bad_input_with_field_errors(anonymous: APIClient, body: dict) -> None:
     error = assert_error(anonymous.post("/api/auth/signup/", body, format="json"), 400, "invalid")
