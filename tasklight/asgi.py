@@ -7,6 +7,8 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
+# Tells the settings this is a web process (its database connections are pooled).
+os.environ.setdefault("TASKLIGHT_PROCESS", "web")
 # Django must be set up before anything imports models.
 django_application = get_asgi_application()
 

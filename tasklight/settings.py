@@ -7,6 +7,7 @@ Production values come only from the environment; see ``.env.example``.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import environ
@@ -91,6 +92,18 @@ if DATABASE_URL:
     DATABASES = {"default": env.db_url_config(DATABASE_URL)}
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    if os.environ.get("TASKLIGHT_PROCESS") == "web" and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+        # Django runs each request's sync code in a thread of its own under
+        # ASGI: without a bound, 200 concurrent clients open 200 connections
+        # and PostgreSQL refuses the 101st. A pool caps them per web process;
+        # a request waits for a free connection instead. Only the web process:
+        # Celery's prefork pool forks, and a pool does not survive a fork.
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 2,
+            "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+            "timeout": 10,
+        }
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
