@@ -259,3 +259,19 @@ async def test_sockets_per_user_are_capped_and_others_are_unaffected(
     assert await third.receive_output() == {"type": "websocket.close", "code": 4429}
     bobs, _, _ = await open_socket(await sync_to_async(token_header)(bob))
     assert (await bobs.receive_json_from())["type"] == "hello"
+
+
+async def test_resume_replays_only_the_users_own_events(open_socket, alice: User, bob: User) -> None:
+    for n in (1, 2):
+        await store_event(alice, n)
+    await store_event(bob, 1)
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(bob))
+    assert (await socket.receive_json_from())["last_event_id"] == 1
+    await socket.send_json_to({"type": "resume", "after": 0})
+    replayed = await socket.receive_json_from()
+    assert (replayed["id"], replayed["task"]["id"]) == (1, "task-1")
+    await socket.send_json_to({"type": "ping", "id": "end"})
+    assert await socket.receive_json_from() == {"type": "pong", "id": "end"}
+    # Alice's event 2 does not exist for bob: resuming after 1 is the newest.
+    await socket.send_json_to({"type": "resume", "after": 2})
+    assert (await socket.receive_json_from())["code"] == "invalid_resume"
