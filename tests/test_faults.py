@@ -55,10 +55,12 @@ def test_postgresql_restarted_under_load(private_stack) -> None:
         before = [alice.queue("simulate", seconds=1) for _ in range(6)]
         postgresql("stop")
         try:
-            refused = alice.http.post("/api/tasks/", json={"kind": "simulate", "params": {"seconds": 0}})
+            # A web process waits up to its pool's timeout (10 s) for a
+            # connection before it gives up and answers 503.
+            refused = alice.http.post("/api/tasks/", json={"kind": "simulate", "params": {"seconds": 0}}, timeout=30)
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "database_unavailable"
-            ready = httpx.get(f"{running.base_url}/readyz", timeout=10)
+            ready = httpx.get(f"{running.base_url}/readyz", timeout=30)
             assert (ready.status_code, ready.json()["down"]) == (503, ["database"])
         finally:
             postgresql("start")

@@ -44,7 +44,9 @@ DATABASE_DOWN = (OperationalError, InterfaceError)
 DATABASE_RETRY_MAX_SECONDS = 30
 
 
-@shared_task(bind=True, base=TasklightTask, name="tasklight.run_task", acks_late=True)
+# max_retries=None: retry without limit (Celery's retry() falls back to the
+# task's own max_retries, 3 by default, when given None).
+@shared_task(bind=True, base=TasklightTask, name="tasklight.run_task", acks_late=True, max_retries=None)
 def run_task(self: CeleryTask, task_id: str, again: bool = False) -> None:
     try:
         _run(self, task_id, again)
@@ -55,7 +57,6 @@ def run_task(self: CeleryTask, task_id: str, again: bool = False) -> None:
         raise self.retry(
             exc=exc,
             countdown=min(DATABASE_RETRY_MAX_SECONDS, 2**self.request.retries),
-            max_retries=None,
             kwargs={"task_id": task_id, "again": True},
         ) from None
 
