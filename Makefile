@@ -64,5 +64,11 @@ check: lint typecheck test
 screenshot: install-dev
 	$(TEST_ENV) UPDATE_SCREENSHOT=1 $(PY) -m pytest tests/test_browser.py
 
+# Benchmarks against the bare stack (docs/benchmarks.md), on this machine's
+# PostgreSQL, RabbitMQ and Redis; BENCH_ARGS="--quick" for a smoke run.
+.PHONY: bench
+bench: install-dev
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,198 @@
+"""Measurement 2: notification latency at a steady rate, against the raw
+channel-layer → WebSocket path."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from . import procs
+from .clients import (
+    EventListener,
+    Terminals,
+    User,
+    close_quietly,
+    http_client,
+    open_socket,
+    post_task,
+    run_async,
+    sign_up_many,
+)
+from .report import Result, Target
+from .stats import fmt_ms, summary_ms
+
+# At most this many POSTs in flight (see bench/api.py).
+IN_FLIGHT = 32
+
+
+@dataclass
+class Steady:
+    """Tasks POSTed on an open-loop schedule and what their owners heard."""
+
+    scheduled: int
+    completed: int
+    failed: int
+    errors: list[str]
+    latencies: list[float]  # commit (finished_at) → socket, seconds
+    post_latencies: list[float]  # scheduled send → response, seconds
+    achieved_rate: float
+
+
+async def steady_tasks(base_url: str, users: list[User], rate: float, duration: float) -> Steady:
+    """POSTs ``rate`` tasks/s for ``duration`` s, round-robin over ``users``
+    (each with its own socket), on a fixed schedule whatever the answers."""
+    drain = 60 + 2 * duration  # a stack that falls behind still gets to finish, within bounds
+    collector: list[Terminals] = [Terminals(2 * len(users))]
+
+    def dispatch(frame: dict[str, Any], received: float) -> None:
+        collector[0](frame, received)
+
+    sockets = [await open_socket(base_url, user) for user in users]
+    listeners = [EventListener(ws, dispatch).start() for ws in sockets]
+    try:
+        async with http_client(base_url, connections=IN_FLIGHT) as http:
+            await asyncio.gather(*(post_task(http, user) for user in users for _ in range(2)))
+            if not await collector[0].wait(60):
+                raise RuntimeError("warm-up tasks did not all end within 60 s")
+            count = max(1, round(rate * duration))
+            phase = Terminals(count)
+            phase.ignore = set(collector[0].ids)
+            collector[0] = phase
+            errors: list[str] = []
+            post_latencies: list[float] = []
+
+            async def one(user: User, due: float) -> None:
+                try:
+                    await post_task(http, user)
+                    post_latencies.append(time.perf_counter() - due)
+                except Exception as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}"[:200])
+
+            start = time.perf_counter() + 0.05
+            pending = set()
+            for n in range(count):
+                due = start + n / rate
+                delay = due - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                job = asyncio.create_task(one(users[n % len(users)], due))
+                pending.add(job)
+                job.add_done_callback(pending.discard)
+            sent = time.perf_counter()
+            if pending:
+                await asyncio.wait(pending, timeout=drain)
+            for job in list(pending):
+                job.cancel()
+                errors.append(f"no answer within {drain:g} s of the last send")
+            await phase.wait(max(1.0, drain - (time.perf_counter() - sent)))
+            return Steady(
+                scheduled=count,
+                completed=len(phase.ids),
+                failed=len(phase.failed),
+                errors=errors,
+                latencies=phase.latencies,
+                post_latencies=post_latencies,
+                achieved_rate=count / (sent - start) if sent > start else math.nan,
+            )
+    finally:
+        for listener in listeners:
+            await listener.stop()
+
+
+async def raw_path(base_url: str, config: procs.Config, rate: float, count: int, env: dict[str, str]) -> list[float]:
+    """A socket on the minimal consumer; a publisher process group_sends
+    ``count`` timestamped frames at ``rate``; returns send → receive times."""
+    ws = await open_socket(base_url, None, path="/raw/")
+    latencies: list[float] = []
+    done = asyncio.Event()
+
+    async def read() -> None:
+        async for raw in ws:
+            received = time.time()
+            frame = json.loads(raw)
+            if frame.get("done"):
+                done.set()
+                return
+            if not frame.get("warmup"):
+                latencies.append(received - frame["sent"])
+
+    reader = asyncio.create_task(read())
+    publisher = procs.start(
+        "raw-publisher",
+        [sys.executable, "-m", "bench.raw_publisher", "--rate", f"{rate:g}", "--count", str(count), "--warmup", "50"],
+        env,
+        config.log_dir,
+    )
+    try:
+        deadline = time.monotonic() + count / rate + 60
+        while not done.is_set() and time.monotonic() < deadline:
+            if not publisher.alive() and publisher.popen.returncode != 0:
+                publisher.check_alive()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(done.wait(), 0.5)
+    finally:
+        reader.cancel()
+        await close_quietly(ws)
+        procs.retire(publisher)
+    return latencies
+
+
+def measure(config: procs.Config, options: Any, result: Result) -> None:
+    rate, duration, n_users = options.rate, options.duration, options.latency_users
+    count = max(1, round(rate * duration))
+
+    # The raw path: nothing of Tasklight's, the same layer and server.
+    raw_env = config.stack_env(BENCH_RAW_PREFIX=f"{config.prefix}-raw")
+    raw_web, raw_url = procs.start_web(
+        raw_env, config.log_dir, name="raw-web", app="bench.raw_app:application", health_path=None
+    )
+    raw = run_async(raw_path(raw_url, config, rate, count, raw_env))
+    procs.retire(raw_web)
+    raw_summary = summary_ms(raw)
+    result.figures["raw_latency_ms"] = raw_summary
+    result.say(
+        f"raw path (group_send from a process with its own running loop, RedisPubSubChannelLayer → minimal "
+        f"AsyncJsonWebsocketConsumer under uvicorn → client), {rate:g} msg/s: {fmt_ms(raw_summary)}"
+        + ("" if len(raw) == count else f" ({len(raw)} of {count} received)")
+    )
+
+    procs.delete_queue(config.queue)
+    procs.fresh_database(config)
+    env = config.stack_env()
+    web, base_url = procs.start_web(env, config.log_dir, name="latency-web")
+    worker = procs.start_celery_worker(env, config.log_dir, app="tasklight", queue=config.queue, name="latency-worker")
+
+    async def client() -> Steady:
+        users = await sign_up_many(base_url, n_users)
+        return await steady_tasks(base_url, users, rate, duration)
+
+    steady = run_async(client())
+    procs.retire(worker, web)
+    summary = summary_ms(steady.latencies)
+    result.figures.update(
+        tasklight_latency_ms=summary,
+        tasklight_post_latency_ms=summary_ms(steady.post_latencies),
+        tasklight_completed=steady.completed,
+        tasklight_scheduled=steady.scheduled,
+    )
+    result.say(
+        f"Tasklight (worker's commit of task.succeeded, its finished_at → the owner's socket; {rate:g} tasks/s for "
+        f"{duration:g} s over {n_users} users): {fmt_ms(summary)}"
+        + ("" if steady.completed == steady.scheduled else f" ({steady.completed} of {steady.scheduled} ended)")
+    )
+    result.say(
+        f"  POSTs sent at {steady.achieved_rate:.1f}/s; "
+        f"scheduled send → answer {fmt_ms(summary_ms(steady.post_latencies))}"
+        + (f"; {len(steady.errors)} errors, first: {steady.errors[0]}" if steady.errors else "")
+    )
+    ratio = summary["p99"] / raw_summary["p99"] if raw_summary["p99"] else math.nan
+    result.figures["p99_ratio"] = ratio
+    target = Target("latency p99 ratio (Tasklight / raw path)", ratio, 2, at_least=False)
+    result.targets.append(target)
+    result.say(f"p99 ratio: {ratio:.2f} (target <= 2): {'met' if target.met else 'NOT met'}")

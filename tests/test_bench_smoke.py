@@ -1,0 +1,59 @@
+"""`make bench`'s harness runs: a smoke run of the throughput measurement
+with tiny numbers (a benchmark is not a test; this only checks that the
+harness starts the stack, measures, prints and cleans up)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import uuid
+
+import pytest
+
+from .stack import ROOT
+
+pytestmark = pytest.mark.stack
+
+
+def test_quick_throughput_prints_both_rates_and_their_ratio() -> None:
+    name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--quick",
+            "--only",
+            "throughput",
+            "--tasks",
+            "60",
+            "--users",
+            "2",
+            "--drain-tasks",
+            "300",
+            "--name",
+            name,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=150,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert re.search(r"bare Celery drain .*: \d+ tasks/s \(300/300 drained", output), output
+    assert re.search(r"Tasklight end to end .*: \d+ tasks/s \(60/60 tasks\)", output), output
+    assert re.search(r"ratio: \d+\.\d+ of the bare drain rate", output), output
+    assert "reproduce: python -m bench.run --only throughput --tasks 60 --users 2 --drain-tasks 300" in output, output
+    # Nothing of the run is left behind: its processes and databases are gone.
+    leftovers = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True, check=False).stdout
+    assert not leftovers.strip(), leftovers
+    databases = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "SELECT datname FROM pg_database"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert not [database for database in databases if database.startswith(name.replace("-", "_"))], databases
