@@ -97,21 +97,25 @@ def _create(owner: User, kind: str, params: dict[str, Any], retry_of: Task | Non
     # Sent only once the row is committed: a worker never looks for a task
     # that is not there yet, and a rolled-back task is never sent.
     task_id = task.id
-    transaction.on_commit(lambda: send_to_broker(task_id=task_id))
+    transaction.on_commit(lambda: send_to_broker(task_id=task_id, kind=kind))
     return task
 
 
-def send_to_broker(*, task_id: uuid.UUID | str, countdown: float | None = None, again: bool = False) -> bool:
+def send_to_broker(
+    *, task_id: uuid.UUID | str, kind: str | None = None, countdown: float | None = None, again: bool = False
+) -> bool:
     """Publishes a task; False when the broker would not take it (the relay
     sends it later). Never raises: the broker being down is no reason to
-    refuse work (DESIGN.md §4)."""
+    refuse work (DESIGN.md §4). Callers that know the task's kind pass it,
+    which saves reading the row back on the request path."""
     from .tasks import run_task
 
-    task = Task.objects.filter(pk=task_id).only("kind").first()
-    if task is None:
-        return False
+    if kind is None:
+        kind = Task.objects.filter(pk=task_id).values_list("kind", flat=True).first()
+        if kind is None:
+            return False
     try:
-        workload = get_workload(task.kind)
+        workload = get_workload(kind)
         soft_limit, hard_limit = workload.soft_time_limit, workload.time_limit
     except UnknownWorkload:
         soft_limit = hard_limit = None  # the worker fails it with a readable error
@@ -142,8 +146,8 @@ def relay_unsent(*, older_than: float, limit: int = 500) -> int:
         unsent = Task.objects.filter(status=TaskStatus.QUEUED, sent_at__isnull=True, created_at__lt=cutoff)
         if connection.features.has_select_for_update_skip_locked:
             unsent = unsent.select_for_update(skip_locked=True)
-        for task_id in unsent.order_by("created_at").values_list("id", flat=True)[:limit]:
-            if not send_to_broker(task_id=task_id):
+        for task_id, kind in unsent.order_by("created_at").values_list("id", "kind")[:limit]:
+            if not send_to_broker(task_id=task_id, kind=kind):
                 break  # the broker is still away; try again next round
             sent += 1
     return sent
