@@ -18,7 +18,8 @@ TEST_ENV := \
 	CELERY_BROKER_URL=$${CELERY_BROKER_URL:-amqp://guest:guest@127.0.0.1:5672//} \
 	CHANNEL_LAYER_URL=$${CHANNEL_LAYER_URL:-redis://127.0.0.1:6379/0} \
 	SECRET_KEY=test-only-secret-key-not-for-production HTTPS=0 DEBUG=0 \
-	TASKLIGHT_QUEUE=tasklight-test CHANNEL_LAYER_PREFIX=tasklight-test SIGNUP_RATE_LIMIT=100000/hour
+	TASKLIGHT_QUEUE=$${TASKLIGHT_QUEUE:-tasklight-test} CHANNEL_LAYER_PREFIX=$${CHANNEL_LAYER_PREFIX:-tasklight-test} \
+	SIGNUP_RATE_LIMIT=100000/hour
 
 .PHONY: install install-dev run migrate test test-fast lint typecheck check screenshot clean
 
