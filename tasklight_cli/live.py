@@ -1,0 +1,144 @@
+"""Following one task to its end over /ws/ (docs/events.md), with a progress bar.
+
+No race with a fast task: the socket is subscribed (its ``hello`` received)
+before the task is queued, or, for a task queued earlier, before the task is
+read over REST. Whatever changes after that read arrives on the socket. After a
+dropped connection the same holds: reconnect, then read the task again.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+from websockets.exceptions import ConnectionClosed
+
+from .api import Api
+from .errors import CliError, Exit, describe_connection_error
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+# A ping makes the server send any stored event this socket missed (docs/events.md),
+# so an event the channel layer lost still arrives within this many seconds.
+PING_EVERY = 15.0
+# After a drop, how long to keep trying to reconnect before giving up.
+RECONNECT_FOR = 60.0
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_TOO_MANY = 4429
+BAR_WIDTH = 30
+
+
+def is_finished(task: dict[str, Any]) -> bool:
+    return task.get("status") in TERMINAL
+
+
+class ProgressBar:
+    """One redrawn line on a terminal; one line per change otherwise (logs, CI)."""
+
+    def __init__(self, stream: TextIO, interactive: bool | None = None) -> None:
+        self.stream = stream
+        self.interactive = stream.isatty() if interactive is None else interactive
+        self.last: tuple[str, int] | None = None
+        self.drawn = False
+
+    def line(self, task: dict[str, Any]) -> str:
+        percent = 100 if task.get("status") == "succeeded" else max(0, min(100, int(task.get("progress") or 0)))
+        filled = BAR_WIDTH * percent // 100
+        bar = "#" * filled + "-" * (BAR_WIDTH - filled)
+        return (
+            f"{task.get('kind', 'task')} {str(task.get('id', ''))[:8]} [{bar}] {percent:3d}% {task.get('status', '')}"
+        )
+
+    def update(self, task: dict[str, Any]) -> None:
+        line = self.line(task)
+        state = (str(task.get("status")), int(task.get("progress") or 0))
+        if state == self.last:
+            return
+        self.last = state
+        if self.interactive:
+            self.stream.write(f"\r\x1b[2K{line}")
+        else:
+            self.stream.write(f"{line}\n")
+        self.drawn = True
+        self.stream.flush()
+
+    def close(self) -> None:
+        if self.interactive and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.drawn = False
+
+
+def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> dict[str, Any]:
+    """Subscribes, calls ``start`` (which queues or reads the task), and returns
+    the task once it has finished. ``start`` runs only once; on a reconnect
+    the task is read again over REST."""
+    task: dict[str, Any] | None = None
+    lost_since: float | None = None
+    delay = 0.5
+    pings = itertools.count(1)
+    while True:
+        try:
+            with api.open_socket() as socket:
+                hello = json.loads(socket.recv(timeout=PING_EVERY))
+                if hello.get("type") == "error":
+                    raise CliError(f"{api.server}/ws/: {hello.get('message')}", Exit.REFUSED)
+                if hello.get("type") != "hello":
+                    raise CliError(f"{api.server}/ws/: unexpected first frame {hello.get('type')!r}", Exit.UNREACHABLE)
+                task = start() if task is None else api.task(task["id"])
+                lost_since, delay = None, 0.5
+                bar.update(task)
+                if is_finished(task):
+                    return task
+                while True:
+                    try:
+                        raw = socket.recv(timeout=PING_EVERY)
+                    except TimeoutError:
+                        socket.send(json.dumps({"type": "ping", "id": next(pings)}))
+                        continue
+                    frame = json.loads(raw)
+                    kind = frame.get("type")
+                    if kind in ("event", "progress"):
+                        seen = frame.get("task") or {}
+                        if seen.get("id") != task["id"]:
+                            continue  # another of the user's tasks
+                        task = seen
+                        bar.update(task)
+                        if kind == "event" and is_finished(task):
+                            return task
+                    elif kind == "resync":
+                        task = api.task(task["id"])
+                        bar.update(task)
+                        if is_finished(task):
+                            return task
+        except ConnectionClosed as closed:
+            code = closed.rcvd.code if closed.rcvd is not None else None
+            if code == CLOSE_UNAUTHENTICATED:
+                raise CliError(
+                    "the server refused the token on /ws/. Log in again: tasklight login", Exit.AUTH
+                ) from None
+            if code == CLOSE_TOO_MANY:
+                raise CliError("the server refused another socket: too many open for this user", Exit.REFUSED) from None
+            reason = f"connection closed ({code})" if code is not None else "connection lost"
+        except CliError as error:
+            # Before the task exists, or for anything but a lost connection, stop here.
+            if task is None or error.code != Exit.UNREACHABLE:
+                raise
+            reason = error.message
+        except (OSError, TimeoutError) as exc:
+            if task is None:
+                raise api.unreachable(exc) from None
+            reason = describe_connection_error(exc)
+        if task is None:
+            raise CliError(f"{api.server}/ws/: {reason}", Exit.UNREACHABLE)
+        now = time.monotonic()
+        lost_since = lost_since or now
+        if now - lost_since > RECONNECT_FOR:
+            raise CliError(
+                f"lost the connection to {api.server} ({reason}); the task goes on: tasklight wait {task['id']}",
+                Exit.UNREACHABLE,
+            )
+        time.sleep(delay)  # back off before reconnecting
+        delay = min(delay * 2, 8.0)

@@ -1,0 +1,267 @@
+"""``tasklight``: log in, queue a workload and follow it live, list, cancel (docs/cli.md)."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import sys
+from datetime import datetime
+from typing import Any
+
+from . import __version__
+from .api import Api, normalise_server
+from .config import DEFAULT_SERVER, Config, ConfigError, Credentials, config_path
+from .errors import CliError, Exit
+from .live import ProgressBar, follow
+
+
+def server_address(args: argparse.Namespace, config: Config) -> str:
+    """--server, then TASKLIGHT_URL, then the server last logged in to, then the default."""
+    address = args.server or os.environ.get("TASKLIGHT_URL") or config.default_server or DEFAULT_SERVER
+    return normalise_server(address)
+
+
+def signed_in_api(args: argparse.Namespace) -> Api:
+    config = Config.load()
+    server = server_address(args, config)
+    token = os.environ.get("TASKLIGHT_TOKEN")
+    if not token:
+        credentials = config.servers.get(server)
+        if credentials is None:
+            raise CliError(f"not logged in to {server}: run `tasklight login` (or set TASKLIGHT_TOKEN)", Exit.AUTH)
+        token = credentials.token
+    return Api(server, token)
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``k=v``: the value as JSON when it parses (2, true, [1,2], "quoted"), else the string itself."""
+    name, equals, raw = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = raw
+    return name.strip(), value
+
+
+def page_size(text: str) -> int:
+    try:
+        size = int(text)
+    except ValueError:
+        size = 0
+    if not 1 <= size <= 500:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to 500, got {text!r}")
+    return size
+
+
+# Commands
+
+
+def login(args: argparse.Namespace) -> int:
+    config = Config.load()
+    server = server_address(args, config)
+    username = args.username
+    if not username:
+        if not sys.stdin.isatty():
+            raise CliError("no terminal to ask for the username: pass --username", Exit.USAGE)
+        username = input("Username: ").strip()
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass(f"Password for {username} on {server}: ")
+    if not password:
+        raise CliError("no password given", Exit.USAGE)
+    with Api(server) as api:
+        try:
+            token = api.issue_token(username, password)
+        except CliError as error:
+            if error.code == Exit.REFUSED:  # wrong credentials, or too many attempts
+                raise CliError(error.message, Exit.AUTH) from None
+            raise
+    config.servers[server] = Credentials(username=username, token=token)
+    config.default_server = server
+    config.save()
+    print(f"Logged in to {server} as {username}.")
+    if os.environ.get("TASKLIGHT_TOKEN"):
+        print("Note: TASKLIGHT_TOKEN is set and takes precedence over this login.", file=sys.stderr)
+    return Exit.OK
+
+
+def logout(args: argparse.Namespace) -> int:
+    config = Config.load()
+    server = server_address(args, config)
+    credentials = config.servers.get(server)
+    if credentials is None:
+        print(f"Not logged in to {server}.", file=sys.stderr)
+        return Exit.OK
+    if args.revoke:
+        # Revoking ends the user's token everywhere: every script and machine using it.
+        with Api(server, credentials.token) as api:
+            api.revoke_token()
+    del config.servers[server]
+    if config.default_server == server:
+        config.default_server = None
+    config.save()
+    print(f"Logged out of {server}{' and revoked the token' if args.revoke else ''}.")
+    return Exit.OK
+
+
+def finished(task: dict[str, Any]) -> int:
+    """Prints a finished task's outcome: the result on stdout, or the error on stderr."""
+    if task["status"] == "succeeded":
+        print(json.dumps(task.get("result"), indent=2))
+        return Exit.OK
+    reason = task.get("error") or task["status"]
+    print(f"tasklight: task {task['id']} {task['status']}: {' '.join(str(reason).split())}", file=sys.stderr)
+    return Exit.TASK_FAILED
+
+
+def run_following(api: Api, start: Any) -> int:
+    bar = ProgressBar(sys.stderr)
+    task: dict[str, Any] = {}
+
+    def remembering_start() -> dict[str, Any]:
+        task.update(start())
+        return task
+
+    try:
+        final = follow(api, remembering_start, bar)
+    except KeyboardInterrupt:
+        bar.close()
+        if task:
+            print(f"tasklight: stopped waiting; the task goes on: tasklight wait {task['id']}", file=sys.stderr)
+        return Exit.INTERRUPTED
+    finally:
+        bar.close()
+    return finished(final)
+
+
+def submit(args: argparse.Namespace) -> int:
+    params = dict(args.param)
+    with signed_in_api(args) as api:
+        if not args.wait:
+            task = api.submit(args.kind, params)
+            print(task["id"])
+            return Exit.OK
+        return run_following(api, lambda: api.submit(args.kind, params))
+
+
+def wait(args: argparse.Namespace) -> int:
+    with signed_in_api(args) as api:
+        return run_following(api, lambda: api.task(args.id))
+
+
+def show_time(value: str | None) -> str:
+    if not value:
+        return "-"
+    try:
+        return datetime.fromisoformat(value).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return value
+
+
+def list_tasks(args: argparse.Namespace) -> int:
+    with signed_in_api(args) as api:
+        tasks = api.tasks(args.limit)
+    if args.json:
+        print(json.dumps(tasks, indent=2))
+        return Exit.OK
+    if not tasks:
+        print("No tasks yet.", file=sys.stderr)
+        return Exit.OK
+    rows = [("ID", "KIND", "STATUS", "PROGRESS", "CREATED")]
+    for task in tasks:
+        progress = "-" if task.get("progress") is None else f"{task['progress']}%"
+        rows.append((task["id"], task["kind"], task["status"], progress, show_time(task.get("created_at"))))
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return Exit.OK
+
+
+def cancel(args: argparse.Namespace) -> int:
+    with signed_in_api(args) as api:
+        task = api.cancel(args.id)
+    if task["status"] == "cancelled":
+        print(f"Cancelled {task['id']}.")
+    else:
+        print(f"Asked {task['id']} to stop; it is {task['status']} and ends as cancelled shortly.")
+    return Exit.OK
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="tasklight",
+        description="Queue Tasklight workloads and follow them live.",
+        epilog=f"Server: --server, else TASKLIGHT_URL, else the last one logged in to, else {DEFAULT_SERVER}. "
+        f"Tokens are kept in {config_path()}; TASKLIGHT_TOKEN overrides them.",
+    )
+    top.add_argument("--server", metavar="URL", help="the Tasklight server, e.g. https://tasklight.example.com")
+    top.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    command = commands.add_parser("login", help="get an API token with your username and password, and keep it")
+    command.add_argument("--username", "-u")
+    command.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    command.set_defaults(run=login)
+
+    command = commands.add_parser("logout", help="forget the token kept for the server")
+    command.add_argument("--revoke", action="store_true", help="also revoke the token on the server, for every client")
+    command.set_defaults(run=logout)
+
+    command = commands.add_parser("submit", help="queue a task; with --wait, follow it to its end")
+    command.add_argument("kind", metavar="KIND", help="a workload name, e.g. simulate, primes, text_stats")
+    command.add_argument(
+        "--param",
+        "-p",
+        metavar="NAME=VALUE",
+        action="append",
+        type=parse_param,
+        default=[],
+        help='a parameter; VALUE is read as JSON when it parses (2, true, "text"), else as a string. Repeatable.',
+    )
+    command.add_argument(
+        "--wait",
+        "-w",
+        action="store_true",
+        help="show live progress on stderr, print the result on stdout, exit non-zero if the task fails",
+    )
+    command.set_defaults(run=submit)
+
+    command = commands.add_parser("wait", help="follow a task already queued to its end, like submit --wait")
+    command.add_argument("id", metavar="ID")
+    command.set_defaults(run=wait)
+
+    command = commands.add_parser("list", help="your recent tasks, newest first")
+    command.add_argument(
+        "--limit", "-n", type=page_size, default=20, metavar="N", help="how many, 1 to 500 (default 20)"
+    )
+    command.add_argument("--json", action="store_true", help="print the tasks as JSON")
+    command.set_defaults(run=list_tasks)
+
+    command = commands.add_parser("cancel", help="cancel a queued or running task")
+    command.add_argument("id", metavar="ID")
+    command.set_defaults(run=cancel)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.run(args))
+    except CliError as error:
+        print(f"tasklight: {error.message}", file=sys.stderr)
+        return int(error.code)
+    except ConfigError as error:
+        print(f"tasklight: {error}", file=sys.stderr)
+        return int(Exit.USAGE)
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return int(Exit.INTERRUPTED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
