@@ -1,0 +1,213 @@
+"""The Django admin: users, tasks and events to look at, with search and
+filters; nothing to add, edit or delete; one action, cancel, that goes through
+the service layer like the owner's own cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Permission, User
+from django.db import connection
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from live.models import Event, EventStream
+from tasklight import admin_paging
+from workloads import services
+from workloads.models import Task, TaskStatus
+
+from .stack import Account, wait_for
+
+TASKS = "/admin/workloads/task/"
+EVENTS = "/admin/live/event/"
+USERS = "/admin/auth/user/"
+# Session, user, the bounded count and the page of rows joined to their owners,
+# plus one: a query per row (3 rows here) would go past it.
+MAX_QUERIES_PER_CHANGELIST = 5
+
+
+def listed(response: Any) -> list[Any]:
+    assert response.status_code == 200, response.content[:500]
+    return list(response.context["cl"].result_list)
+
+
+def queue(owner: User, kind: str = "simulate", **params: Any) -> Task:
+    """A task stored as the API stores it (the test's transaction never
+    commits, so nothing is sent to the broker)."""
+    return services.create_task(owner=owner, kind=kind, params=params or {"seconds": 1})
+
+
+def set_status(task: Task, status: TaskStatus) -> Task:
+    Task.objects.filter(pk=task.pk).update(status=status, started_at=timezone.now())
+    return Task.objects.get(pk=task.pk)
+
+
+@pytest.fixture
+def tasks(alice: User, bob: User) -> dict[str, Task]:
+    return {
+        "alice_running": set_status(queue(alice, "primes", below=1000), TaskStatus.RUNNING),
+        "alice_done": set_status(queue(alice), TaskStatus.SUCCEEDED),
+        "bob_queued": queue(bob),
+    }
+
+
+@pytest.mark.django_db
+def test_the_task_list_filters_and_searches(
+    admin_client: Client, tasks: dict[str, Task], django_assert_max_num_queries: Any
+) -> None:
+    def ids(query: str) -> set[Any]:
+        with django_assert_max_num_queries(MAX_QUERIES_PER_CHANGELIST):
+            return {task.pk for task in listed(admin_client.get(TASKS + query))}
+
+    assert ids("") == {task.pk for task in tasks.values()}
+    assert ids("?status=running") == {tasks["alice_running"].pk}
+    assert ids("?kind=simulate") == {tasks["alice_done"].pk, tasks["bob_queued"].pk}
+    assert ids("?q=bob") == {tasks["bob_queued"].pk}
+    assert ids(f"?q={tasks['alice_done'].pk}") == {tasks["alice_done"].pk}
+    assert ids("?q=primes&status=running") == {tasks["alice_running"].pk}
+    # Not a UUID: the id lookup is skipped, not an error.
+    assert ids("?q=not-a-uuid") == set()
+    # Queued with no sent_at: what the relay would send.
+    assert ids("?unsent=yes") == {tasks["bob_queued"].pk}
+    assert ids("?created_at__gte=2000-01-01T00:00:00%2B00:00&status=succeeded") == {tasks["alice_done"].pk}
+
+
+@pytest.mark.django_db
+def test_the_event_list_filters_and_searches(
+    admin_client: Client, alice: User, bob: User, django_assert_max_num_queries: Any
+) -> None:
+    alices = queue(alice)
+    services.cancel_task(task_id=alices.pk, owner=alice)
+    bobs = queue(bob)
+
+    def events(query: str) -> list[tuple[str, str]]:
+        with django_assert_max_num_queries(MAX_QUERIES_PER_CHANGELIST):
+            return [(event.task["id"], event.kind) for event in listed(admin_client.get(EVENTS + query))]
+
+    # Newest first, by primary key.
+    assert events("") == [
+        (str(bobs.pk), "task.queued"),
+        (str(alices.pk), "task.cancelled"),
+        (str(alices.pk), "task.queued"),
+    ]
+    assert events(f"?q={alices.pk}") == [(str(alices.pk), "task.cancelled"), (str(alices.pk), "task.queued")]
+    assert events("?q=bob") == [(str(bobs.pk), "task.queued")]
+    assert events("?kind=task.cancelled") == [(str(alices.pk), "task.cancelled")]
+    page = admin_client.get(EVENTS + f"?q={alices.pk}").content.decode()
+    assert "task.cancelled" in page and "alice" in page
+
+    streams = listed(admin_client.get("/admin/live/eventstream/?q=alice"))
+    assert [(s.user.username, s.last_event_id) for s in streams] == [("alice", 2)]
+
+
+@pytest.mark.django_db
+def test_the_user_list_filters_and_searches(admin_client: Client, alice: User, bob: User) -> None:
+    User.objects.filter(pk=bob.pk).update(is_active=False)
+    assert [u.username for u in listed(admin_client.get(USERS + "?q=alice"))] == ["alice"]
+    assert [u.username for u in listed(admin_client.get(USERS + "?is_active__exact=0"))] == ["bob"]
+
+
+@pytest.mark.django_db
+def test_no_change_list_counts_the_whole_table(
+    admin_client: Client, tasks: dict[str, Task], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(admin_paging, "EXACT_COUNT_LIMIT", 1)
+    with CaptureQueriesContext(connection) as captured:
+        rows = listed(admin_client.get(TASKS))
+    counts = [q["sql"] for q in captured.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts, "the change list counted nothing"
+    # Every count reads at most EXACT_COUNT_LIMIT + 1 rows; past the bound,
+    # the planner's estimate stands in for the rest.
+    assert all("LIMIT 2" in sql for sql in counts), counts
+    assert any(q["sql"].startswith("EXPLAIN") for q in captured.captured_queries)
+    assert len(rows) == 3
+
+
+@pytest.mark.django_db
+def test_tasks_and_events_cannot_be_added_edited_or_deleted(admin_client: Client, tasks: dict[str, Task]) -> None:
+    running = tasks["alice_running"]
+    event = Event.objects.filter(task__id=str(running.pk)).first()
+    assert event is not None
+    for add_url in (TASKS + "add/", EVENTS + "add/", "/admin/live/eventstream/add/"):
+        assert admin_client.get(add_url).status_code == 403, add_url
+    assert f'href="{TASKS}add/"' not in admin_client.get(TASKS).content.decode()
+
+    # The page shows the task, read-only: no form to save.
+    page = admin_client.get(f"{TASKS}{running.pk}/change/")
+    assert page.status_code == 200 and str(running.pk) in page.content.decode()
+    assert 'name="_save"' not in page.content.decode()
+    edit = admin_client.post(f"{TASKS}{running.pk}/change/", {"status": "succeeded", "_save": "Save"})
+    assert edit.status_code == 403
+    assert Task.objects.get(pk=running.pk).status == TaskStatus.RUNNING
+
+    assert admin_client.post(f"{TASKS}{running.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert admin_client.post(f"{EVENTS}{event.pk}/delete/", {"post": "yes"}).status_code == 403
+    assert admin_client.post(f"{EVENTS}{event.pk}/change/", {"kind": "task.failed"}).status_code == 403
+    bulk_delete = admin_client.post(TASKS, {"action": "delete_selected", "_selected_action": [running.pk]})
+    assert Task.objects.filter(pk=running.pk).exists(), bulk_delete.status_code
+    assert Event.objects.filter(pk=event.pk, kind="task.queued").exists()
+
+
+@pytest.mark.django_db
+def test_a_user_who_is_not_staff_is_sent_to_the_log_in_page(client: Client, alice: User) -> None:
+    client.force_login(alice)
+    for url in (TASKS, EVENTS, USERS):
+        response = client.get(url)
+        assert response.status_code == 302 and response["Location"].startswith("/admin/login/"), url
+
+
+@pytest.mark.django_db
+def test_the_cancel_action_goes_through_the_lifecycle(admin_client: Client, tasks: dict[str, Task]) -> None:
+    response = admin_client.post(
+        TASKS,
+        {"action": "cancel_selected", "_selected_action": [str(task.pk) for task in tasks.values()]},
+        follow=True,
+    )
+    assert "1 queued task(s) cancelled; 1 running task(s) asked to stop." in response.content.decode()
+
+    # Queued: cancelled at once, with its event, as the owner's cancel does.
+    queued = Task.objects.get(pk=tasks["bob_queued"].pk)
+    assert (queued.status, queued.error) == (TaskStatus.CANCELLED, "Cancelled before it started.")
+    kinds = list(Event.objects.filter(task__id=str(queued.pk)).order_by("sequence").values_list("kind", flat=True))
+    assert kinds == ["task.queued", "task.cancelled"]
+    assert EventStream.objects.get(user=queued.owner).last_event_id == 2
+    # Running: asked to stop; its worker ends it (the test below).
+    running = Task.objects.get(pk=tasks["alice_running"].pk)
+    assert running.status == TaskStatus.RUNNING and running.cancel_requested_at is not None
+    # Finished: untouched.
+    assert Task.objects.get(pk=tasks["alice_done"].pk).status == TaskStatus.SUCCEEDED
+    assert LogEntry.objects.filter(change_message="Cancelled from the admin.").count() == 2
+
+
+@pytest.mark.django_db
+def test_staff_without_the_change_permission_cannot_cancel(client: Client, tasks: dict[str, Task]) -> None:
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename__in=["view_task", "view_event"]))
+    client.force_login(viewer)
+    assert {t.pk for t in listed(client.get(TASKS))} == {t.pk for t in tasks.values()}
+    client.post(TASKS, {"action": "cancel_selected", "_selected_action": [str(tasks["bob_queued"].pk)]})
+    assert Task.objects.get(pk=tasks["bob_queued"].pk).status == TaskStatus.QUEUED
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_the_cancel_action_stops_a_task_running_on_a_real_worker(stack: Any, admin_client: Client) -> None:
+    alice = Account.sign_up(stack.base_url)
+    task_id = alice.queue("simulate", seconds=60)["id"]
+    wait_for(
+        lambda: Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).exists(),
+        timeout=30,
+        what="the task to start on the worker",
+    )
+    admin_client.post(TASKS, {"action": "cancel_selected", "_selected_action": [task_id]})
+    stopped = wait_for(
+        lambda: Task.objects.filter(pk=task_id).exclude(status=TaskStatus.RUNNING).first(),
+        timeout=30,
+        what="the worker to stop the cancelled task",
+    )
+    assert (stopped.status, stopped.error) == (TaskStatus.CANCELLED, "Cancelled by its owner.")
+    kinds = list(Event.objects.filter(task__id=task_id).order_by("sequence").values_list("kind", flat=True))
+    assert kinds == ["task.queued", "task.started", "task.cancelled"]
