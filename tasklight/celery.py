@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from celery import Celery
 from celery.signals import worker_init
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
+# `celery -A tasklight worker`: the settings give a worker's pool processes
+# persistent database connections (tasklight/settings.py).
+if "worker" in sys.argv[1:]:
+    os.environ.setdefault("TASKLIGHT_PROCESS", "worker")
 
 app = Celery("tasklight")
 app.config_from_object("django.conf:settings", namespace="CELERY")

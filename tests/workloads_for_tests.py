@@ -67,3 +67,18 @@ def chatter(params: ChatterParams, run: Run) -> dict[str, Any]:
     for n in range(params.count):
         push_progress(user_id=task.owner_id, task={"id": str(task.id), "progress": n})
     return {"published": params.count}
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@workload(title="Database backend")
+def database_backend(params: NoParams, run: Run) -> dict[str, Any]:
+    """Which PostgreSQL backend serves this pool process, and under what name."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid(), current_setting('application_name')")
+        pid, name = cursor.fetchone()
+    return {"pid": pid, "application_name": name}

@@ -48,6 +48,9 @@ DATABASE_RETRY_MAX_SECONDS = 30
 # task's own max_retries, 3 by default, when given None).
 @shared_task(bind=True, base=TasklightTask, name="tasklight.run_task", acks_late=True, max_retries=None)
 def run_task(self: CeleryTask, task_id: str, again: bool = False) -> None:
+    # The pool process keeps its connection between tasks (WORKER_CONN_MAX_AGE):
+    # drop it here if it is too old or broke (health-checked on first use).
+    close_old_connections()
     try:
         _run(self, task_id, again)
     except DATABASE_DOWN as exc:
