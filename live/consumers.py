@@ -21,10 +21,15 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
+from tasklight import metrics
+
 from . import services
 from .events import user_group
 
 logger = logging.getLogger(__name__)
+# One line per terminal event sent on a socket, with its task id: the end of a
+# task's trail through the logs. Off unless LOG_DELIVERIES=1 (volume).
+delivery_logger = logging.getLogger("live.delivery")
 
 # Close codes (docs/events.md): no valid credentials (DESIGN.md §5); too
 # many sockets for one user, or too many frames from one socket.
@@ -69,6 +74,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_TOO_MANY)
             return
         _sockets_per_user[user.id] += 1
+        metrics.open_sockets.inc()
         self.user_id = user.id
         self.budget = FrameBudget()
         self.group = user_group(user.id)
@@ -82,6 +88,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):
             _sockets_per_user[self.user_id] -= 1
+            metrics.open_sockets.dec()
             if _sockets_per_user[self.user_id] <= 0:
                 del _sockets_per_user[self.user_id]
             await self.channel_layer.group_discard(self.group, self.channel_name)
@@ -124,17 +131,19 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if after > newest:
             await self.send_error("invalid_resume", f"No event {after} yet; the newest is {newest}.")
             return
-        await self.replay(after)
+        metrics.socket_resumes.inc()
+        await self.replay(after, reason="resume")
 
     async def catch_up(self) -> None:
         """Sends what is stored but has not reached this socket."""
         newest = await database_sync_to_async(services.last_event_id)(self.user_id)
         if newest > self.last_sent_id:
-            await self.replay(self.last_sent_id)
+            await self.replay(self.last_sent_id, reason="catch_up")
 
-    async def replay(self, after: int) -> None:
+    async def replay(self, after: int, *, reason: str) -> None:
         """Sends stored events after ``after``, oldest first; ``resync`` if
         some of them are past retention."""
+        metrics.socket_replays.labels(reason).inc()
         self.last_sent_id = after
         while True:
             try:
@@ -144,11 +153,15 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             except services.CursorExpired as expired:
                 # The client reloads its state over REST and continues from here.
                 self.last_sent_id = expired.newest
+                metrics.socket_resyncs.inc()
                 await self.send_json({"type": "resync", "last_event_id": expired.newest})
                 return
+            metrics.replayed_events.inc(len(batch))
             for event in batch:
-                await self.send_json(services.frame_for(event))
+                frame = services.frame_for(event)
+                await self.send_json(frame)
                 self.last_sent_id = event.sequence
+                log_delivery(frame)
             if len(batch) < REPLAY_BATCH:
                 return
 
@@ -162,14 +175,24 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if frame["id"] <= self.last_sent_id:
             return
         if frame["id"] > self.last_sent_id + 1:
-            await self.replay(self.last_sent_id)
+            await self.replay(self.last_sent_id, reason="gap")
             if frame["id"] <= self.last_sent_id:
                 return
         await self.send_json(frame)
         self.last_sent_id = frame["id"]
+        metrics.event_sent(message.get("committed_at"))
+        log_delivery(frame)
 
     async def live_progress(self, message: dict[str, Any]) -> None:
         await self.send_json(message["frame"])
 
     async def live_inbox(self, message: dict[str, Any]) -> None:
         await self.send_json(message["frame"])
+
+
+def log_delivery(frame: Any) -> None:
+    if frame["event"] in services.NOTIFICATION_KINDS and delivery_logger.isEnabledFor(logging.INFO):
+        delivery_logger.info(
+            "event sent to a socket",
+            extra={"task_id": frame["task"]["id"], "event": frame["event"], "event_id": frame["id"]},
+        )

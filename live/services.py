@@ -7,6 +7,7 @@ socket ever hears of a state the database does not hold.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any, TypedDict
 
@@ -45,8 +46,14 @@ def record_event(*, user_id: int, kind: EventKind, task: dict[str, Any]) -> Even
         raise RuntimeError("record_event must run inside the transaction it reports on")
     event = Event.objects.create(user_id=user_id, sequence=_next_event_id(user_id), kind=kind, task=task)
     frame = frame_for(event)
-    transaction.on_commit(lambda: publisher.push(user_group(user_id), {"type": "live.event", "frame": frame}))
+    transaction.on_commit(lambda: _publish_committed(user_id, frame))
     return event
+
+
+def _publish_committed(user_id: int, frame: EventFrame) -> None:
+    # The commit's wall-clock time rides along: the consumer that sends the
+    # frame measures the notification lag from it (tasklight/metrics.py).
+    publisher.push(user_group(user_id), {"type": "live.event", "frame": frame, "committed_at": time.time()})
 
 
 def push_progress(*, user_id: int, task: dict[str, Any]) -> None:

@@ -3,16 +3,40 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
+from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init
+from celery.signals import task_postrun, task_prerun, worker_init, worker_ready, worker_shutdown
+
+from . import logs
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
 # `celery -A tasklight worker`: the settings give a worker's pool processes
 # persistent database connections (tasklight/settings.py).
+_own_metrics_dir: str | None = None
 if "worker" in sys.argv[1:]:
-    os.environ.setdefault("TASKLIGHT_PROCESS", "worker")
+    os.environ["TASKLIGHT_PROCESS"] = "worker"
+    # Tasks run in forked pool processes: their metrics go to files that the
+    # main process sums (prometheus_client's multiprocess mode), which must be
+    # chosen before prometheus_client is imported. A fresh directory for each
+    # worker, or the operator's, emptied: old counts must not add up.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
+            stale.unlink()
+    else:
+        _own_metrics_dir = tempfile.mkdtemp(prefix="tasklight-worker-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+    if "prometheus_client" in sys.modules:
+        # Flower's plugin to Celery's command line imported it already, in
+        # single-process mode: the metrics created from now on (ours) must
+        # take the multiprocess value class all the same.
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()
 
 app = Celery("tasklight")
 app.config_from_object("django.conf:settings", namespace="CELERY")
@@ -30,3 +54,31 @@ def _tune_embedded_broker(**kwargs: object) -> None:
     from kombu.transport import sqlalchemy
 
     sqlalchemy.Transport.polling_interval = settings.EMBEDDED_BROKER_POLLING_INTERVAL
+
+
+@worker_ready.connect
+def _serve_worker_metrics(**kwargs: object) -> None:
+    from .metrics import worker_metrics_server
+
+    worker_metrics_server.start()
+
+
+@worker_shutdown.connect
+def _stop_worker_metrics(**kwargs: object) -> None:
+    from .metrics import worker_metrics_server
+
+    worker_metrics_server.stop()
+    if _own_metrics_dir is not None:
+        shutil.rmtree(_own_metrics_dir, ignore_errors=True)
+
+
+# The Celery task id is the Tasklight task id: every line logged while a task
+# runs carries it, Celery's own "succeeded" line included.
+@task_prerun.connect
+def _log_task_id(task_id: str | None = None, **kwargs: Any) -> None:
+    logs.task_id.set(task_id)
+
+
+@task_postrun.connect
+def _forget_task_id(**kwargs: Any) -> None:
+    logs.task_id.set(None)

@@ -5,7 +5,29 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
+from . import logs
 from .errors import error_body
+
+
+class RequestIdMiddleware:
+    """Gives each request an id: the caller's ``X-Request-ID`` when it is a
+    sane one (a proxy's, say), else a new one. Every log line written while
+    handling the request carries it, and the response echoes it."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        request_id = logs.request_id_from(request.headers.get("X-Request-ID"))
+        # Also on the request: Django logs a 4xx/5xx after this returns.
+        request.META[logs.REQUEST_ID_META_KEY] = request_id
+        token = logs.request_id.set(request_id)
+        try:
+            response = self.get_response(request)
+        finally:
+            logs.request_id.reset(token)
+        response["X-Request-ID"] = request_id
+        return response
 
 
 class BodySizeLimitMiddleware:

@@ -57,6 +57,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every line logged while handling a request carries its id.
+    "tasklight.middleware.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -325,10 +327,30 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# --- Logs and metrics (docs/observability.md) -----------------------------
+# JSON lines in production, a readable line in embedded mode; each line with
+# the request id (web) or the task id (worker): tasklight/logs.py.
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if EMBEDDED else "json")
+if LOG_FORMAT not in ("json", "plain"):
+    raise environ.ImproperlyConfigured(f"LOG_FORMAT must be json or plain, not {LOG_FORMAT!r}")
+LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "filters": {"context": {"()": "tasklight.logs.ContextFilter"}},
+    "formatters": {
+        "plain": {"()": "tasklight.logs.PlainFormatter"},
+        "json": {"()": "tasklight.logs.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # uvicorn's own lines in the same format, through the same handler.
+        "uvicorn": {"handlers": ["console"], "propagate": False},
+        "uvicorn.access": {"handlers": ["console"], "propagate": False},
+        # One line per terminal event sent to a socket: off unless asked for.
+        "live.delivery": {"level": "INFO" if env.bool("LOG_DELIVERIES", default=False) else "WARNING"},
+    },
 }
+# Bearer token of GET /metrics; unset, the endpoint answers 404.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")

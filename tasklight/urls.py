@@ -10,6 +10,7 @@ from django.views.decorators.csp import csp_override
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
+from .metrics import metrics_view
 
 SWAGGER_CSP: dict[str, Any] = {
     **settings.SECURE_CSP,
@@ -33,6 +34,8 @@ urlpatterns = [
     path("about/", views.about, name="about"),
     path("healthz", views.healthz, name="healthz"),
     path("readyz", views.readyz, name="readyz"),
+    # Prometheus; a bearer token guards it (METRICS_TOKEN, docs/observability.md).
+    path("metrics", metrics_view, name="metrics"),
     path("admin/", admin.site.urls),
 ]
 

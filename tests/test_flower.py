@@ -20,7 +20,7 @@ FLOWER_PASSWORD = "flower-test-passphrase"
 
 
 def worker_hostname(worker: processes.Process) -> str:
-    match = re.search(r"(\S+@\S+) ready\.", worker.log())
+    match = re.search(r"([\w.-]+@[\w.-]+) ready\.", worker.log())
     assert match, worker.log()
     return match.group(1)
 

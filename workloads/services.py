@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from live.models import EventStream
 from live.services import push_progress, record_event
+from tasklight import metrics
 
 from .models import IdempotencyKey, Task, TaskStatus
 from .registry import UnknownWorkload, get_workload
@@ -97,8 +98,15 @@ def _create(owner: User, kind: str, params: dict[str, Any], retry_of: Task | Non
     # Sent only once the row is committed: a worker never looks for a task
     # that is not there yet, and a rolled-back task is never sent.
     task_id = task.id
-    transaction.on_commit(lambda: send_to_broker(task_id=task_id, kind=kind))
+    transaction.on_commit(lambda: _queued(task_id, kind))
     return task
+
+
+def _queued(task_id: uuid.UUID, kind: str) -> None:
+    metrics.task_created(kind)
+    # With the request's id: the first line of the task's trail (docs/observability.md).
+    logger.info("task queued", extra={"task_id": str(task_id), "kind": kind})
+    send_to_broker(task_id=task_id, kind=kind)
 
 
 def send_to_broker(
@@ -196,6 +204,7 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
             task.progress = 0
             task.save(update_fields=["status", "started_at", "heartbeat_at", "progress"])
             record_event(user_id=task.owner_id, kind="task.started", task=task.as_json())
+            metrics.task_started(kind=task.kind, created_at=task.created_at, started_at=task.started_at)
         return task
 
 
@@ -251,6 +260,7 @@ def _close(task: Task, status: TaskStatus, *, result: Any = None, error: str = "
         fields.append("progress")
     task.save(update_fields=fields)
     record_event(user_id=task.owner_id, kind=f"task.{status}", task=task.as_json())  # type: ignore[arg-type]
+    metrics.task_finished(kind=task.kind, outcome=status, started_at=task.started_at, finished_at=task.finished_at)
 
 
 # --- The owner's actions ------------------------------------------------------

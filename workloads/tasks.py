@@ -25,6 +25,7 @@ from live.publisher import publisher
 from live.services import delete_expired_events
 
 from . import services
+from .models import Task
 from .registry import Cancelled, Run, UnknownWorkload, WorkloadFailed, get_workload
 
 logger = logging.getLogger(__name__)
@@ -85,29 +86,34 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
     except UnknownWorkload:
         services.fail_task(task_id=task_id, error=f"No workload named {task.kind!r} is installed on this worker.")
         return
+    # The task id comes from the context (tasklight/celery.py); see docs/observability.md.
+    logger.info("task started", extra={"kind": task.kind})
     cancel = threading.Event()
     watchdog = CancelWatchdog(task_id, cancel)
     watchdog.start()
+    ended: Task | None = None
     try:
         result = workload.run(
             task.params, Run(lambda percent: services.report_progress(task=task, percent=percent), cancel)
         )
     except Cancelled:
-        services.end_cancelled(task_id=task_id)
+        ended = services.end_cancelled(task_id=task_id)
     except WorkloadFailed as exc:
-        services.fail_task(task_id=task_id, error=str(exc))
+        ended = services.fail_task(task_id=task_id, error=str(exc))
     except SoftTimeLimitExceeded:
         limit = workload.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT
-        services.fail_task(task_id=task_id, error=f"The task ran longer than its time limit of {limit:g} s.")
+        ended = services.fail_task(task_id=task_id, error=f"The task ran longer than its time limit of {limit:g} s.")
     except DATABASE_DOWN:
         raise
     except Exception as exc:
         logger.exception("task %s (%s) raised", task_id, task.kind)
-        services.fail_task(task_id=task_id, error=f"The workload crashed: {type(exc).__name__}: {exc}")
+        ended = services.fail_task(task_id=task_id, error=f"The workload crashed: {type(exc).__name__}: {exc}")
     else:
-        services.finish_task(task_id=task_id, result=result)
+        ended = services.finish_task(task_id=task_id, result=result)
     finally:
         watchdog.stop()
+    if ended is not None:
+        logger.info("task ended", extra={"kind": ended.kind, "outcome": ended.status})
 
 
 class CancelWatchdog(threading.Thread):

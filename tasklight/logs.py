@@ -1,0 +1,100 @@
+"""Structured logs: every line names the request or the task it belongs to.
+
+The web process keeps the current request's id in a context variable
+(tasklight.middleware.RequestIdMiddleware), the worker the current task's id
+(tasklight/celery.py, around each task); ``ContextFilter`` copies them onto
+every record, and the formatters write them out: JSON lines in production,
+a readable line in embedded mode (``LOG_FORMAT`` chooses; docs/observability.md).
+
+Loaded by the LOGGING setting while Django configures itself: nothing here may
+import Django's models or settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from typing import Any
+
+from pythonjsonlogger.core import RESERVED_ATTRS
+from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+request_id: ContextVar[str | None] = ContextVar("tasklight_request_id", default=None)
+task_id: ContextVar[str | None] = ContextVar("tasklight_task_id", default=None)
+REQUEST_ID_META_KEY = "tasklight.request_id"
+
+# A client's or proxy's X-Request-ID is kept when it looks like an id: it ends
+# up in every log line, so nothing long or with spaces, quotes or newlines.
+_SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
+
+
+def request_id_from(header: str | None) -> str:
+    """The request's id: the caller's X-Request-ID if sane, else a new one."""
+    if header and _SANE_REQUEST_ID.fullmatch(header):
+        return header
+    return uuid.uuid4().hex
+
+
+class ContextFilter(logging.Filter):
+    """Adds ``request_id`` and ``task_id`` from the context to each record
+    (an explicit ``extra={"task_id": ...}`` wins). Set on the handler, so that
+    records of every logger that reach it get them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, variable in (("request_id", request_id), ("task_id", task_id)):
+            if getattr(record, name, None) is None:
+                value = variable.get()
+                if value is not None:
+                    setattr(record, name, value)
+        if getattr(record, "task_id", None) is None and record.name.startswith("celery."):
+            # Celery's "received" line, in the worker's main process, names the task in its data.
+            data = getattr(record, "data", None)
+            if isinstance(data, dict) and isinstance(data.get("id"), str):
+                record.task_id = data["id"]
+        if getattr(record, "request_id", None) is None:
+            # django.request's line for a 4xx or 5xx, written outside the
+            # middleware, names the request instead.
+            meta = getattr(getattr(record, "request", None), "META", None)
+            if isinstance(meta, dict) and REQUEST_ID_META_KEY in meta:
+                record.request_id = meta[REQUEST_ID_META_KEY]
+        return True
+
+
+class JsonFormatter(_JsonFormatter):
+    """One JSON object per line: time, level, logger, message, then the
+    context ids and any ``extra`` fields."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
+            # uvicorn's copy of its message with terminal colours.
+            reserved_attrs=[*RESERVED_ATTRS, "color_message"],
+            **kwargs,
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        # ISO 8601 in UTC with milliseconds: sorts, and compares across machines.
+        return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class PlainFormatter(logging.Formatter):
+    """``time LEVEL logger [request=… task=…]: message`` for people reading a terminal."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s%(context)s: %(message)s", **kwargs)
+
+    def format(self, record: logging.LogRecord) -> str:
+        ids = [
+            f"{label}={value}"
+            for label, value in (
+                ("request", getattr(record, "request_id", None)),
+                ("task", getattr(record, "task_id", None)),
+            )
+            if value is not None
+        ]
+        record.context = f" [{' '.join(ids)}]" if ids else ""
+        return super().format(record)

@@ -1,0 +1,226 @@
+"""Prometheus metrics (docs/observability.md lists them).
+
+Each process counts what it does itself: the web process the tasks it creates
+(and the queued ones its users cancel), its sockets and what it sends on them;
+a worker the tasks it starts and finishes. The web process serves its own at
+``GET /metrics`` (bearer token METRICS_TOKEN), with the tasks queued and
+running now read from the database at scrape time. A worker's pool processes
+write theirs to files in PROMETHEUS_MULTIPROC_DIR (tasklight/celery.py sets it
+up before this module is imported) and its main process serves their sum on
+WORKER_METRICS_PORT.
+
+Updating a metric costs a lock and an addition (a write to a memory-mapped
+file in a worker): no database query, no I/O on the hot paths.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, transaction
+from django.db.models import Count
+from django.http import Http404, HttpRequest, HttpResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+# Seconds, from a few milliseconds (an idle queue, a quick workload) to an hour.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+# A notification is late past a second; the fine buckets sit below it.
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+tasks_created = Counter("tasklight_tasks_created", "Tasks created and queued.", ["kind"])
+tasks_started = Counter("tasklight_tasks_started", "Tasks a worker started running.", ["kind"])
+tasks_finished = Counter(
+    "tasklight_tasks_finished",
+    "Tasks that reached a terminal state, by outcome (succeeded, failed, cancelled).",
+    ["kind", "outcome"],
+)
+queue_wait = Histogram(
+    "tasklight_task_queue_wait_seconds",
+    "Time from a task's creation to its start by a worker.",
+    ["kind"],
+    buckets=DURATION_BUCKETS,
+)
+run_time = Histogram(
+    "tasklight_task_run_seconds",
+    "Time from a task's start to its end, by outcome.",
+    ["kind", "outcome"],
+    buckets=DURATION_BUCKETS,
+)
+notification_lag = Histogram(
+    "tasklight_notification_lag_seconds",
+    "Time from the commit of a state change to its event being sent on a socket.",
+    buckets=LAG_BUCKETS,
+)
+open_sockets = Gauge(
+    "tasklight_open_sockets", "Authenticated WebSockets open on this web process.", multiprocess_mode="livesum"
+)
+socket_resumes = Counter("tasklight_socket_resumes", "Resume frames received from clients.")
+socket_replays = Counter(
+    "tasklight_socket_replays",
+    "Replays of stored events to a socket, by reason: resume (the client asked), "
+    "catch_up (a ping found events the socket missed), gap (a live event skipped ahead).",
+    ["reason"],
+)
+replayed_events = Counter("tasklight_replayed_events", "Stored events sent to sockets by replays.")
+socket_resyncs = Counter("tasklight_socket_resyncs", "Sockets told to resync: their cursor was past retention.")
+
+
+# --- Recording (called from the service layer and the consumer) -------------
+
+
+def _seconds_between(start: datetime | None, end: datetime | None) -> float | None:
+    if start is None or end is None:
+        return None
+    return max((end - start).total_seconds(), 0.0)
+
+
+def task_created(kind: str) -> None:
+    tasks_created.labels(kind).inc()
+
+
+def task_started(*, kind: str, created_at: datetime | None, started_at: datetime | None) -> None:
+    """Counted once the start commits: a rolled-back start never ran. Robust:
+    a metric that cannot be written (its directory gone) never fails a task."""
+
+    def record() -> None:
+        tasks_started.labels(kind).inc()
+        wait = _seconds_between(created_at, started_at)
+        if wait is not None:
+            queue_wait.labels(kind).observe(wait)
+
+    transaction.on_commit(record, robust=True)
+
+
+def task_finished(*, kind: str, outcome: str, started_at: datetime | None, finished_at: datetime | None) -> None:
+    """Counted once the end commits; a task cancelled while queued has no run time."""
+
+    def record() -> None:
+        tasks_finished.labels(kind, outcome).inc()
+        seconds = _seconds_between(started_at, finished_at)
+        if seconds is not None:
+            run_time.labels(kind, outcome).observe(seconds)
+
+    transaction.on_commit(record, robust=True)
+
+
+def event_sent(committed_at: Any) -> None:
+    """A live event reached a socket; ``committed_at`` is the publisher's
+    wall-clock time at commit (machines' clocks must agree, NTP)."""
+    if isinstance(committed_at, int | float):
+        notification_lag.observe(max(time.time() - committed_at, 0.0))
+
+
+# --- Tasks queued and running now, from the database --------------------------
+
+
+class TaskStateCollector(Collector):
+    """``tasklight_tasks{state, kind}``: tasks queued and running, counted at
+    scrape time with one GROUP BY over the active rows. Finished tasks are not
+    counted here (a scan of the whole history per scrape): see
+    ``tasklight_tasks_finished_total``."""
+
+    def describe(self) -> Iterable[Metric]:
+        # Registering must not query the database (the registry would collect).
+        return [GaugeMetricFamily("tasklight_tasks", "Tasks queued or running now.", labels=["state", "kind"])]
+
+    def collect(self) -> Iterable[Metric]:
+        from workloads.models import Task, TaskStatus
+        from workloads.registry import all_workloads
+
+        family = GaugeMetricFamily("tasklight_tasks", "Tasks queued or running now.", labels=["state", "kind"])
+        active = (TaskStatus.QUEUED, TaskStatus.RUNNING)
+        counts = dict.fromkeys(((state.value, w.name) for state in active for w in all_workloads()), 0)
+        try:
+            rows = (
+                Task.objects.filter(status__in=active)
+                .order_by()
+                .values_list("status", "kind")
+                .annotate(count=Count("*"))
+            )
+            for state, kind, count in rows:
+                counts[(state, kind)] = count
+        except DatabaseError as exc:
+            # /metrics stays up without the database; the series go missing.
+            logger.warning("metrics: could not count tasks: %s", exc)
+            return []
+        for (state, kind), count in sorted(counts.items()):
+            family.add_metric([state, kind], count)
+        return [family]
+
+
+REGISTRY.register(TaskStateCollector())
+
+
+# --- Serving -----------------------------------------------------------------
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """``GET /metrics``: this web process's metrics, for a bearer of METRICS_TOKEN.
+
+    404 while no token is configured (the endpoint does not exist), 401
+    without credentials, 403 with the wrong ones.
+    """
+    expected = settings.METRICS_TOKEN
+    if not expected:
+        raise Http404
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not given:
+        response = HttpResponse("Bearer token required.\n", status=401, content_type="text/plain")
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
+    if not hmac.compare_digest(given.strip().encode(), expected.encode()):
+        return HttpResponse("Wrong token.\n", status=403, content_type="text/plain")
+    return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)
+
+
+class WorkerMetricsServer:
+    """In a worker's main process: serves the sum of its pool processes'
+    metrics (multiprocess mode) on WORKER_METRICS_HOST:WORKER_METRICS_PORT."""
+
+    def __init__(self) -> None:
+        self.server: Any = None
+
+    def start(self) -> None:
+        port = os.environ.get("WORKER_METRICS_PORT")
+        if not port or "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+            return
+        host = os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        try:
+            self.server, _ = start_http_server(int(port), addr=host, registry=registry)
+        except OSError as exc:
+            # Another worker on this machine has the port: the worker still runs.
+            logger.error("worker metrics: cannot listen on %s:%s: %s", host, port, exc)
+            return
+        logger.info("worker metrics on http://%s:%s/metrics", host, port)
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None
+
+
+worker_metrics_server = WorkerMetricsServer()

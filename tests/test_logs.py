@@ -1,0 +1,126 @@
+"""Structured logs (issue 7, check 3): one task's id in the log lines of the
+web process and of the worker, so that it can be followed end to end."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from typing import Any
+
+import pytest
+from django.test import Client
+
+from tasklight import logs
+
+from .stack import Account, terminal_for, wait_for
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The log's JSON lines; Celery's start-up banner is plain text."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            found.append(json.loads(line))
+    return found
+
+
+def format_record(formatter: logging.Formatter, message: str, **extra: Any) -> str:
+    record = logging.LogRecord("tasklight.test", logging.INFO, __file__, 1, message, None, None)
+    record.__dict__.update(extra)
+    logs.ContextFilter().filter(record)
+    return formatter.format(record)
+
+
+# --- The pieces alone ---------------------------------------------------------------
+
+
+def test_a_json_line_carries_the_ids_in_context() -> None:
+    request_token = logs.request_id.set("req-1")
+    try:
+        line = format_record(logs.JsonFormatter(), "task queued", task_id="t-1", kind="simulate")
+    finally:
+        logs.request_id.reset(request_token)
+    parsed = json.loads(line)
+    assert parsed["message"] == "task queued"
+    assert parsed["level"] == "INFO" and parsed["logger"] == "tasklight.test"
+    assert parsed["time"].endswith("Z")
+    assert (parsed["request_id"], parsed["task_id"], parsed["kind"]) == ("req-1", "t-1", "simulate")
+
+
+def test_a_line_outside_any_request_or_task_has_no_ids() -> None:
+    parsed = json.loads(format_record(logs.JsonFormatter(), "idle"))
+    assert "request_id" not in parsed and "task_id" not in parsed
+    assert format_record(logs.PlainFormatter(), "idle").endswith(" INFO tasklight.test: idle")
+
+
+def test_a_plain_line_is_readable_and_names_the_task() -> None:
+    task_token = logs.task_id.set("t-2")
+    try:
+        line = format_record(logs.PlainFormatter(), "task started")
+    finally:
+        logs.task_id.reset(task_token)
+    assert line.endswith(" INFO tasklight.test [task=t-2]: task started")
+
+
+def test_a_sane_request_id_is_kept_and_echoed(db: None) -> None:
+    response = Client().get("/healthz", HTTP_X_REQUEST_ID="edge-7f3a.42")
+    assert response["X-Request-ID"] == "edge-7f3a.42"
+
+
+@pytest.mark.parametrize("header", [None, "", "a b", 'quote"d', "x" * 129, "new\nline"])
+def test_a_missing_or_odd_request_id_is_replaced_by_a_new_one(db: None, header: str | None) -> None:
+    headers = {} if header is None else {"X-Request-ID": header}
+    first = Client().get("/healthz", headers=headers)["X-Request-ID"]
+    second = Client().get("/healthz", headers=headers)["X-Request-ID"]
+    assert first != header and len(first) == 32 and first != second
+
+
+# --- A real web process and worker ------------------------------------------------------
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_one_task_can_be_followed_from_the_api_through_the_worker_to_the_socket(private_stack: Any) -> None:
+    running = private_stack(LOG_FORMAT="json", LOG_DELIVERIES="1")
+    worker = running.start_worker(concurrency=1, LOG_FORMAT="json")
+    alice = Account.sign_up(running.base_url)
+    request_id = f"test-{uuid.uuid4().hex}"
+
+    with alice.socket() as socket:
+        response = alice.http.post(
+            "/api/tasks/", json={"kind": "reverse", "params": {"text": "abc"}}, headers={"X-Request-ID": request_id}
+        )
+        assert response.status_code == 202, response.text
+        assert response.headers["X-Request-ID"] == request_id
+        task_id = response.json()["id"]
+        socket.events_until(terminal_for(task_id))
+
+    def lines_of(process: Any) -> list[dict[str, Any]]:
+        return [line for line in json_lines(process.log()) if line.get("task_id") == task_id]
+
+    # The web process: queued within the request (with its id), then the
+    # terminal event sent on the socket.
+    web = wait_for(
+        lambda: (
+            (found := lines_of(running.web)) and any(line.get("logger") == "live.delivery" for line in found) and found
+        ),
+        timeout=10,
+        what="the web process's lines about the task",
+    )
+    queued = [line for line in web if line["message"] == "task queued"]
+    assert len(queued) == 1 and queued[0]["request_id"] == request_id and queued[0]["kind"] == "reverse"
+    delivered = [line for line in web if line["logger"] == "live.delivery"]
+    assert [line["event"] for line in delivered] == ["task.succeeded"]
+
+    # The worker: received, started, ended, all with the same id.
+    ran = wait_for(
+        lambda: (found := lines_of(worker)) and any(line["message"] == "task ended" for line in found) and found,
+        timeout=10,
+        what="the worker's lines about the task",
+    )
+    messages = [line["message"] for line in ran]
+    assert "task started" in messages
+    assert any(line.get("outcome") == "succeeded" for line in ran if line["message"] == "task ended")
+    assert any("received" in message for message in messages), messages
+    assert all(line["level"] in ("INFO", "DEBUG") for line in ran), ran

@@ -1,0 +1,143 @@
+"""Prometheus metrics (issue 7, check 2): a task's counters move as it runs,
+on the web process's token-protected /metrics and on the worker's own port."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from prometheus_client.parser import text_string_to_metric_families
+
+from workloads.models import Task, TaskStatus
+
+from .stack import Account, free_port, terminal_for, wait_for
+
+TOKEN = "metrics-test-token-0123456789"
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample in Prometheus' text format, or None if absent."""
+    for family in text_string_to_metric_families(text):
+        for found in family.samples:
+            if found.name == name and all(found.labels.get(k) == v for k, v in labels.items()):
+                return float(found.value)
+    return None
+
+
+# --- The endpoint alone (Django's test client) ----------------------------------
+
+
+def test_metrics_does_not_exist_without_a_token(settings: Any, db: None) -> None:
+    settings.METRICS_TOKEN = ""
+    assert Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 404
+
+
+def test_metrics_refuses_a_missing_or_wrong_token(settings: Any, db: None) -> None:
+    settings.METRICS_TOKEN = TOKEN
+    client = Client()
+    missing = client.get("/metrics")
+    assert missing.status_code == 401
+    assert missing["WWW-Authenticate"].startswith("Bearer")
+    assert client.get("/metrics", HTTP_AUTHORIZATION="Bearer not-the-token").status_code == 403
+    assert client.get("/metrics", HTTP_AUTHORIZATION=f"Token {TOKEN}").status_code == 401
+    assert b"tasklight_" not in client.get("/metrics", HTTP_AUTHORIZATION="Bearer x").content
+
+
+def test_metrics_counts_queued_and_running_tasks_by_kind(settings: Any, alice: User) -> None:
+    settings.METRICS_TOKEN = TOKEN
+    Task.objects.create(owner=alice, kind="simulate", params={})
+    Task.objects.create(owner=alice, kind="simulate", params={})
+    Task.objects.create(owner=alice, kind="primes", params={}, status=TaskStatus.RUNNING)
+    Task.objects.create(owner=alice, kind="primes", params={}, status=TaskStatus.SUCCEEDED)
+
+    response = Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}")
+
+    assert response.status_code == 200
+    text = response.content.decode()
+    assert sample(text, "tasklight_tasks", state="queued", kind="simulate") == 2
+    assert sample(text, "tasklight_tasks", state="running", kind="primes") == 1
+    # Known kinds with nothing in a state show 0, not a missing series.
+    assert sample(text, "tasklight_tasks", state="running", kind="simulate") == 0
+    # Finished tasks are counters (tasklight_tasks_finished_total), not this gauge.
+    assert sample(text, "tasklight_tasks", state="succeeded", kind="primes") is None
+
+
+# --- A real web process and worker ----------------------------------------------
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_tasks_counters_move_as_it_runs(private_stack: Any) -> None:
+    running = private_stack(METRICS_TOKEN=TOKEN)
+    worker_port = free_port()
+    running.start_worker(concurrency=1, WORKER_METRICS_PORT=str(worker_port))
+    web_metrics = f"{running.base_url}/metrics"
+    worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
+
+    def scrape_web() -> str:
+        response = httpx.get(web_metrics, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+        assert response.status_code == 200, response.text
+        return response.text
+
+    def scrape_worker() -> str:
+        return wait_for(lambda: httpx.get(worker_metrics, timeout=5).text, timeout=10, what="the worker's metrics")
+
+    # Not public: no token, or the wrong one, and nothing is shown.
+    assert httpx.get(web_metrics, timeout=5).status_code == 401
+    assert httpx.get(web_metrics, headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 403
+
+    before = scrape_web()
+    assert sample(before, "tasklight_open_sockets") == 0
+    assert sample(before, "tasklight_tasks_created_total", kind="simulate") is None
+    assert sample(scrape_worker(), "tasklight_tasks_finished_total", kind="simulate", outcome="succeeded") is None
+
+    alice = Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        assert sample(scrape_web(), "tasklight_open_sockets") == 1
+        task = alice.queue("simulate", seconds=1.5)
+
+        # While it runs, the gauge read from the database shows it.
+        wait_for(
+            lambda: (sample(scrape_web(), "tasklight_tasks", state="running", kind="simulate") or 0) >= 1,
+            timeout=30,
+            what="the running task in tasklight_tasks",
+        )
+        socket.events_until(terminal_for(task["id"]))
+
+    web = scrape_web()
+    assert sample(web, "tasklight_tasks_created_total", kind="simulate") == 1
+    # Queued, started and succeeded were sent live (one may have come by a
+    # replay instead, had the worker's event overtaken the web's).
+    assert 1 <= (sample(web, "tasklight_notification_lag_seconds_count") or 0) <= 3
+    assert sample(web, "tasklight_socket_resumes_total") == 0
+
+    # A second socket resumes from the start: the three events are replayed.
+    with alice.socket() as socket:
+        socket.ws.send(json.dumps({"type": "resume", "after": 0}))
+        socket.events_until(terminal_for(task["id"]))
+        web = scrape_web()
+    assert sample(web, "tasklight_socket_resumes_total") == 1
+    assert sample(web, "tasklight_socket_replays_total", reason="resume") == 1
+    assert (sample(web, "tasklight_replayed_events_total") or 0) >= 3
+    wait_for(
+        lambda: sample(scrape_web(), "tasklight_open_sockets") == 0, timeout=10, what="the socket to be counted out"
+    )
+
+    def worker_counted() -> str:
+        text = scrape_worker()
+        done = sample(text, "tasklight_tasks_finished_total", kind="simulate", outcome="succeeded")
+        return text if done == 1 else ""
+
+    # The pool process records after its commit; the socket may hear of it first.
+    worker = wait_for(worker_counted, timeout=10, what="the worker to count the finished task")
+    assert sample(worker, "tasklight_tasks_started_total", kind="simulate") == 1
+    assert sample(worker, "tasklight_task_queue_wait_seconds_count", kind="simulate") == 1
+    assert sample(worker, "tasklight_task_run_seconds_count", kind="simulate", outcome="succeeded") == 1
+    run_seconds = sample(worker, "tasklight_task_run_seconds_sum", kind="simulate", outcome="succeeded")
+    assert run_seconds is not None and 1.5 <= run_seconds < 30
+    # 1.5 s or more lands in no bucket below 2.5 s.
+    assert sample(worker, "tasklight_task_run_seconds_bucket", kind="simulate", outcome="succeeded", le="1.0") == 0
