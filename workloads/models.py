@@ -55,6 +55,10 @@ class Task(models.Model):
             ),
             # The concurrency cap counts one user's running tasks.
             models.Index(fields=["owner"], name="task_owner_running", condition=models.Q(status="running")),
+            # /metrics counts the queued and running tasks by kind at each scrape.
+            models.Index(
+                fields=["status", "kind"], name="task_active", condition=models.Q(status__in=["queued", "running"])
+            ),
         ]
 
     def __str__(self) -> str:
