@@ -95,8 +95,10 @@ def stack_env(**overrides: str) -> dict[str, str]:
     from django.db import connection
 
     settings_dict = connection.settings_dict
+    # Importing tasklight.asgi here marks this process "web"; the children say what they are.
+    inherited = {key: value for key, value in os.environ.items() if key != "TASKLIGHT_PROCESS"}
     return {
-        **os.environ,
+        **inherited,
         "DATABASE_URL": (
             f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}/{settings_dict['NAME']}"
         ),
