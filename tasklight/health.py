@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import uuid
 from dataclasses import dataclass
 
 from asgiref.sync import async_to_sync
@@ -16,6 +18,7 @@ from .celery import app as celery_app
 logger = logging.getLogger(__name__)
 
 CHECK_TIMEOUT_SECONDS = 2.0
+PING_INTERVAL_SECONDS = 0.25
 
 
 @dataclass(frozen=True)
@@ -35,9 +38,18 @@ def _describe(url: str) -> str:
 
 def check_database() -> PartStatus:
     backend = connection.vendor
+    # The web process's pool would wait its own timeout (10 s) for a
+    # connection; a probe must answer sooner. The pool checks each connection
+    # it hands out and replaces broken ones, so this recovers by itself.
+    pool = getattr(connection, "pool", None)
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        if pool is not None:
+            pool.open()
+            with pool.connection(timeout=CHECK_TIMEOUT_SECONDS) as pooled:
+                pooled.execute("SELECT 1")
+        else:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT 1")
         return PartStatus("database", backend, True)
     except Exception as exc:
         logger.warning("readiness: database unreachable: %s", exc)
@@ -58,11 +70,34 @@ def check_broker() -> PartStatus:
 async def _channel_layer_round_trip() -> None:
     layer = get_channel_layer()
     assert layer is not None
-    channel = await layer.new_channel("readyz.")  # type: ignore[call-arg]
-    await layer.send(channel, {"type": "readyz.ping"})
-    message = await asyncio.wait_for(layer.receive(channel), CHECK_TIMEOUT_SECONDS)
-    if message.get("type") != "readyz.ping":
-        raise RuntimeError("channel layer returned another message")
+    deadline = asyncio.get_running_loop().time() + CHECK_TIMEOUT_SECONDS
+    async with asyncio.timeout_at(deadline):
+        channel = await layer.new_channel("readyz.")  # type: ignore[call-arg]
+    ping = uuid.uuid4().hex
+    answered = asyncio.Event()
+
+    async def listen() -> None:
+        while True:
+            message = await layer.receive(channel)
+            if message.get("ping") == ping:
+                answered.set()
+
+    listener = asyncio.ensure_future(listen())
+    await asyncio.sleep(0)  # into receive(), whose cancellation cleans up
+    try:
+        async with asyncio.timeout_at(deadline):
+            # Pub/sub drops a message published before the SUBSCRIBE reached
+            # Redis (it travels on another connection), and the subscription
+            # comes back only once the layer has reconnected: ping again.
+            while not answered.is_set():
+                await layer.send(channel, {"type": "readyz.ping", "ping": ping})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(answered.wait(), PING_INTERVAL_SECONDS)
+    finally:
+        # A cancelled receive() unsubscribes the channel: without this, every
+        # probe would leave a subscription behind.
+        listener.cancel()
+        await asyncio.wait({listener}, timeout=PING_INTERVAL_SECONDS)
 
 
 def check_channel_layer() -> PartStatus:

@@ -1,0 +1,146 @@
+"""A TCP proxy that a test can cut: a service "goes down" for one process
+without stopping the machine's shared PostgreSQL, RabbitMQ or Redis."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+# SO_LINGER with a zero timeout: close() sends a reset, as when the server dies.
+ABORT_ON_CLOSE = struct.pack("ii", 1, 0)
+
+
+class _Link:
+    """One client connection and its upstream connection, pumped both ways by
+    two threads; the second thread to finish closes both sockets."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+        self.sockets = (client, upstream)
+        self._lock = threading.Lock()
+        self._running = 2
+
+    def start(self, on_done: Callable[[_Link], None]) -> None:
+        client, upstream = self.sockets
+        for source, sink in ((client, upstream), (upstream, client)):
+            threading.Thread(target=self._pump, args=(source, sink, on_done), daemon=True).start()
+
+    def cut(self) -> None:
+        """Wakes both pumps; their sockets then close with a reset."""
+        for sock in self.sockets:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_ON_CLOSE)
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def _pump(self, source: socket.socket, sink: socket.socket, on_done: Callable[[_Link], None]) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass  # the other side, or cut(), ended the connection
+        # Wake the other pump: a half-closed connection would leave it waiting.
+        for sock in (sink, source):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with self._lock:
+            self._running -= 1
+            last = self._running == 0
+        if last:
+            for sock in self.sockets:
+                sock.close()
+            on_done(self)
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to ``target``. ``pause()`` resets every live
+    connection, and every new one until ``resume()``."""
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self._paused = threading.Event()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._links: set[_Link] = set()
+        # Connections forwarded so far: proof that a client really goes through.
+        self.forwarded = 0
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.port: int = self._listener.getsockname()[1]
+        self._listener.settimeout(0.1)
+        self._thread = threading.Thread(target=self._accept_loop, name=f"proxy-{self.port}", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> TcpProxy:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+    def url_for(self, url: str) -> str:
+        """``url`` with its host and port replaced by this proxy's."""
+        scheme, _, rest = url.partition("://")
+        credentials, at, location = rest.rpartition("@")
+        _, slash, path = location.partition("/")
+        return f"{scheme}://{credentials}{at}127.0.0.1:{self.port}{slash}{path}"
+
+    @property
+    def live_connections(self) -> int:
+        with self._lock:
+            return len(self._links)
+
+    def pause(self) -> None:
+        with self._lock:
+            self._paused.set()
+            links = list(self._links)
+        for link in links:
+            link.cut()
+
+    def resume(self) -> None:
+        self._paused.clear()
+
+    def close(self) -> None:
+        self._closed.set()
+        self.pause()
+        self._thread.join(5)
+        self._listener.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            client.settimeout(None)
+            if self._paused.is_set():
+                _abort(client)
+                continue
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                _abort(client)
+                continue
+            upstream.settimeout(None)
+            link = _Link(client, upstream)
+            with self._lock:
+                if self._paused.is_set():
+                    _abort(client)
+                    _abort(upstream)
+                    continue
+                self._links.add(link)
+                self.forwarded += 1
+            link.start(self._forget)
+
+    def _forget(self, link: _Link) -> None:
+        with self._lock:
+            self._links.discard(link)
+
+
+def _abort(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_ON_CLOSE)
+    sock.close()

@@ -1,0 +1,105 @@
+"""/readyz names the part that is down and recovers when it is back, without a
+restart. Each service "goes down" behind a TCP proxy of the test's own: the
+machine's PostgreSQL, RabbitMQ and Redis keep serving the other suites."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from .proxy import TcpProxy
+from .stack import wait_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+PARTS = {"database": "DATABASE_URL", "broker": "CELERY_BROKER_URL", "channel_layer": "CHANNEL_LAYER_URL"}
+
+# A check answers within its own timeout; the pool's wait for a connection is
+# the longest of them (DATABASE_POOL_TIMEOUT below).
+READYZ_TIMEOUT = 10
+
+
+@pytest.fixture
+def proxies() -> Iterator[dict[str, TcpProxy]]:
+    started = {}
+    for part, variable in PARTS.items():
+        target = urlsplit(os.environ[variable])
+        started[part] = TcpProxy(target.hostname or "127.0.0.1", target.port or 0)
+    yield started
+    for proxy in started.values():
+        proxy.close()
+
+
+def readyz(base_url: str) -> tuple[int, dict[str, Any]]:
+    response = httpx.get(f"{base_url}/readyz", timeout=READYZ_TIMEOUT)
+    return response.status_code, response.json()
+
+
+def ready(base_url: str) -> dict[str, Any]:
+    """/readyz's body once it answers 200; empty (for wait_for: not yet) until then."""
+    status, body = readyz(base_url)
+    return body if status == 200 else {}
+
+
+def unavailable(base_url: str) -> dict[str, Any]:
+    status, body = readyz(base_url)
+    return body if status == 503 else {}
+
+
+def healthz(base_url: str) -> int:
+    return httpx.get(f"{base_url}/healthz", timeout=READYZ_TIMEOUT).status_code
+
+
+def test_readyz_names_each_part_that_is_down_and_recovers(private_stack, proxies) -> None:
+    running = start_behind(private_stack, proxies)
+    try:
+        check_each_part(running.base_url, proxies)
+    except BaseException:
+        print(running.logs())  # pytest shows it with the failure
+        raise
+    assert running.web.popen.poll() is None, "the web process recovered without a restart"
+
+
+def start_behind(private_stack, proxies: dict[str, TcpProxy]) -> Any:
+    """A web process of the test's own that reaches every service through its proxy."""
+    from django.db import connection
+
+    database = connection.settings_dict
+    return private_stack(
+        DATABASE_URL=proxies["database"].url_for(
+            f"postgres://{database['USER']}@{database['HOST']}:{database['PORT']}/{database['NAME']}"
+        ),
+        CELERY_BROKER_URL=proxies["broker"].url_for(os.environ["CELERY_BROKER_URL"]),
+        CHANNEL_LAYER_URL=proxies["channel_layer"].url_for(os.environ["CHANNEL_LAYER_URL"]),
+    )
+
+
+def check_each_part(base_url: str, proxies: dict[str, TcpProxy]) -> None:
+    body = wait_for(lambda: ready(base_url), timeout=30, what="/readyz 200")
+    assert body["status"] == "ok" and body["down"] == []
+    # Every part really goes through its proxy: pausing it must be felt.
+    assert all(proxy.forwarded > 0 for proxy in proxies.values()), {
+        part: proxy.forwarded for part, proxy in proxies.items()
+    }
+
+    for part, proxy in proxies.items():
+        proxy.pause()
+        try:
+            body = wait_for(lambda: unavailable(base_url), timeout=30, what=f"/readyz 503 with {part} down")
+            assert body["status"] == "unavailable"
+            assert body["down"] == [part], body
+            states = {entry["name"]: entry["ok"] for entry in body["parts"]}
+            assert states == {name: name != part for name in PARTS}, body
+            assert healthz(base_url) == 200, "liveness must not depend on the services"
+        finally:
+            proxy.resume()
+        # Back without a restart: the pool, the broker connection and the
+        # channel layer's subscriptions all reconnect by themselves.
+        body = wait_for(lambda: ready(base_url), timeout=30, what=f"/readyz 200 with {part} back")
+        assert body["down"] == []
+        assert healthz(base_url) == 200
