@@ -178,6 +178,8 @@ if CHANNEL_LAYER_URL:
         "default": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
             "LOCATION": CHANNEL_LAYER_URL,
+            # Not a new connection per request (tasklight/cache.py).
+            "OPTIONS": {"pool_class": "tasklight.cache.SharedConnectionPool"},
             "KEY_PREFIX": env.str("CHANNEL_LAYER_PREFIX", default="tasklight") + "-cache",
         }
     }

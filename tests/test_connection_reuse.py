@@ -1,0 +1,77 @@
+"""Connections kept, not reopened: a worker's pool process keeps its
+PostgreSQL connection from task to task (WORKER_CONN_MAX_AGE) and names it in
+pg_stat_activity (DATABASE_APPLICATION_NAME); a web process keeps its Redis
+connections for the rate limits from request to request (tasklight/cache.py)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+from django.conf import settings
+
+from .stack import Account, terminal_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+
+def backend_of_each_task(running, worker_overrides: dict[str, str], tasks: int = 4) -> list[dict[str, object]]:
+    running.start_worker(concurrency=1, **worker_overrides)
+    alice = Account.sign_up(running.base_url)
+    results = []
+    with alice.socket() as socket:
+        for _ in range(tasks):
+            task = alice.queue("database_backend")
+            frames = socket.events_until(terminal_for(task["id"]))
+            assert frames[-1]["event"] == "task.succeeded", frames[-1]
+            results.append(frames[-1]["task"]["result"])
+    return results
+
+
+def test_a_pool_process_keeps_its_connection_across_tasks(private_stack) -> None:
+    results = backend_of_each_task(private_stack(), {})
+    assert len({r["pid"] for r in results}) == 1, results
+    assert {r["application_name"] for r in results} == {"tasklight-worker"}
+
+
+def test_worker_conn_max_age_zero_connects_per_task(private_stack) -> None:
+    results = backend_of_each_task(private_stack(), {"WORKER_CONN_MAX_AGE": "0", "DATABASE_APPLICATION_NAME": "tl-x"})
+    assert len({r["pid"] for r in results}) == len(results), results
+    assert {r["application_name"] for r in results} == {"tl-x"}
+
+
+def connections_received(client: redis.Redis) -> int:
+    return int(client.info("stats")["total_connections_received"])
+
+
+def test_a_web_process_keeps_its_redis_connections_across_requests(private_stack) -> None:
+    running = private_stack(TASK_RATE_LIMIT="1000/min")
+    alice = Account.sign_up(running.base_url)
+    alice.queue("simulate", seconds=0)  # warm: the pool has its connection
+    client = redis.Redis.from_url(settings.CHANNEL_LAYER_URL)
+    before = connections_received(client)
+    requests = 40
+    for _ in range(requests):
+        alice.queue("simulate", seconds=0)  # each POST checks the rate limit in Redis
+    opened = connections_received(client) - before
+    # Before tasklight/cache.py, each request opened one of its own (>= 40).
+    assert opened < requests / 4, f"{opened} Redis connections opened for {requests} requests"
+
+
+def test_every_cache_of_a_process_shares_one_pool() -> None:
+    from django.core.cache.backends.redis import RedisCache
+
+    location = settings.CHANNEL_LAYER_URL
+    pools = []
+
+    def pool_of_a_new_cache() -> None:
+        cache = RedisCache(location, {"OPTIONS": {"pool_class": "tasklight.cache.SharedConnectionPool"}})
+        pools.append(cache._cache._get_connection_pool(write=True))
+
+    threads = [threading.Thread(target=pool_of_a_new_cache) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({id(pool) for pool in pools}) == 1
