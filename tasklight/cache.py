@@ -1,30 +1,38 @@
-"""One Redis connection pool per process for Django's cache.
+"""Django's Redis cache, with one client and connection pool per process.
 
 Django makes a new ``RedisCache`` for each thread or async context that uses
-the cache, and each made its own connection pool: under ASGI every request
-opened a new TCP connection to Redis for its rate-limit check (Django ticket
-#35651, open). This pool class hands every ``RedisCache`` of the process the
-same pool for the same address and options. redis-py's pool is thread-safe
-and resets itself in a forked child.
+the cache, and each made its own client: under ASGI every request built a
+client (redis-py reads its own package metadata from disk to do so) and a
+connection pool, and opened a new TCP connection to Redis for its rate-limit
+check (Django ticket #35651, open). This backend hands every ``RedisCache`` of
+the process the same client for the same servers and options. redis-py's
+pool is thread-safe and resets itself in a forked child.
 """
 
 from __future__ import annotations
 
 import threading
+from functools import cached_property
 from typing import Any
 
-from redis import ConnectionPool
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
-_shared: dict[tuple[str, str], ConnectionPool] = {}
-_shared_lock = threading.Lock()
+_clients: dict[tuple[tuple[str, ...], str], RedisCacheClient] = {}
+_clients_lock = threading.Lock()
 
 
-class SharedConnectionPool(ConnectionPool):
-    @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Any:
-        key = (url, repr(sorted(kwargs.items())))
-        with _shared_lock:
-            pool = _shared.get(key)
-            if pool is None:
-                pool = _shared[key] = super().from_url(url, **kwargs)
-            return pool
+class SharedRedisCache(RedisCache):
+    # Set by RedisCache.__init__ (not in django-stubs).
+    _servers: list[str]
+    _options: dict[str, Any]
+    _class: type[RedisCacheClient]
+
+    @cached_property
+    def _cache(self) -> Any:
+        key = (tuple(self._servers), repr(sorted(self._options.items())))
+        with _clients_lock:
+            client = _clients.get(key)
+            if client is None:
+                client = _clients[key] = self._class(self._servers, **self._options)
+                client.get_client(write=True)  # makes its pool once, here, not raced
+            return client

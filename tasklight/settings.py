@@ -176,10 +176,9 @@ else:
 if CHANNEL_LAYER_URL:
     CACHES = {
         "default": {
-            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            # Django's RedisCache, minus a new client and connection per request (tasklight/cache.py).
+            "BACKEND": "tasklight.cache.SharedRedisCache",
             "LOCATION": CHANNEL_LAYER_URL,
-            # Not a new connection per request (tasklight/cache.py).
-            "OPTIONS": {"pool_class": "tasklight.cache.SharedConnectionPool"},
             "KEY_PREFIX": env.str("CHANNEL_LAYER_PREFIX", default="tasklight") + "-cache",
         }
     }

@@ -59,19 +59,19 @@ def test_a_web_process_keeps_its_redis_connections_across_requests(private_stack
     assert opened < requests / 4, f"{opened} Redis connections opened for {requests} requests"
 
 
-def test_every_cache_of_a_process_shares_one_pool() -> None:
-    from django.core.cache.backends.redis import RedisCache
+def test_every_cache_of_a_process_shares_one_client_and_pool() -> None:
+    from tasklight.cache import SharedRedisCache
 
-    location = settings.CHANNEL_LAYER_URL
-    pools = []
+    clients = []
 
-    def pool_of_a_new_cache() -> None:
-        cache = RedisCache(location, {"OPTIONS": {"pool_class": "tasklight.cache.SharedConnectionPool"}})
-        pools.append(cache._cache._get_connection_pool(write=True))
+    def client_of_a_new_cache() -> None:
+        # What Django does for each thread (and each request under ASGI).
+        clients.append(SharedRedisCache(settings.CHANNEL_LAYER_URL, {})._cache)
 
-    threads = [threading.Thread(target=pool_of_a_new_cache) for _ in range(4)]
+    threads = [threading.Thread(target=client_of_a_new_cache) for _ in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    assert len({id(pool) for pool in pools}) == 1
+    assert len({id(client) for client in clients}) == 1
+    assert len({id(client._get_connection_pool(write=True)) for client in clients}) == 1
