@@ -99,13 +99,15 @@ if DATABASE_URL:
     DATABASES = {"default": env.db_url_config(DATABASE_URL)}
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
-    if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    # "web" (tasklight/asgi.py), "worker" (tasklight/celery.py), or unset.
+    process = os.environ.get("TASKLIGHT_PROCESS")
+    postgresql = DATABASES["default"]["ENGINE"].endswith("postgresql")
+    if postgresql:
         # pg_stat_activity tells the processes' connections apart (docs/operations.md).
-        process = os.environ.get("TASKLIGHT_PROCESS")
         DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = env.str(
             "DATABASE_APPLICATION_NAME", default=f"tasklight-{process}" if process else "tasklight"
         )
-    if os.environ.get("TASKLIGHT_PROCESS") == "web" and DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    if process == "web" and postgresql:
         # Django runs each request's sync code in a thread of its own under
         # ASGI: without a bound, 200 concurrent clients open 200 connections
         # and PostgreSQL refuses the 101st. A pool caps them per web process;
@@ -117,7 +119,7 @@ if DATABASE_URL:
             "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
             "timeout": 10,
         }
-    elif os.environ.get("TASKLIGHT_PROCESS") == "worker":
+    elif process == "worker":
         # A prefork pool process runs one task at a time on one thread: it
         # keeps its connection from task to task (run_task drops it once older
         # than this, or broken) instead of paying PostgreSQL a new backend per
