@@ -4,40 +4,21 @@ An event is history a client may replay; nothing edits or deletes one here
 
 from __future__ import annotations
 
-from typing import Any, get_args
+from typing import get_args
 
 from django.contrib import admin
-from django.db.models import QuerySet
-from django.http import HttpRequest
 
-from tasklight.admin_paging import LargeTableAdminMixin
+from tasklight.admin_paging import KnownValuesFilter, ReadOnlyAdmin
 
 from .events import EventKind
 from .models import Event, EventStream
 
 
-class ReadOnlyAdmin(LargeTableAdminMixin, admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
+class EventKindFilter(KnownValuesFilter):
+    """The event kinds from the protocol."""
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-
-class EventKindFilter(admin.SimpleListFilter):
-    """The event kinds from the protocol, not a SELECT DISTINCT over the table."""
-
-    title = "kind"
-    parameter_name = "kind"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(kind, kind) for kind in get_args(EventKind)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(kind=self.value()) if self.value() else queryset
+    def values(self) -> list[str]:
+        return list(get_args(EventKind))
 
 
 @admin.register(Event)

@@ -1,4 +1,4 @@
-"""Admin change lists over tables that grow to millions of rows.
+"""Admin change lists over tables that grow to millions of rows, read-only.
 
 Django's paginator counts the whole filtered queryset on every page view. For
 the task and event tables that is a sequential scan per click; this paginator
@@ -13,9 +13,11 @@ import logging
 from functools import cached_property
 from typing import Any, ClassVar
 
+from django.contrib import admin
 from django.core.paginator import Paginator
 from django.db import DatabaseError, connections
 from django.db.models import QuerySet
+from django.http import HttpRequest
 
 logger = logging.getLogger(__name__)
 
@@ -56,3 +58,34 @@ class LargeTableAdminMixin:
 
     show_full_result_count: ClassVar[bool] = False
     paginator: ClassVar[type] = LargeTablePaginator
+
+
+class ReadOnlyAdmin(LargeTableAdminMixin, admin.ModelAdmin):
+    """Shown, never added, edited or deleted here: tasks change state only
+    through workloads.services, events are history a client may replay."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class KnownValuesFilter(admin.SimpleListFilter):
+    """Filters a column on values known in code (``values``), not on a
+    SELECT DISTINCT over the whole table, which Django's own filter runs."""
+
+    parameter_name = "kind"
+    title = "kind"
+
+    def values(self) -> list[str]:
+        raise NotImplementedError
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [(value, value) for value in self.values()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(**{self.parameter_name: self.value()}) if self.value() else queryset

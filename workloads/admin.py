@@ -12,25 +12,18 @@ from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from tasklight.admin_paging import LargeTableAdminMixin
+from tasklight.admin_paging import KnownValuesFilter, ReadOnlyAdmin
 
 from . import services
 from .models import Task, TaskStatus
 from .registry import all_workloads
 
 
-class KindFilter(admin.SimpleListFilter):
-    """The installed workloads, from the registry: Django's own filter for a
-    plain CharField would run SELECT DISTINCT over the whole table."""
+class KindFilter(KnownValuesFilter):
+    """The installed workloads, from the registry."""
 
-    title = "kind"
-    parameter_name = "kind"
-
-    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
-        return [(workload.name, workload.name) for workload in sorted(all_workloads(), key=lambda w: w.name)]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        return queryset.filter(kind=self.value()) if self.value() else queryset
+    def values(self) -> list[str]:
+        return sorted(workload.name for workload in all_workloads())
 
 
 class UnsentFilter(admin.SimpleListFilter):
@@ -49,7 +42,7 @@ class UnsentFilter(admin.SimpleListFilter):
 
 
 @admin.register(Task)
-class TaskAdmin(LargeTableAdminMixin, admin.ModelAdmin):
+class TaskAdmin(ReadOnlyAdmin):
     list_display = ("id", "kind", "owner", "status", "progress", "created_at", "started_at", "finished_at")
     list_filter = ("status", KindFilter, UnsentFilter, "created_at", "finished_at")
     # Exact lookups only: the id and the username hit their unique indexes,
@@ -79,17 +72,7 @@ class TaskAdmin(LargeTableAdminMixin, admin.ModelAdmin):
     )
     readonly_fields = fields
 
-    # Tasks are created by their owners and change state only through the
-    # lifecycle (workloads.services): the admin shows them and cancels them.
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Task | None = None) -> bool:
-        return False
-
+    # Read-only; the one change is a cancel, through the lifecycle.
     def has_cancel_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("workloads.change_task")
 
