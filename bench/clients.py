@@ -1,4 +1,10 @@
-"""The clients: httpx (async) for HTTP, ``websockets`` (asyncio) for sockets.
+"""The clients: aiohttp for the measured HTTP load, httpx for set-up
+(sign-ups, with their cookies), ``websockets`` (asyncio) for sockets.
+
+The load shares the machine with what it measures, so its client must be
+cheap: at 200 POSTs/s httpx's async client took ~75 % of a core in the
+harness, more than the web process it was measuring; aiohttp takes about a
+third of that (docs/benchmarks.md).
 
 Every wait is bounded; everything talks to 127.0.0.1 only.
 """
@@ -16,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
@@ -35,12 +42,56 @@ def run_async[T](coroutine: Coroutine[Any, Any, T]) -> T:
         return asyncio.run(coroutine)
 
 
-def http_client(base_url: str, connections: int = 200) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        base_url=base_url,
-        timeout=httpx.Timeout(30.0),
-        limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections),
-    )
+@dataclass
+class Reply:
+    status_code: int
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode(errors="replace")
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+class HttpClient:
+    """The load's client: keep-alive connections to one server, at most
+    ``connections`` at once; each request's body is read whole."""
+
+    def __init__(self, base_url: str, connections: int) -> None:
+        self.base_url = base_url
+        self.connections = connections
+        self.session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> HttpClient:
+        self.session = aiohttp.ClientSession(
+            base_url=self.base_url,
+            connector=aiohttp.TCPConnector(limit=self.connections),
+            timeout=aiohttp.ClientTimeout(total=30),
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.session is not None:
+            await self.session.close()
+
+    async def request(
+        self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None
+    ) -> Reply:
+        assert self.session is not None, "use it in an async with"
+        async with self.session.request(method, path, json=json, headers=headers) as response:
+            return Reply(response.status, await response.read())
+
+    async def get(self, path: str, *, headers: dict[str, str] | None = None) -> Reply:
+        return await self.request("GET", path, headers=headers)
+
+    async def post(self, path: str, *, json: Any = None, headers: dict[str, str] | None = None) -> Reply:
+        return await self.request("POST", path, json=json, headers=headers)
+
+
+def http_client(base_url: str, connections: int = 200) -> HttpClient:
+    return HttpClient(base_url, connections)
 
 
 @dataclass
@@ -59,7 +110,7 @@ async def sign_up(base_url: str, username: str | None = None) -> User:
     (the session cookie of the sign-up stays there)."""
     username = username or f"bench-{uuid.uuid4().hex[:12]}"
     credentials = {"username": username, "password": PASSWORD}
-    async with http_client(base_url, connections=2) as http:
+    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(30.0)) as http:
         response = await _post_patiently(http, "/api/auth/signup/", credentials)
         if response.status_code != 201:
             raise RuntimeError(f"sign-up failed: {response.status_code} {response.text[:300]}")
@@ -188,7 +239,7 @@ async def close_quietly(ws: ClientConnection, within: float = 2) -> None:
         ws.transport.abort()
 
 
-async def post_task(http: httpx.AsyncClient, user: User, kind: str = "noop") -> tuple[str, float]:
+async def post_task(http: HttpClient, user: User, kind: str = "noop") -> tuple[str, float]:
     """POST /api/tasks/; returns the task id and the request's duration in seconds."""
     started = time.perf_counter()
     response = await http.post("/api/tasks/", json={"kind": kind, "params": {}}, headers=user.headers)
