@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import os
 
-from django.core.asgi import get_asgi_application
+import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
 # Tells the settings this is a web process (its database connections are pooled).
 os.environ.setdefault("TASKLIGHT_PROCESS", "web")
 # Django must be set up before anything imports models.
-django_application = get_asgi_application()
+django.setup(set_prefix=False)
+
+from tasklight.asgi_handler import SyncChainASGIHandler  # noqa: E402
+
+# Django's ASGIHandler, minus two thread crossings per request (asgi_handler.py).
+django_application = SyncChainASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 

@@ -68,11 +68,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    # Last, and sync-only on purpose: under ASGI Django runs every middleware
-    # above a sync-only one in sync mode, in one thread, instead of hopping to
-    # a thread and back for each process_request and process_response of the
-    # async-capable ones (docs/benchmarks.md: 12 % of the web process's CPU).
-    # Still before any body is read: views and process_view run below it.
+    # Before any body is read: views and process_view run below it. The whole
+    # chain runs in sync mode, in the request's one thread
+    # (tasklight/asgi_handler.py; docs/benchmarks.md).
     "tasklight.middleware.BodySizeLimitMiddleware",
 ]
 
@@ -210,8 +208,13 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=2)
-CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
+# Celery's monitoring events (Flower's feed) cost a broker message each: one
+# per task from the web (task-sent), three or more from the worker. Off unless
+# CELERY_EVENTS=1: Flower turns the workers' on itself while it runs (its
+# --enable-events, on by default). docs/operations.md#flower.
+CELERY_EVENTS = env.bool("CELERY_EVENTS", default=False)
+CELERY_WORKER_SEND_TASK_EVENTS = CELERY_EVENTS
+CELERY_TASK_SEND_SENT_EVENT = CELERY_EVENTS
 # Time limits for workloads that declare none (seconds).
 TASK_SOFT_TIME_LIMIT = env.int("TASK_SOFT_TIME_LIMIT", default=3660)
 TASK_TIME_LIMIT = env.int("TASK_TIME_LIMIT", default=3720)
@@ -353,9 +356,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
-        # uvicorn's own lines in the same format, through the same handler.
-        "uvicorn": {"handlers": ["console"], "propagate": False},
-        "uvicorn.access": {"handlers": ["console"], "propagate": False},
+        # uvicorn's own lines in the same format, through the same handler, at
+        # LOG_LEVEL too: its access lines are INFO (uvicorn would keep them at
+        # INFO whatever LOG_LEVEL says; they cost ~9 % of a request's CPU).
+        "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        "uvicorn.access": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         # One line per terminal event sent to a socket: off unless asked for.
         "live.delivery": {"level": "INFO" if env.bool("LOG_DELIVERIES", default=False) else "WARNING"},
     },

@@ -1,16 +1,22 @@
-"""Under ASGI the whole middleware chain runs in sync mode, in one thread:
-no async-mode MiddlewareMixin hopping to a thread and back for each
-process_request and process_response (settings.MIDDLEWARE, docs/benchmarks.md)."""
+"""Under ASGI a request enters its thread once: the middleware chain and the
+view run there together, in sync mode (tasklight/asgi_handler.py,
+docs/benchmarks.md). Django's own ASGIHandler would build an async chain that
+crosses between the event loop and a thread three times each way."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
+import pytest
+from asgiref.sync import AsyncToSync
+from channels.testing import HttpCommunicator
 from django.core.handlers.asgi import ASGIHandler
 from django.utils.deprecation import MiddlewareMixin
 
 
-def middleware_instances(handler: Any) -> list[Any]:
+def chain_parts(handler: Any) -> list[Any]:
+    """Everything reachable from the handler's middleware chain."""
     found: list[Any] = []
     seen: set[int] = set()
     pending = [handler._middleware_chain]
@@ -19,8 +25,7 @@ def middleware_instances(handler: Any) -> list[Any]:
         if id(current) in seen:
             continue
         seen.add(id(current))
-        if isinstance(current, MiddlewareMixin):
-            found.append(current)
+        found.append(current)
         # convert_exception_to_response and async_to_sync wrap the next one.
         for attribute in ("get_response", "__wrapped__", "awaitable"):
             inner = getattr(current, attribute, None)
@@ -34,9 +39,42 @@ def middleware_instances(handler: Any) -> list[Any]:
     return found
 
 
-def test_every_django_middleware_runs_in_sync_mode_under_asgi() -> None:
-    handler = ASGIHandler()
-    mixins = middleware_instances(handler)
+def test_the_served_chain_is_sync_with_no_crossing_inside() -> None:
+    from tasklight.asgi import django_application
+
+    parts = chain_parts(django_application)
+    mixins = [part for part in parts if isinstance(part, MiddlewareMixin)]
     assert len(mixins) >= 6, [type(m).__name__ for m in mixins]  # Security, CSP, sessions, CSRF, auth, ...
-    in_async_mode = [type(m).__name__ for m in mixins if m.async_mode]
-    assert in_async_mode == []
+    assert [type(m).__name__ for m in mixins if m.async_mode] == []
+    assert not [part for part in parts if isinstance(part, AsyncToSync)]
+
+
+def test_djangos_own_handler_would_cross_back_to_the_loop() -> None:
+    # What the test above guards against: the async chain Django builds itself.
+    assert [part for part in chain_parts(ASGIHandler()) if isinstance(part, AsyncToSync)]
+
+
+@pytest.mark.asyncio
+async def test_middleware_and_view_run_in_one_thread_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasklight import middleware, views
+    from tasklight.asgi import django_application
+
+    threads: dict[str, int] = {}
+    original_middleware = middleware.RequestIdMiddleware.__call__
+    original_response = views.JsonResponse
+
+    def recording_middleware(self: Any, request: Any) -> Any:
+        threads["middleware"] = threading.get_ident()
+        return original_middleware(self, request)
+
+    def recording_response(*args: Any, **kwargs: Any) -> Any:  # called by the view
+        threads["view"] = threading.get_ident()
+        return original_response(*args, **kwargs)
+
+    monkeypatch.setattr(middleware.RequestIdMiddleware, "__call__", recording_middleware)
+    monkeypatch.setattr(views, "JsonResponse", recording_response)
+    communicator = HttpCommunicator(django_application, "GET", "/healthz", headers=[(b"host", b"127.0.0.1")])
+    response = await communicator.get_response(timeout=10)
+    assert response["status"] == 200
+    assert set(threads) == {"middleware", "view"}
+    assert threads["middleware"] == threads["view"] != threading.get_ident()
