@@ -27,7 +27,9 @@ def worker_hostname(worker: processes.Process) -> str:
 
 def test_flower_shows_the_worker_and_follows_a_task_by_its_id(private_stack: Any) -> None:
     running = private_stack()
-    worker = running.start_worker(concurrency=1)
+    # Celery's task events are off by default (settings.CELERY_EVENTS): a
+    # deployment that runs Flower turns them on for its workers.
+    worker = running.start_worker(concurrency=1, CELERY_EVENTS="1")
     hostname = worker_hostname(worker)
     port = free_port()
     flower = processes.start(
