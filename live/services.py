@@ -20,20 +20,46 @@ from .models import Event, EventStream
 from .publisher import publisher
 
 
-def _next_event_id(user_id: int) -> int:
-    # One statement that creates or bumps the user's counter and holds its row
-    # lock until commit (PostgreSQL; SQLite serialises all writers anyway).
-    # The table name is ours; the only value is a parameter.
+def _bump_stream_sql() -> str:
+    # Creates or bumps the user's counter and holds its row lock until commit
+    # (PostgreSQL; SQLite serialises all writers anyway). The table name is
+    # ours; the only value is a parameter.
     table = connection.ops.quote_name(EventStream._meta.db_table)
-    upsert = (
+    return (
         f"INSERT INTO {table} (user_id, last_event_id) VALUES (%s, 1) "  # noqa: S608
         f"ON CONFLICT (user_id) DO UPDATE SET last_event_id = {table}.last_event_id + 1 "
         "RETURNING last_event_id"
     )
+
+
+def _next_event_id(user_id: int) -> int:
     with connection.cursor() as cursor:
-        cursor.execute(upsert, [user_id])
+        cursor.execute(_bump_stream_sql(), [user_id])
         row = cursor.fetchone()
     return int(row[0])
+
+
+def _insert_event(user_id: int, kind: str, task: dict[str, Any]) -> Event:
+    """Bumps the counter and inserts the event in one statement, one round
+    trip (PostgreSQL: SQLite has no INSERT in a WITH). Every lifecycle event
+    passes here: three per task (docs/benchmarks.md)."""
+    if connection.vendor != "postgresql":
+        return Event.objects.create(user_id=user_id, sequence=_next_event_id(user_id), kind=kind, task=task)
+    created_at = timezone.now()
+    table = connection.ops.quote_name(Event._meta.db_table)
+    insert = (
+        f"WITH bumped AS ({_bump_stream_sql()}) "  # noqa: S608  # our table names; values are parameters
+        f"INSERT INTO {table} (user_id, sequence, kind, task, created_at) "
+        "SELECT %s, last_event_id, %s, %s, %s FROM bumped RETURNING id, sequence"
+    )
+    task_value = Event._meta.get_field("task").get_db_prep_save(task, connection)
+    with connection.cursor() as cursor:
+        cursor.execute(insert, [user_id, user_id, kind, task_value, created_at])
+        event_id, sequence = cursor.fetchone()
+    event = Event(id=event_id, user_id=user_id, sequence=sequence, kind=kind, task=task, created_at=created_at)
+    event._state.adding = False
+    event._state.db = connection.alias
+    return event
 
 
 def frame_for(event: Event) -> EventFrame:
@@ -44,7 +70,7 @@ def record_event(*, user_id: int, kind: EventKind, task: dict[str, Any]) -> Even
     """Stores an event; must run inside the transaction of the change it reports."""
     if not connection.in_atomic_block:
         raise RuntimeError("record_event must run inside the transaction it reports on")
-    event = Event.objects.create(user_id=user_id, sequence=_next_event_id(user_id), kind=kind, task=task)
+    event = _insert_event(user_id, kind, task)
     frame = frame_for(event)
     transaction.on_commit(lambda: _publish_committed(user_id, frame))
     return event

@@ -35,8 +35,9 @@ def test_progress_frames_of_a_primes_run_are_bounded(stack: Any) -> None:
     progress = [f for f in socket.frames if f["type"] == "progress" and f["task"]["id"] == task["id"]]
     stored = Task.objects.get(pk=task["id"])
     seconds = (stored.finished_at - stored.started_at).total_seconds()
-    # The sieve reports ~95 times; coalescing lets through one per 0.25 s and per percent.
-    assert 2 <= len(progress) <= min(101, math.ceil(seconds / 0.25) + 1)
+    # The sieve reports ~95 times; coalescing lets through one per 0.25 s and
+    # per percent (a fast machine sieves in under 0.3 s: one frame, then).
+    assert min(2, 1 + math.floor(seconds / 0.3)) <= len(progress) <= min(101, math.ceil(seconds / 0.25) + 1)
     percents = [f["task"]["progress"] for f in progress]
     assert percents == sorted(set(percents))
 

@@ -222,25 +222,48 @@ def renew_lease(*, task_id: uuid.UUID | str) -> bool:
     return Task.objects.filter(pk=task_id, cancel_requested_at__isnull=False).exists()
 
 
-def finish_task(*, task_id: uuid.UUID | str, result: Any) -> Task | None:
+def finish_task(*, task_id: uuid.UUID | str, result: Any, running: Task | None = None) -> Task | None:
     try:
         json.dumps(result)
     except (TypeError, ValueError):
-        return fail_task(task_id=task_id, error="The workload returned a result that is not JSON.")
-    return _end(task_id, TaskStatus.SUCCEEDED, result=result)
+        return fail_task(task_id=task_id, error="The workload returned a result that is not JSON.", running=running)
+    return _end(task_id, TaskStatus.SUCCEEDED, result=result, running=running)
 
 
-def fail_task(*, task_id: uuid.UUID | str, error: str) -> Task | None:
-    return _end(task_id, TaskStatus.FAILED, error=error)
+def fail_task(*, task_id: uuid.UUID | str, error: str, running: Task | None = None) -> Task | None:
+    return _end(task_id, TaskStatus.FAILED, error=error, running=running)
 
 
-def end_cancelled(*, task_id: uuid.UUID | str, error: str = "Cancelled by its owner.") -> Task | None:
-    return _end(task_id, TaskStatus.CANCELLED, error=error)
+def end_cancelled(
+    *, task_id: uuid.UUID | str, error: str = "Cancelled by its owner.", running: Task | None = None
+) -> Task | None:
+    return _end(task_id, TaskStatus.CANCELLED, error=error, running=running)
 
 
-def _end(task_id: uuid.UUID | str, status: TaskStatus, *, result: Any = None, error: str = "") -> Task | None:
-    """Moves a running task to a terminal state, once: a repeat does nothing."""
+def _end(
+    task_id: uuid.UUID | str,
+    status: TaskStatus,
+    *,
+    result: Any = None,
+    error: str = "",
+    running: Task | None = None,
+) -> Task | None:
+    """Moves a running task to a terminal state, once: a repeat does nothing.
+
+    ``running`` is the task as start_task returned it to the worker running
+    it: then one conditional UPDATE replaces locking and reading the row back.
+    What an event shows of a running task changes only by that worker
+    (progress) or by ending it, which the UPDATE's condition settles.
+    """
     with transaction.atomic():
+        if running is not None:
+            fields = _terminal_fields(status, result, error)
+            if not Task.objects.filter(pk=running.pk, status=TaskStatus.RUNNING).update(**fields):
+                return None
+            for name, value in fields.items():
+                setattr(running, name, value)
+            _announce_end(running)
+            return running
         task = Task.objects.select_for_update().filter(pk=task_id, status=TaskStatus.RUNNING).first()
         if task is None:
             return None
@@ -248,19 +271,26 @@ def _end(task_id: uuid.UUID | str, status: TaskStatus, *, result: Any = None, er
         return task
 
 
+def _terminal_fields(status: TaskStatus, result: Any, error: str) -> dict[str, Any]:
+    fields: dict[str, Any] = {"status": status, "result": result, "error": error, "finished_at": timezone.now()}
+    if status == TaskStatus.SUCCEEDED:
+        fields["progress"] = 100
+    return fields
+
+
 def _close(task: Task, status: TaskStatus, *, result: Any = None, error: str = "") -> None:
     """Writes a terminal state on a locked task, with its event."""
-    task.status = status
-    task.result = result
-    task.error = error
-    task.finished_at = timezone.now()
-    fields = ["status", "result", "error", "finished_at"]
-    if status == TaskStatus.SUCCEEDED:
-        task.progress = 100
-        fields.append("progress")
-    task.save(update_fields=fields)
-    record_event(user_id=task.owner_id, kind=f"task.{status}", task=task.as_json())  # type: ignore[arg-type]
-    metrics.task_finished(kind=task.kind, outcome=status, started_at=task.started_at, finished_at=task.finished_at)
+    fields = _terminal_fields(status, result, error)
+    for name, value in fields.items():
+        setattr(task, name, value)
+    task.save(update_fields=list(fields))
+    _announce_end(task)
+
+
+def _announce_end(task: Task) -> None:
+    """The terminal event, in the transaction that wrote the state."""
+    record_event(user_id=task.owner_id, kind=f"task.{task.status}", task=task.as_json())  # type: ignore[arg-type]
+    metrics.task_finished(kind=task.kind, outcome=task.status, started_at=task.started_at, finished_at=task.finished_at)
 
 
 # --- The owner's actions ------------------------------------------------------

@@ -97,19 +97,23 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
             task.params, Run(lambda percent: services.report_progress(task=task, percent=percent), cancel)
         )
     except Cancelled:
-        ended = services.end_cancelled(task_id=task_id)
+        ended = services.end_cancelled(task_id=task_id, running=task)
     except WorkloadFailed as exc:
-        ended = services.fail_task(task_id=task_id, error=str(exc))
+        ended = services.fail_task(task_id=task_id, error=str(exc), running=task)
     except SoftTimeLimitExceeded:
         limit = workload.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT
-        ended = services.fail_task(task_id=task_id, error=f"The task ran longer than its time limit of {limit:g} s.")
+        ended = services.fail_task(
+            task_id=task_id, error=f"The task ran longer than its time limit of {limit:g} s.", running=task
+        )
     except DATABASE_DOWN:
         raise
     except Exception as exc:
         logger.exception("task %s (%s) raised", task_id, task.kind)
-        ended = services.fail_task(task_id=task_id, error=f"The workload crashed: {type(exc).__name__}: {exc}")
+        ended = services.fail_task(
+            task_id=task_id, error=f"The workload crashed: {type(exc).__name__}: {exc}", running=task
+        )
     else:
-        ended = services.finish_task(task_id=task_id, result=result)
+        ended = services.finish_task(task_id=task_id, result=result, running=task)
     finally:
         watchdog.stop()
     if ended is not None:
