@@ -1,5 +1,5 @@
-"""Under ASGI a request enters its thread once: the middleware chain and the
-view run there together, in sync mode (tasklight/asgi_handler.py,
+"""Under ASGI a request enters its thread once, a reused one: the middleware
+chain and the view run there together, in sync mode (tasklight/asgi_handler.py,
 docs/benchmarks.md). Django's own ASGIHandler would build an async chain that
 crosses between the event loop and a thread three times each way."""
 
@@ -78,3 +78,26 @@ async def test_middleware_and_view_run_in_one_thread_off_the_loop(monkeypatch: p
     assert response["status"] == 200
     assert set(threads) == {"middleware", "view"}
     assert threads["middleware"] == threads["view"] != threading.get_ident()
+
+
+@pytest.mark.asyncio
+async def test_request_threads_are_reused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Django starts a thread per request; ours come back to a free list, so
+    per-thread caches (database wrapper, Celery's backend) stay warm."""
+    from tasklight import views
+    from tasklight.asgi import django_application
+
+    threads: list[int] = []
+    original_response = views.JsonResponse
+
+    def recording_response(*args: Any, **kwargs: Any) -> Any:
+        threads.append(threading.get_ident())
+        return original_response(*args, **kwargs)
+
+    monkeypatch.setattr(views, "JsonResponse", recording_response)
+    for _ in range(3):
+        communicator = HttpCommunicator(django_application, "GET", "/healthz", headers=[(b"host", b"127.0.0.1")])
+        assert (await communicator.get_response(timeout=10))["status"] == 200
+        await communicator.wait(timeout=10)  # the handler has given its thread back
+    assert len(threads) == 3
+    assert len(set(threads)) == 1, threads
