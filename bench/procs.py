@@ -45,6 +45,7 @@ CONFIGURATION = (
     "TASKLIGHT_QUEUE",
     "CHANNEL_LAYER_PREFIX",
     "TASKLIGHT_DATA_DIR",
+    "WEB_CONCURRENCY",  # one web process unless a measurement asks for more
     "DJANGO_SETTINGS_MODULE",
 )
 
