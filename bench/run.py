@@ -26,7 +26,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import api, embedded, latency, procs, sockets, throughput
+from . import api, cost, embedded, latency, procs, sockets, throughput
 from .report import Result
 
 Measure = Callable[[procs.Config, argparse.Namespace, Result], None]
@@ -50,6 +50,7 @@ MEASUREMENTS: dict[str, tuple[Measure, tuple[str, ...]]] = {
         ),
     ),
     "embedded": (embedded.measure, ("embedded_rate", "embedded_duration")),
+    "cost": (cost.measure, ("cost_requests",)),
 }
 
 FULL: dict[str, Any] = {
@@ -72,6 +73,7 @@ FULL: dict[str, Any] = {
     "list_duration": 10.0,
     "embedded_rate": 10.0,
     "embedded_duration": 20.0,
+    "cost_requests": 1000,
 }
 QUICK: dict[str, Any] = {
     "tasks": 200,
@@ -93,6 +95,7 @@ QUICK: dict[str, Any] = {
     "list_duration": 3.0,
     "embedded_rate": 5.0,
     "embedded_duration": 3.0,
+    "cost_requests": 100,
 }
 HELP = {
     "tasks": "throughput: Tasklight tasks, POSTed by all users at once",
@@ -114,6 +117,7 @@ HELP = {
     "list_duration": "api: seconds of GETs",
     "embedded_rate": "embedded: tasks/s",
     "embedded_duration": "embedded: seconds at that rate",
+    "cost_requests": "cost: requests of each kind, one at a time, for the web process's CPU per request",
 }
 FLAGS = {
     "bare_like_tasklight": "throughput: also drain bare Celery with Tasklight's Celery settings",
