@@ -296,10 +296,13 @@ SIGNUP_RATE_LIMIT = env.str("SIGNUP_RATE_LIMIT", default="30/hour")
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- REST API -------------------------------------------------------------
+# An API token and its user are cached this long (seconds); deleting the
+# token or saving the user drops them at once (accounts/authentication.py).
+TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=300)
 REST_FRAMEWORK = {
     # A token header authenticates alone; the session (with CSRF) otherwise.
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "accounts.authentication.CachedTokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],

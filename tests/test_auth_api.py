@@ -125,3 +125,54 @@ def test_a_bad_token_is_refused_even_with_a_valid_session(alice: User) -> None:
     client.force_login(alice)
     client.credentials(HTTP_AUTHORIZATION="Token not-a-real-token")
     assert_error(client.get("/api/auth/me/"), 401, "authentication_failed")
+
+
+# --- Cached token authentication (accounts/authentication.py) ---------------
+
+
+def token_client(user: User) -> APIClient:
+    token, _ = Token.objects.get_or_create(user=user)
+    client = APIClient(enforce_csrf_checks=True)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    return client
+
+
+def test_a_cached_token_needs_no_query(alice: User) -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    script = token_client(alice)
+    assert script.get("/api/auth/me/").status_code == 200  # reads the token, caches it
+    with CaptureQueriesContext(connection) as queries:
+        assert script.get("/api/auth/me/").json()["username"] == "alice"
+    assert not [query for query in queries if "authtoken_token" in query["sql"]], queries.captured_queries
+
+
+def test_a_revoked_token_is_refused_at_once(alice: User) -> None:
+    script = token_client(alice)
+    assert script.get("/api/auth/me/").status_code == 200
+    assert script.delete("/api/auth/token/").status_code == 204
+    assert_error(script.get("/api/auth/me/"), 401, "authentication_failed")
+
+
+def test_a_deactivated_user_is_refused_at_once(alice: User) -> None:
+    script = token_client(alice)
+    assert script.get("/api/auth/me/").status_code == 200
+    alice.is_active = False
+    alice.save(update_fields=["is_active"])
+    assert_error(script.get("/api/auth/me/"), 401, "authentication_failed")
+
+
+def test_a_deleted_user_is_refused_at_once(alice: User) -> None:
+    script = token_client(alice)
+    assert script.get("/api/auth/me/").status_code == 200
+    alice.delete()
+    assert_error(script.get("/api/auth/me/"), 401, "authentication_failed")
+
+
+def test_a_token_of_another_user_still_means_that_user(alice: User) -> None:
+    bob = User.objects.create_user("bob", password=PASSWORD)
+    alices, bobs = token_client(alice), token_client(bob)
+    for _ in range(2):  # the second round from the cache
+        assert alices.get("/api/auth/me/").json()["username"] == "alice"
+        assert bobs.get("/api/auth/me/").json()["username"] == "bob"

@@ -1,0 +1,52 @@
+"""Token authentication without a database query per request.
+
+DRF's TokenAuthentication reads the token and its user on every request: a
+join compiled by the ORM, ~14 % of the web process's CPU for a POST (the
+`cost` benchmark, docs/benchmarks.md). Here the token, with its user, is kept
+in the shared cache (Redis outside embedded mode) for TOKEN_CACHE_SECONDS,
+and dropped from it the moment the token is deleted (log-out, the user
+deleted) or the user is saved (deactivated, say): what the database says
+about a token is what every web process believes, with no lag on those
+paths. Cache keys are SHA-256 digests: the cache never holds a key itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+from rest_framework import exceptions
+from rest_framework.authentication import TokenAuthentication
+from rest_framework.authtoken.models import Token
+
+
+def cache_key(key: str) -> str:
+    return "auth-token:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+class CachedTokenAuthentication(TokenAuthentication):
+    def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
+        token: Token | None = cache.get(cache_key(key))
+        if token is None:
+            user, token = super().authenticate_credentials(key)  # raises AuthenticationFailed
+            cache.set(cache_key(key), token, settings.TOKEN_CACHE_SECONDS)
+            return user, token
+        if not token.user.is_active:  # as DRF checks it
+            raise exceptions.AuthenticationFailed("User inactive or deleted.")
+        return token.user, token
+
+
+@receiver(post_delete, sender=Token)
+def forget_deleted_token(sender: Any, instance: Token, **kwargs: Any) -> None:
+    cache.delete(cache_key(instance.key))
+
+
+@receiver(post_save, sender=get_user_model())
+def forget_tokens_of_saved_user(sender: Any, instance: Any, **kwargs: Any) -> None:
+    for key in Token.objects.filter(user_id=instance.pk).values_list("key", flat=True):
+        cache.delete(cache_key(key))
