@@ -1,34 +1,44 @@
 """Django's HTTP handler for ASGI: one thread crossing per request, on a
 reused thread.
 
-Django's own ``ASGIHandler`` builds an async middleware chain. Every view and
-middleware here is sync, so a request used to go event loop -> thread (the
-sync middleware) -> event loop (``async_to_sync`` of Django's async inner
-handler) -> thread again (the view), and back up the same way. This handler
-builds the sync chain that WSGI servers use and runs it, the view included,
-in one ``sync_to_async`` call: one crossing each way instead of three.
+Django's own ``ASGIHandler`` is built for async views. Every view and
+middleware here is sync, and under it a request crossed between the event
+loop and a thread five times: the ``request_started`` signal, the sync
+middleware, back to the loop (``async_to_sync`` of Django's async inner
+handler), the view, and closing the response (``request_finished``). Each
+crossing is a future, a thread wake-up and a GIL hand-over; under load they
+were about half of the web process's CPU (docs/benchmarks.md).
 
-Django also gives each request a thread of its own (a ``ThreadSensitiveContext``
-per request), started and stopped per request. Every per-thread cache then
-starts cold: Django's database wrapper, and Celery's result-backend object,
-which Celery rebuilds by import lookups on each new thread. Here each request
-borrows a single-thread executor from a free list and gives it back, through
-asgiref's own ``ThreadSensitiveContext(executor=...)``: still one request per
-thread at a time, and the request's sync work (signals, middleware, view,
-closing the response) all in that thread, so database connections and
-transactions behave exactly as before. Reading the body and sending the
-response stay Django's.
+This handler does what Django's WSGI handler does, in one ``sync_to_async``
+call: the ``request_started`` signal, building the request, the sync
+middleware chain (the one WSGI servers use) and the view, and, for a response
+whose body is already in memory, closing it (``request_finished``: the
+database connection goes back to the pool) before it is sent. A streaming
+response (a static file) is closed after it is sent, in the same thread.
+Reading the body and sending the response stay Django's, on the event loop.
+
+Django also starts a thread per request (a ``ThreadSensitiveContext``), so
+every per-thread cache started cold: Django's database wrapper, and Celery's
+result-backend object, which Celery rebuilds by import lookups on each new
+thread. Here each request borrows a single-thread executor from a free list
+and gives it back, through asgiref's ``ThreadSensitiveContext(executor=...)``:
+still one request per thread at a time, all its sync work in that thread, so
+database connections and transactions behave as under Django's handler.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from contextlib import closing
+from typing import IO, Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
-from django.core.handlers.asgi import ASGIHandler
+from django.core import signals
+from django.core.exceptions import RequestAborted
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix
 from django.core.handlers.base import BaseHandler
-from django.http import HttpRequest, HttpResponseBase
+from django.http import FileResponse, HttpResponseBase
+from django.urls import set_script_prefix
 
 # Idle request threads kept for reuse; a burst above this starts more, which
 # are shut down when it ends.
@@ -54,5 +64,30 @@ class SyncChainASGIHandler(ASGIHandler):
             else:
                 executor.shutdown(wait=False)
 
-    async def get_response_async(self, request: HttpRequest) -> HttpResponseBase:
-        return await sync_to_async(self.get_response, thread_sensitive=True)(request)
+    async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        with closing(body_file):
+            set_script_prefix(get_script_prefix(scope))
+            response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+            await self.send_response(response, send)
+            if response.streaming:
+                await sync_to_async(response.close, thread_sensitive=True)()
+
+    def respond(self, scope: dict[str, Any], body_file: IO[bytes]) -> HttpResponseBase:
+        """In the request's thread, what Django's WSGI handler does."""
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, error_response = self.create_request(scope, body_file)
+        if error_response is not None:
+            response: HttpResponseBase = error_response
+        else:
+            assert request is not None
+            response = self.get_response(request)
+            response._handler_class = self.__class__  # type: ignore[attr-defined]  # as Django's run_get_response
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size
+        if not response.streaming:
+            response.close()  # request_finished; the body is in memory already
+        return response

@@ -101,3 +101,53 @@ async def test_request_threads_are_reused(monkeypatch: pytest.MonkeyPatch) -> No
         await communicator.wait(timeout=10)  # the handler has given its thread back
     assert len(threads) == 3
     assert len(set(threads)) == 1, threads
+
+
+@pytest.mark.asyncio
+async def test_the_request_signals_run_in_the_requests_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """request_started and request_finished (which hands the database
+    connection back to the pool) run in the thread of the view, in the one
+    crossing to it, not in crossings of their own."""
+    from django.core.signals import request_finished, request_started
+
+    from tasklight import views
+    from tasklight.asgi import django_application
+
+    threads: dict[str, int] = {}
+    original_response = views.JsonResponse
+
+    def recording_response(*args: Any, **kwargs: Any) -> Any:
+        threads["view"] = threading.get_ident()
+        return original_response(*args, **kwargs)
+
+    def started(**kwargs: Any) -> None:
+        threads["started"] = threading.get_ident()
+
+    def finished(**kwargs: Any) -> None:
+        threads["finished"] = threading.get_ident()
+
+    from asgiref.sync import sync_to_async
+
+    from tasklight import asgi_handler
+
+    crossings: list[Any] = []
+
+    def counting_sync_to_async(function: Any, **kwargs: Any) -> Any:
+        crossings.append(function)
+        return sync_to_async(function, **kwargs)
+
+    monkeypatch.setattr(views, "JsonResponse", recording_response)
+    monkeypatch.setattr(asgi_handler, "sync_to_async", counting_sync_to_async)
+    request_started.connect(started)
+    request_finished.connect(finished)
+    try:
+        communicator = HttpCommunicator(django_application, "GET", "/healthz", headers=[(b"host", b"127.0.0.1")])
+        assert (await communicator.get_response(timeout=10))["status"] == 200
+        await communicator.wait(timeout=10)
+    finally:
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+    assert len(crossings) == 1, crossings  # one crossing to the thread for the whole request
+    assert set(threads) == {"started", "view", "finished"}
+    assert len(set(threads.values())) == 1, threads
+    assert threads["view"] != threading.get_ident()
