@@ -68,16 +68,21 @@ async def open_loop(request: Callable[[int], Awaitable[None]], rate: float, dura
     return loop
 
 
-async def post_phase(base_url: str, users: list[User], rate: float, duration: float) -> OpenLoop:
+async def post_phase(
+    base_url: str, users: list[User], rate: float, duration: float, warm_up: float
+) -> tuple[OpenLoop, OpenLoop]:
+    """The warm-up at the same rate first, not counted: a web process that has
+    just started opens its database and broker connections and its request
+    threads as the load reaches it, once. Both are returned."""
     async with http_client(base_url, connections=IN_FLIGHT) as http:
-        for user in users:  # warm-up
-            for _ in range(5):
-                await post_task(http, user)
+        for user in users:
+            await post_task(http, user)
 
         async def request(n: int) -> None:
             await post_task(http, users[n % len(users)])
 
-        return await open_loop(request, rate, duration)
+        first = await open_loop(request, rate, warm_up)
+        return first, await open_loop(request, rate, duration)
 
 
 async def list_phase(base_url: str, user: User, rate: float, duration: float) -> OpenLoop:
@@ -142,7 +147,7 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
                 env, config.log_dir, app="tasklight", queue=config.queue, name=f"api-worker-{processes}"
             )
         users = users or run_async(sign_up_many(base_url, options.api_users))
-        post = run_async(post_phase(base_url, users, options.api_rate, options.api_duration))
+        warm, post = run_async(post_phase(base_url, users, options.api_rate, options.api_duration, options.api_warm_up))
         procs.retire(*[proc for proc in (worker, web) if proc is not None])
         procs.delete_queue(config.queue)
         post_summary = summary_ms(post.from_schedule)
@@ -163,6 +168,10 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
             + (f"; {len(post.errors)} errors, first: {post.errors[0]}" if post.errors else "")
         )
         result.say(f"  from the send instead of the schedule: {fmt_ms(summary_ms(post.from_send))}")
+        result.say(
+            f"  the {options.api_warm_up:g} s of warm-up at that rate before, not counted: "
+            f"{fmt_ms(summary_ms(warm.from_schedule))}"
+        )
     post_target = f"POST /api/tasks/ p99 (ms) at the steady rate, {counts[-1]} web process(es)"
 
     web, base_url = procs.start_web(env, config.log_dir, name="api-web-list")
