@@ -23,6 +23,7 @@ from live.models import EventStream
 from live.services import push_progress, record_event
 from tasklight import metrics
 
+from . import sent_marks
 from .models import IdempotencyKey, Task, TaskStatus
 from .registry import UnknownWorkload, get_workload
 
@@ -110,12 +111,19 @@ def _queued(task_id: uuid.UUID, kind: str) -> None:
 
 
 def send_to_broker(
-    *, task_id: uuid.UUID | str, kind: str | None = None, countdown: float | None = None, again: bool = False
+    *,
+    task_id: uuid.UUID | str,
+    kind: str | None = None,
+    countdown: float | None = None,
+    again: bool = False,
+    mark_now: bool = False,
 ) -> bool:
     """Publishes a task; False when the broker would not take it (the relay
     sends it later). Never raises: the broker being down is no reason to
     refuse work (DESIGN.md §4). Callers that know the task's kind pass it,
-    which saves reading the row back on the request path."""
+    which saves reading the row back on the request path. ``sent_at`` is
+    written in a batch shortly after (sent_marks.py), or at once with
+    ``mark_now``."""
     from .tasks import run_task
 
     if kind is None:
@@ -138,7 +146,10 @@ def send_to_broker(
     except Exception as exc:
         logger.warning("task %s not sent to the broker (the relay will retry): %s", task_id, exc)
         return False
-    Task.objects.filter(pk=task_id, sent_at__isnull=True).update(sent_at=timezone.now())
+    if mark_now:
+        sent_marks.write([task_id])
+    else:
+        sent_marks.sent_marks.add(task_id)
     return True
 
 
@@ -155,7 +166,8 @@ def relay_unsent(*, older_than: float, limit: int = 500) -> int:
         if connection.features.has_select_for_update_skip_locked:
             unsent = unsent.select_for_update(skip_locked=True)
         for task_id, kind in unsent.order_by("created_at").values_list("id", "kind")[:limit]:
-            if not send_to_broker(task_id=task_id, kind=kind):
+            # Marked in the relay's transaction, which holds these rows' locks.
+            if not send_to_broker(task_id=task_id, kind=kind, mark_now=True):
                 break  # the broker is still away; try again next round
             sent += 1
     return sent
