@@ -17,7 +17,9 @@ from channels.db import database_sync_to_async
 from channels.security.websocket import OriginValidator
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
-from rest_framework.authtoken.models import Token
+from rest_framework.exceptions import AuthenticationFailed
+
+from accounts.authentication import CachedTokenAuthentication
 
 
 class BrowserOriginValidator(OriginValidator):
@@ -34,13 +36,15 @@ class BrowserOriginValidator(OriginValidator):
 
 @database_sync_to_async
 def user_for_token(header: bytes) -> Any:
+    """The token's user, as the REST API finds it (cached, revocation at once)."""
     scheme, _, key = header.decode("latin1").strip().partition(" ")
     if scheme.lower() != "token" or not key.strip():
         return AnonymousUser()
-    token = Token.objects.select_related("user").filter(key=key.strip()).first()
-    if token is None or not token.user.is_active:
+    try:
+        user, _token = CachedTokenAuthentication().authenticate_credentials(key.strip())
+    except AuthenticationFailed:
         return AnonymousUser()
-    return token.user
+    return user
 
 
 class WebSocketAuthMiddleware:

@@ -120,6 +120,17 @@ async def test_anonymous_sockets_are_closed_with_4401(open_socket, headers: list
     assert await socket.receive_output() == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
 
 
+async def test_a_revoked_token_no_longer_opens_a_socket(open_socket, alice: User) -> None:
+    header = await sync_to_async(token_header)(alice)
+    socket, connected, _ = await open_socket(header)  # the token is cached from here on
+    assert connected
+    assert (await socket.receive_json_from())["type"] == "hello"
+    await sync_to_async(Token.objects.filter(user=alice).delete)()
+    again, connected, _ = await open_socket(header)
+    assert connected
+    assert await again.receive_output() == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+
+
 async def test_a_foreign_origin_is_refused_at_the_handshake(open_socket, alice: User) -> None:
     _, connected, _ = await open_socket((b"origin", b"http://evil.example"), await sync_to_async(token_header)(alice))
     assert not connected
