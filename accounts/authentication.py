@@ -13,6 +13,7 @@ paths. Cache keys are SHA-256 digests: the cache never holds a key itself.
 from __future__ import annotations
 
 import hashlib
+import logging
 from typing import Any
 
 from django.conf import settings
@@ -24,6 +25,8 @@ from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
 
+logger = logging.getLogger(__name__)
+
 
 def cache_key(key: str) -> str:
     return "auth-token:" + hashlib.sha256(key.encode()).hexdigest()
@@ -31,10 +34,17 @@ def cache_key(key: str) -> str:
 
 class CachedTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
-        token: Token | None = cache.get(cache_key(key))
+        try:
+            token: Token | None = cache.get(cache_key(key))
+        except Exception as exc:  # the cache is a shortcut: without it, the database answers
+            logger.warning("token cache unavailable, reading the token from the database: %s", exc)
+            return super().authenticate_credentials(key)
         if token is None:
             user, token = super().authenticate_credentials(key)  # raises AuthenticationFailed
-            cache.set(cache_key(key), token, settings.TOKEN_CACHE_SECONDS)
+            try:
+                cache.set(cache_key(key), token, settings.TOKEN_CACHE_SECONDS)
+            except Exception as exc:
+                logger.warning("token cache unavailable: %s", exc)
             return user, token
         if not token.user.is_active:  # as DRF checks it
             raise exceptions.AuthenticationFailed("User inactive or deleted.")

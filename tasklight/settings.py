@@ -175,9 +175,10 @@ else:
         }
     }
 
-# --- Cache (rate limits) ----------------------------------------------------
-# Rate limits must be shared by every web process: they use the Redis of the
-# channel layer, under their own key prefix. Embedded mode has one web process.
+# --- Cache (rate limits, API tokens) -----------------------------------------
+# Rate limits and cached tokens must be shared by every web process: they use
+# the Redis of the channel layer, under their own key prefix. Embedded mode
+# has one web process.
 if CHANNEL_LAYER_URL:
     CACHES = {
         "default": {
@@ -185,6 +186,14 @@ if CHANNEL_LAYER_URL:
             "BACKEND": "tasklight.cache.SharedRedisCache",
             "LOCATION": CHANNEL_LAYER_URL,
             "KEY_PREFIX": env.str("CHANNEL_LAYER_PREFIX", default="tasklight") + "-cache",
+            "OPTIONS": {
+                # Every request in flight may hold a connection: past the
+                # limit a request waits for one (up to `timeout` s) instead of
+                # failing with MaxConnectionsError, as redis-py's default pool does.
+                "pool_class": "redis.BlockingConnectionPool",
+                "max_connections": env.int("CACHE_MAX_CONNECTIONS", default=100),
+                "timeout": 10,
+            },
         }
     }
 else:

@@ -176,3 +176,15 @@ def test_a_token_of_another_user_still_means_that_user(alice: User) -> None:
     for _ in range(2):  # the second round from the cache
         assert alices.get("/api/auth/me/").json()["username"] == "alice"
         assert bobs.get("/api/auth/me/").json()["username"] == "bob"
+
+
+def test_without_the_cache_tokens_are_read_from_the_database(alice: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    from django.core.cache import cache
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Redis is away")
+
+    script = token_client(alice)
+    monkeypatch.setattr(cache, "get", down)
+    monkeypatch.setattr(cache, "set", down)
+    assert script.get("/api/auth/me/").json()["username"] == "alice"
