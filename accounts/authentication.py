@@ -21,6 +21,7 @@ from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
+from django.utils.translation import gettext_lazy as _
 from rest_framework import exceptions
 from rest_framework.authentication import TokenAuthentication
 from rest_framework.authtoken.models import Token
@@ -38,16 +39,27 @@ class CachedTokenAuthentication(TokenAuthentication):
             token: Token | None = cache.get(cache_key(key))
         except Exception as exc:  # the cache is a shortcut: without it, the database answers
             logger.warning("token cache unavailable, reading the token from the database: %s", exc)
-            return super().authenticate_credentials(key)
+            return self.from_database(key)
         if token is None:
-            user, token = super().authenticate_credentials(key)  # raises AuthenticationFailed
+            user, token = self.from_database(key)
             try:
                 cache.set(cache_key(key), token, settings.TOKEN_CACHE_SECONDS)
             except Exception as exc:
                 logger.warning("token cache unavailable: %s", exc)
             return user, token
         if not token.user.is_active:  # as DRF checks it
-            raise exceptions.AuthenticationFailed("User inactive or deleted.")
+            raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
+        return token.user, token
+
+    def from_database(self, key: str) -> tuple[Any, Token]:
+        """DRF's lookup, without the user's password hash: what is cached
+        holds no hash (reading ``user.password`` would load it)."""
+        try:
+            token = Token.objects.select_related("user").defer("user__password").get(key=key)
+        except Token.DoesNotExist:
+            raise exceptions.AuthenticationFailed(_("Invalid token.")) from None
+        if not token.user.is_active:
+            raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
         return token.user, token
 
 

@@ -188,3 +188,19 @@ def test_without_the_cache_tokens_are_read_from_the_database(alice: User, monkey
     monkeypatch.setattr(cache, "get", down)
     monkeypatch.setattr(cache, "set", down)
     assert script.get("/api/auth/me/").json()["username"] == "alice"
+
+
+def test_the_cache_holds_no_password_hash(alice: User) -> None:
+    import pickle
+
+    from django.core.cache import cache
+
+    from accounts.authentication import cache_key
+
+    script = token_client(alice)
+    assert script.get("/api/auth/me/").status_code == 200
+    key = Token.objects.get(user=alice).key
+    cached = cache.get(cache_key(key))
+    assert cached is not None and cached.user.username == "alice"
+    assert alice.password.encode() not in pickle.dumps(cached)
+    assert cached.user.password == alice.password  # loaded on demand, from the database
