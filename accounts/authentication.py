@@ -35,32 +35,34 @@ def cache_key(key: str) -> str:
 
 class CachedTokenAuthentication(TokenAuthentication):
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
-        try:
-            token: Token | None = cache.get(cache_key(key))
-        except Exception as exc:  # the cache is a shortcut: without it, the database answers
-            logger.warning("token cache unavailable, reading the token from the database: %s", exc)
-            return self.from_database(key)
-        if token is None:
-            user, token = self.from_database(key)
-            try:
-                cache.set(cache_key(key), token, settings.TOKEN_CACHE_SECONDS)
-            except Exception as exc:
-                logger.warning("token cache unavailable: %s", exc)
-            return user, token
+        token = self.token(key)
         if not token.user.is_active:  # as DRF checks it
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
         return token.user, token
 
-    def from_database(self, key: str) -> tuple[Any, Token]:
+    def token(self, key: str) -> Token:
+        """From the cache, else from the database (and then cached)."""
+        try:
+            cached: Token | None = cache.get(cache_key(key))
+        except Exception as exc:  # the cache is a shortcut: without it, the database answers
+            logger.warning("token cache unavailable, reading the token from the database: %s", exc)
+            return self.from_database(key)
+        if cached is not None:
+            return cached
+        token = self.from_database(key)
+        try:
+            cache.set(cache_key(key), token, settings.TOKEN_CACHE_SECONDS)
+        except Exception as exc:
+            logger.warning("token cache unavailable: %s", exc)
+        return token
+
+    def from_database(self, key: str) -> Token:
         """DRF's lookup, without the user's password hash: what is cached
         holds no hash (reading ``user.password`` would load it)."""
         try:
-            token = Token.objects.select_related("user").defer("user__password").get(key=key)
+            return Token.objects.select_related("user").defer("user__password").get(key=key)
         except Token.DoesNotExist:
             raise exceptions.AuthenticationFailed(_("Invalid token.")) from None
-        if not token.user.is_active:
-            raise exceptions.AuthenticationFailed(_("User inactive or deleted."))
-        return token.user, token
 
 
 @receiver(post_delete, sender=Token)

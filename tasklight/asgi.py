@@ -14,7 +14,7 @@ django.setup(set_prefix=False)
 
 from tasklight.asgi_handler import SyncChainASGIHandler  # noqa: E402
 
-# Django's ASGIHandler, minus two thread crossings per request (asgi_handler.py).
+# Django's request cycle in one crossing to a reused thread per request (asgi_handler.py).
 django_application = SyncChainASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402

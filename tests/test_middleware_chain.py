@@ -9,9 +9,10 @@ import threading
 from typing import Any
 
 import pytest
-from asgiref.sync import AsyncToSync
+from asgiref.sync import AsyncToSync, sync_to_async
 from channels.testing import HttpCommunicator
 from django.core.handlers.asgi import ASGIHandler
+from django.core.signals import request_finished, request_started
 from django.utils.deprecation import MiddlewareMixin
 
 
@@ -54,38 +55,10 @@ def test_djangos_own_handler_would_cross_back_to_the_loop() -> None:
     assert [part for part in chain_parts(ASGIHandler()) if isinstance(part, AsyncToSync)]
 
 
-@pytest.mark.asyncio
-async def test_middleware_and_view_run_in_one_thread_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasklight import middleware, views
-    from tasklight.asgi import django_application
-
-    threads: dict[str, int] = {}
-    original_middleware = middleware.RequestIdMiddleware.__call__
-    original_response = views.JsonResponse
-
-    def recording_middleware(self: Any, request: Any) -> Any:
-        threads["middleware"] = threading.get_ident()
-        return original_middleware(self, request)
-
-    def recording_response(*args: Any, **kwargs: Any) -> Any:  # called by the view
-        threads["view"] = threading.get_ident()
-        return original_response(*args, **kwargs)
-
-    monkeypatch.setattr(middleware.RequestIdMiddleware, "__call__", recording_middleware)
-    monkeypatch.setattr(views, "JsonResponse", recording_response)
-    communicator = HttpCommunicator(django_application, "GET", "/healthz", headers=[(b"host", b"127.0.0.1")])
-    response = await communicator.get_response(timeout=10)
-    assert response["status"] == 200
-    assert set(threads) == {"middleware", "view"}
-    assert threads["middleware"] == threads["view"] != threading.get_ident()
-
-
-@pytest.mark.asyncio
-async def test_request_threads_are_reused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Django starts a thread per request; ours come back to a free list, so
-    per-thread caches (database wrapper, Celery's backend) stay warm."""
+@pytest.fixture
+def view_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The thread of each /healthz view call (it builds its JsonResponse there)."""
     from tasklight import views
-    from tasklight.asgi import django_application
 
     threads: list[int] = []
     original_response = views.JsonResponse
@@ -95,30 +68,59 @@ async def test_request_threads_are_reused(monkeypatch: pytest.MonkeyPatch) -> No
         return original_response(*args, **kwargs)
 
     monkeypatch.setattr(views, "JsonResponse", recording_response)
-    for _ in range(3):
-        communicator = HttpCommunicator(django_application, "GET", "/healthz", headers=[(b"host", b"127.0.0.1")])
-        assert (await communicator.get_response(timeout=10))["status"] == 200
-        await communicator.wait(timeout=10)  # the handler has given its thread back
-    assert len(threads) == 3
-    assert len(set(threads)) == 1, threads
+    return threads
+
+
+async def get_healthz() -> None:
+    """GET /healthz through the served ASGI app; returns once the app has
+    finished with the request (its thread given back)."""
+    from tasklight.asgi import django_application
+
+    communicator = HttpCommunicator(django_application, "GET", "/healthz", headers=[(b"host", b"127.0.0.1")])
+    assert (await communicator.get_response(timeout=10))["status"] == 200
+    await communicator.wait(timeout=10)
 
 
 @pytest.mark.asyncio
-async def test_the_request_signals_run_in_the_requests_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_middleware_and_view_run_in_one_thread_off_the_loop(
+    monkeypatch: pytest.MonkeyPatch, view_threads: list[int]
+) -> None:
+    from tasklight import middleware
+
+    middleware_threads: list[int] = []
+    original_middleware = middleware.RequestIdMiddleware.__call__
+
+    def recording_middleware(self: Any, request: Any) -> Any:
+        middleware_threads.append(threading.get_ident())
+        return original_middleware(self, request)
+
+    monkeypatch.setattr(middleware.RequestIdMiddleware, "__call__", recording_middleware)
+    await get_healthz()
+    assert len(middleware_threads) == len(view_threads) == 1
+    assert middleware_threads[0] == view_threads[0] != threading.get_ident()
+
+
+@pytest.mark.asyncio
+async def test_request_threads_are_reused(view_threads: list[int]) -> None:
+    """Django starts a thread per request; ours come back to a free list, so
+    per-thread caches (database wrapper, Celery's backend) stay warm."""
+    for _ in range(3):
+        await get_healthz()
+    assert len(view_threads) == 3
+    assert len(set(view_threads)) == 1, view_threads
+
+
+@pytest.mark.asyncio
+async def test_the_request_signals_run_in_the_requests_thread(
+    monkeypatch: pytest.MonkeyPatch, view_threads: list[int]
+) -> None:
     """request_started and request_finished (which hands the database
     connection back to the pool) run in the thread of the view, in the one
     crossing to it, not in crossings of their own."""
-    from django.core.signals import request_finished, request_started
-
-    from tasklight import views
-    from tasklight.asgi import django_application
+    from tasklight import asgi_handler
 
     threads: dict[str, int] = {}
-    original_response = views.JsonResponse
-
-    def recording_response(*args: Any, **kwargs: Any) -> Any:
-        threads["view"] = threading.get_ident()
-        return original_response(*args, **kwargs)
+    crossings: list[Any] = []
 
     def started(**kwargs: Any) -> None:
         threads["started"] = threading.get_ident()
@@ -126,28 +128,20 @@ async def test_the_request_signals_run_in_the_requests_thread(monkeypatch: pytes
     def finished(**kwargs: Any) -> None:
         threads["finished"] = threading.get_ident()
 
-    from asgiref.sync import sync_to_async
-
-    from tasklight import asgi_handler
-
-    crossings: list[Any] = []
-
     def counting_sync_to_async(function: Any, **kwargs: Any) -> Any:
         crossings.append(function)
         return sync_to_async(function, **kwargs)
 
-    monkeypatch.setattr(views, "JsonResponse", recording_response)
     monkeypatch.setattr(asgi_handler, "sync_to_async", counting_sync_to_async)
     request_started.connect(started)
     request_finished.connect(finished)
     try:
-        communicator = HttpCommunicator(django_application, "GET", "/healthz", headers=[(b"host", b"127.0.0.1")])
-        assert (await communicator.get_response(timeout=10))["status"] == 200
-        await communicator.wait(timeout=10)
+        await get_healthz()
     finally:
         request_started.disconnect(started)
         request_finished.disconnect(finished)
     assert len(crossings) == 1, crossings  # one crossing to the thread for the whole request
+    threads["view"], *_ = view_threads
     assert set(threads) == {"started", "view", "finished"}
     assert len(set(threads.values())) == 1, threads
     assert threads["view"] != threading.get_ident()
