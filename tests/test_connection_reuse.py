@@ -75,3 +75,19 @@ def test_every_cache_of_a_process_shares_one_client_and_pool() -> None:
         thread.join()
     assert len({id(client) for client in clients}) == 1
     assert len({id(client._get_connection_pool(write=True)) for client in clients}) == 1
+
+
+def test_the_shared_client_keeps_one_redis_object_per_pool() -> None:
+    from tasklight.cache import SharedRedisCache
+
+    cache = SharedRedisCache(settings.CHANNEL_LAYER_URL, {"OPTIONS": {}})
+    client = cache._cache
+    # Django's own client builds a redis.Redis for every operation.
+    assert client.get_client(write=True) is client.get_client(write=False) is client.get_client("any-key")
+    key = f"tasklight-test-reuse-{threading.get_ident()}"
+    cache.set(key, {"a": 1}, 30)
+    assert cache.get(key) == {"a": 1}
+    assert cache.add(key + "-n", 1, 30)
+    assert cache.incr(key + "-n") == 2
+    cache.delete_many([key, key + "-n"])
+    assert cache.get(key) is None
