@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from typing import Any
 
+from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
@@ -84,6 +85,18 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.accept()
         self.last_sent_id, inbox = await database_sync_to_async(services.hello_state)(user.id)
         await self.send_json({"type": "hello", "user": user.username, "last_event_id": self.last_sent_id, **inbox})
+
+    async def dispatch(self, message: dict[str, Any]) -> None:
+        """Channels' own dispatch, without its ``aclose_old_connections()``
+        before every handler. That call, for consumers on the async ORM, is a
+        hop to a thread and back for each event sent on each socket (~9 % of
+        the web process's CPU under load, docs/benchmarks.md). This consumer
+        reaches the database only through ``database_sync_to_async``, which
+        closes stale connections itself, in the thread that uses them."""
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     async def disconnect(self, code: int) -> None:
         if hasattr(self, "group"):

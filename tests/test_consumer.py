@@ -189,6 +189,37 @@ async def test_progress_frames_are_forwarded(open_socket, alice: User) -> None:
     assert await socket.receive_json_from() == frame
 
 
+async def test_live_events_and_progress_are_sent_without_a_hop_to_a_thread(
+    open_socket, alice: User, monkeypatch
+) -> None:
+    """Channels' dispatch closes stale connections in a thread before every
+    handler; the consumer's database calls do that themselves, so an event
+    that needs no database is sent straight from the event loop."""
+    from asgiref.sync import SyncToAsync
+
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    stored = [await store_event(alice, n) for n in (1, 2, 3)]
+    crossings: list[str] = []
+    original_call = SyncToAsync.__call__
+
+    async def counted(self: SyncToAsync, *args: Any, **kwargs: Any) -> Any:
+        crossings.append(getattr(self.func, "__name__", repr(self.func)))
+        return await original_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(SyncToAsync, "__call__", counted)
+    await push(alice, stored[0])
+    assert await socket.receive_json_from() == stored[0]
+    progress = {"type": "progress", "task": {"id": "t", "progress": 40}}
+    await layer().group_send(user_group(alice.id), {"type": "live.progress", "frame": progress})
+    assert await socket.receive_json_from() == progress
+    assert crossings == []
+    # A gap still reads the missing event from the table, in a thread.
+    await push(alice, stored[2])
+    assert [await socket.receive_json_from() for _ in range(2)] == stored[1:]
+    assert crossings == ["events_after"]
+
+
 async def test_resume_replays_stored_events_in_order_then_goes_live(open_socket, alice: User) -> None:
     stored = [await store_event(alice, n) for n in (1, 2, 3)]
     socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
