@@ -3,6 +3,8 @@
 ``record_event`` stores a lifecycle event in the caller's transaction and
 pushes it to the user's group only after that transaction commits, so no
 socket ever hears of a state the database does not hold.
+``change_with_event`` does the same for a change and its event made in one
+statement (a worker ending its task, on PostgreSQL).
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from .models import Event, EventStream
 from .publisher import publisher
 
 
-def _bump_stream_sql() -> str:
+def _bump_stream_sql(source: str = "VALUES (%s, 1)") -> str:
     # Creates or bumps the user's counter and holds its row lock until commit
     # (PostgreSQL; SQLite serialises all writers anyway). The table name is
     # ours; the only value is a parameter.
     table = connection.ops.quote_name(EventStream._meta.db_table)
     return (
-        f"INSERT INTO {table} (user_id, last_event_id) VALUES (%s, 1) "  # noqa: S608
+        f"INSERT INTO {table} (user_id, last_event_id) {source} "
         f"ON CONFLICT (user_id) DO UPDATE SET last_event_id = {table}.last_event_id + 1 "
         "RETURNING last_event_id"
     )
@@ -39,24 +41,41 @@ def _next_event_id(user_id: int) -> int:
     return int(row[0])
 
 
-def _insert_event(user_id: int, kind: str, task: dict[str, Any]) -> Event:
+def _insert_event(
+    user_id: int, kind: str, task: dict[str, Any], change: tuple[str, list[Any]] | None = None
+) -> Event | None:
     """Bumps the counter and inserts the event in one statement, one round
     trip (PostgreSQL: SQLite has no INSERT in a WITH). Every lifecycle event
-    passes here: three per task (docs/benchmarks.md)."""
+    passes here: three per task (docs/benchmarks.md).
+
+    ``change``, PostgreSQL only: a data-modifying statement with ``RETURNING``
+    and its parameters, run first in the same statement; the event is stored
+    only if it returned a row (None otherwise)."""
     if connection.vendor != "postgresql":
+        if change is not None:
+            raise NotImplementedError("a change in the event's statement needs PostgreSQL")
         return Event.objects.create(user_id=user_id, sequence=_next_event_id(user_id), kind=kind, task=task)
     created_at = timezone.now()
     table = connection.ops.quote_name(Event._meta.db_table)
+    if change is None:
+        ctes, params = f"bumped AS ({_bump_stream_sql()})", [user_id]
+    else:
+        # At most one row from the change: the counter is bumped once.
+        # The change's SQL is the caller's (workloads/services.py), never a client's.
+        ctes = f"changed AS ({change[0]}), bumped AS ({_bump_stream_sql('SELECT %s, 1 FROM changed')})"  # noqa: S608
+        params = [*change[1], user_id]
     insert = (
-        f"WITH bumped AS ({_bump_stream_sql()}) "  # noqa: S608  # our table names; values are parameters
+        f"WITH {ctes} "  # noqa: S608  # our table names; values are parameters
         f"INSERT INTO {table} (user_id, sequence, kind, task, created_at) "
         "SELECT %s, last_event_id, %s, %s, %s FROM bumped RETURNING id, sequence"
     )
     task_value = Event._meta.get_field("task").get_db_prep_save(task, connection)
     with connection.cursor() as cursor:
-        cursor.execute(insert, [user_id, user_id, kind, task_value, created_at])
-        event_id, sequence = cursor.fetchone()
-    event = Event(id=event_id, user_id=user_id, sequence=sequence, kind=kind, task=task, created_at=created_at)
+        cursor.execute(insert, [*params, user_id, kind, task_value, created_at])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    event = Event(id=row[0], user_id=user_id, sequence=row[1], kind=kind, task=task, created_at=created_at)
     event._state.adding = False
     event._state.db = connection.alias
     return event
@@ -71,9 +90,29 @@ def record_event(*, user_id: int, kind: EventKind, task: dict[str, Any]) -> Even
     if not connection.in_atomic_block:
         raise RuntimeError("record_event must run inside the transaction it reports on")
     event = _insert_event(user_id, kind, task)
-    frame = frame_for(event)
-    transaction.on_commit(lambda: _publish_committed(user_id, frame))
+    assert event is not None
+    _publish_on_commit(user_id, event)
     return event
+
+
+def change_with_event(
+    change_sql: str, change_params: list[Any], *, user_id: int, kind: EventKind, task: dict[str, Any]
+) -> Event | None:
+    """Makes a change and stores its event in one statement (PostgreSQL only):
+    ``change_sql`` modifies rows and ends with ``RETURNING``; if it returned
+    a row (at most one), the event is stored and published after commit, and
+    returned. Outside a transaction the statement is its own: one round trip
+    instead of four (``BEGIN``, the change, the event, ``COMMIT``)."""
+    event = _insert_event(user_id, kind, task, change=(change_sql, change_params))
+    if event is not None:
+        _publish_on_commit(user_id, event)
+    return event
+
+
+def _publish_on_commit(user_id: int, event: Event) -> None:
+    frame = frame_for(event)
+    # Outside a transaction (change_with_event's own), at once: it committed.
+    transaction.on_commit(lambda: _publish_committed(user_id, frame))
 
 
 def _publish_committed(user_id: int, frame: EventFrame) -> None:

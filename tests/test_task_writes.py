@@ -1,0 +1,145 @@
+"""Creating a task, and ending it from the worker that runs it
+(workloads.services._end with ``running``): on PostgreSQL outside a
+transaction, the write and its event are one statement that is its own
+transaction; inside one, separate statements. Both store the same state and
+event, once, and publish it only once committed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
+
+from live.models import Event, EventStream
+from workloads import services
+from workloads.models import Task
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def published(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """What is published, and sent to the broker, in order."""
+    sent: list[Any] = []
+    monkeypatch.setattr("live.services._publish_committed", lambda user_id, frame: sent.append((user_id, frame)))
+    send = services.send_to_broker
+
+    def sending(**kwargs: Any) -> bool:
+        sent.append(("broker", str(kwargs["task_id"])))
+        return send(**kwargs)
+
+    monkeypatch.setattr(services, "send_to_broker", sending)
+    return sent
+
+
+@pytest.mark.parametrize("in_a_transaction", [False, True], ids=["one statement", "in a transaction"])
+def test_a_new_task_is_stored_with_its_event_then_published_then_sent(
+    alice: User, published: list, in_a_transaction: bool
+) -> None:
+    services.create_task(owner=alice, kind="simulate", params={"seconds": 0})  # the user's stream exists
+    before = last_event_id(alice)
+    published.clear()
+    if in_a_transaction:
+        with transaction.atomic():
+            task = services.create_task(owner=alice, kind="simulate", params={"seconds": 1})
+            assert published == []  # not before the commit
+    else:
+        with CaptureQueriesContext(connection) as queries:
+            task = services.create_task(owner=alice, kind="simulate", params={"seconds": 1})
+        assert [q["sql"].split(" (")[0] for q in queries.captured_queries] == ["WITH changed AS"]
+    stored = Task.objects.get(pk=task.id)
+    assert stored.as_json() == task.as_json()
+    assert (stored.owner_id, stored.kind, stored.status, stored.error) == (alice.id, "simulate", "queued", "")
+    assert stored.params == task.params and stored.params["seconds"] == 1
+    assert stored.created_at == task.created_at and stored.created_at is not None
+    event = Event.objects.get(user=alice, sequence=before + 1)
+    assert (event.kind, event.task) == ("task.queued", task.as_json())
+    frame = {"type": "event", "id": before + 1, "event": "task.queued", "task": event.task}
+    assert published == [(alice.id, frame), ("broker", str(task.id))]
+
+
+def test_a_task_that_cannot_be_stored_stores_no_event_and_sends_nothing(alice: User, published: list) -> None:
+    services.create_task(owner=alice, kind="simulate", params={"seconds": 0})
+    before = last_event_id(alice)
+    published.clear()
+    ghost = User(id=alice.id + 10_000, username="ghost")  # not in the database: the foreign key refuses it
+    with pytest.raises(IntegrityError):
+        services.create_task(owner=ghost, kind="simulate", params={"seconds": 0})
+    assert published == []
+    assert last_event_id(alice) == before
+    assert not EventStream.objects.filter(user_id=ghost.id).exists()
+    assert not Task.objects.filter(owner_id=ghost.id).exists()
+
+
+def running_task(owner: User) -> Task:
+    queued = services.create_task(owner=owner, kind="simulate", params={"seconds": 0})
+    task = services.start_task(task_id=queued.id, redelivered=False)
+    assert task is not None
+    return task
+
+
+def last_event_id(owner: User) -> int:
+    return EventStream.objects.get(user=owner).last_event_id
+
+
+@pytest.mark.parametrize("in_a_transaction", [False, True], ids=["one statement", "in a transaction"])
+def test_the_worker_ends_its_task_once_with_one_event(alice: User, published: list, in_a_transaction: bool) -> None:
+    task = running_task(alice)
+    before = last_event_id(alice)
+    published.clear()
+    if in_a_transaction:
+        with transaction.atomic():
+            ended = services.finish_task(task_id=task.id, result={"answer": 42}, running=task)
+            assert published == []  # not before the commit
+    else:
+        with CaptureQueriesContext(connection) as queries:
+            ended = services.finish_task(task_id=task.id, result={"answer": 42}, running=task)
+        # One round trip: no BEGIN, no separate UPDATE, no COMMIT.
+        assert [q["sql"].split(" (")[0] for q in queries.captured_queries] == ["WITH changed AS"]
+    assert ended is not None and ended.status == "succeeded" and ended.progress == 100
+    stored = Task.objects.get(pk=task.id)
+    assert (stored.status, stored.result, stored.error, stored.progress) == ("succeeded", {"answer": 42}, "", 100)
+    assert stored.finished_at == ended.finished_at
+    event = Event.objects.get(user=alice, sequence=before + 1)
+    assert event.kind == "task.succeeded"
+    assert event.task == ended.as_json() == stored.as_json()
+    assert published == [(alice.id, {"type": "event", "id": before + 1, "event": "task.succeeded", "task": event.task})]
+    assert last_event_id(alice) == before + 1
+
+    # A repeat (a redelivered message, the watchdog) changes nothing.
+    published.clear()
+    assert services.fail_task(task_id=task.id, error="late", running=task) is None
+    assert Task.objects.get(pk=task.id).status == "succeeded"
+    assert last_event_id(alice) == before + 1
+    assert Event.objects.filter(user=alice).count() == before + 1
+    assert published == []
+
+
+def test_a_task_ended_elsewhere_first_is_not_ended_again(alice: User, published: list) -> None:
+    task = running_task(alice)
+    # Its owner's cancel, ended by the watchdog (no `running`) before the worker ends it.
+    services.end_cancelled(task_id=task.id)
+    before = last_event_id(alice)
+    published.clear()
+    assert connection.vendor == "postgresql" and not connection.in_atomic_block
+    assert services.finish_task(task_id=task.id, result=None, running=task) is None
+    assert Task.objects.get(pk=task.id).status == "cancelled"
+    assert last_event_id(alice) == before
+    assert published == []
+
+
+def test_a_failure_is_stored_with_its_error(alice: User, bob: User, published: list) -> None:
+    task = running_task(alice)
+    bobs = running_task(bob)
+    bob_before = last_event_id(bob)
+    ended = services.fail_task(task_id=task.id, error="The workload crashed: boom", running=task)
+    assert ended is not None
+    stored = Task.objects.get(pk=task.id)
+    assert (stored.status, stored.error, stored.result) == ("failed", "The workload crashed: boom", None)
+    assert Event.objects.filter(user=alice).order_by("-sequence").first().kind == "task.failed"  # type: ignore[union-attr]
+    # Another user's counter and task are untouched.
+    assert last_event_id(bob) == bob_before
+    assert Task.objects.get(pk=bobs.id).status == "running"
