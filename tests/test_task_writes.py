@@ -139,7 +139,7 @@ def test_a_failure_is_stored_with_its_error(alice: User, bob: User, published: l
     assert ended is not None
     stored = Task.objects.get(pk=task.id)
     assert (stored.status, stored.error, stored.result) == ("failed", "The workload crashed: boom", None)
-    assert Event.objects.filter(user=alice).order_by("-sequence").first().kind == "task.failed"  # type: ignore[union-attr]
+    assert Event.objects.filter(user=alice).order_by("-sequence").first().kind == "task.failed"
     # Another user's counter and task are untouched.
     assert last_event_id(bob) == bob_before
     assert Task.objects.get(pk=bobs.id).status == "running"
