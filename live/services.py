@@ -95,6 +95,13 @@ def record_event(*, user_id: int, kind: EventKind, task: dict[str, Any]) -> Even
     return event
 
 
+def one_statement_possible() -> bool:
+    """Whether ``change_with_event`` can make a write and its event one
+    statement that is its own transaction: on PostgreSQL, outside a
+    transaction (inside one, the caller's statements and ``record_event``)."""
+    return connection.vendor == "postgresql" and not connection.in_atomic_block
+
+
 def change_with_event(
     change_sql: str, change_params: list[Any], *, user_id: int, kind: EventKind, task: dict[str, Any]
 ) -> Event | None:
