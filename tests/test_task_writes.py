@@ -1,7 +1,8 @@
 """Creating a task, and ending it from the worker that runs it
 (workloads.services._end with ``running``): on PostgreSQL outside a
 transaction, the write and its event are one statement that is its own
-transaction; inside one, separate statements. Both store the same state and
+transaction; inside one, separate statements. Starting a task locks and
+checks its row first, then writes it with its event in one statement. Both store the same state and
 event, once, and publish it only once committed."""
 
 from __future__ import annotations
@@ -84,6 +85,30 @@ def running_task(owner: User) -> Task:
 
 def last_event_id(owner: User) -> int:
     return EventStream.objects.get(user=owner).last_event_id
+
+
+def test_a_start_writes_the_task_and_its_event_in_one_statement_published_after_commit(
+    alice: User, published: list
+) -> None:
+    queued = services.create_task(owner=alice, kind="simulate", params={"seconds": 0})
+    before = last_event_id(alice)
+    published.clear()
+    with CaptureQueriesContext(connection) as queries:
+        started = services.start_task(task_id=queued.id, redelivered=False)
+    assert started is not None and started.status == "running" and started.progress == 0
+    # Lock and read the task, lock the owner's stream, count their running
+    # tasks, then the update with its event.
+    statements = [q["sql"].split(" ")[0] for q in queries.captured_queries]
+    assert statements == ["BEGIN", "SELECT", "SELECT", "SELECT", "WITH", "COMMIT"]
+    stored = Task.objects.get(pk=queued.id)
+    assert stored.as_json() == started.as_json()
+    assert stored.started_at == stored.heartbeat_at == started.started_at is not None
+    event = Event.objects.get(user=alice, sequence=before + 1)
+    assert (event.kind, event.task) == ("task.started", started.as_json())
+    assert published == [(alice.id, {"type": "event", "id": before + 1, "event": "task.started", "task": event.task})]
+    # A second copy of the message starts nothing and stores nothing.
+    assert services.start_task(task_id=queued.id, redelivered=False) is None
+    assert last_event_id(alice) == before + 1
 
 
 @pytest.mark.parametrize("in_a_transaction", [False, True], ids=["one statement", "in a transaction"])

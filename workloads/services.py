@@ -22,6 +22,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Field
 from django.utils import timezone
 
+from live.events import EventKind
 from live.models import EventStream
 from live.services import change_with_event, one_statement_possible, push_progress, record_event
 from tasklight import metrics
@@ -236,11 +237,15 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
         if task.status == TaskStatus.QUEUED:
             if _running_tasks_locked(task.owner_id) >= settings.MAX_RUNNING_TASKS_PER_USER:
                 raise OwnerAtCapacity
-            task.status = TaskStatus.RUNNING
-            task.started_at = task.heartbeat_at = timezone.now()
-            task.progress = 0
-            task.save(update_fields=["status", "started_at", "heartbeat_at", "progress"])
-            record_event(user_id=task.owner_id, kind="task.started", task=task.as_json())
+            now = timezone.now()
+            started = {"status": TaskStatus.RUNNING, "started_at": now, "heartbeat_at": now, "progress": 0}
+            if connection.vendor == "postgresql":
+                # The row is locked: the update and its event in one statement.
+                updated = _update_with_event(_set(task, started), started, "task.started", only_if=TaskStatus.QUEUED)
+                assert updated, "a locked queued task's row did not match"
+            else:
+                _set(task, started).save(update_fields=list(started))
+                record_event(user_id=task.owner_id, kind="task.started", task=task.as_json())
             metrics.task_started(kind=task.kind, created_at=task.created_at, started_at=task.started_at)
         return task
 
@@ -352,22 +357,27 @@ def _end_in_one_statement(running: Task, fields: dict[str, Any]) -> Task | None:
     instead of four, and the worker saves the ORM's UPDATE (~8 % of its CPU,
     docs/benchmarks.md)."""
     ended = _set(copy.copy(running), fields)
+    if not _update_with_event(ended, fields, f"task.{ended.status}", only_if=TaskStatus.RUNNING):  # type: ignore[arg-type]
+        return None
+    _count_end(ended)
+    return ended
+
+
+def _update_with_event(task: Task, fields: dict[str, Any], kind: EventKind, *, only_if: TaskStatus) -> bool:
+    """PostgreSQL: one statement writes ``fields`` of the task's row, if its
+    status is still ``only_if``, and stores the event showing ``task`` (which
+    already holds the new values); False if the row did not match. Its own
+    transaction outside one, else part of the caller's (live.services
+    .change_with_event). Saves the ORM's UPDATE and a round trip."""
     quote = connection.ops.quote_name
     columns = {name: cast("Field[Any, Any]", Task._meta.get_field(name)) for name in fields}
     assignments = ", ".join(f"{quote(cast(str, field.column))} = %s" for field in columns.values())
     values = [columns[name].get_db_prep_save(value, connection) for name, value in fields.items()]
     change = f"UPDATE {quote(Task._meta.db_table)} SET {assignments} WHERE id = %s AND status = %s RETURNING 1"  # noqa: S608
     event = change_with_event(
-        change,
-        [*values, _db_pk(running.pk), TaskStatus.RUNNING.value],
-        user_id=ended.owner_id,
-        kind=f"task.{ended.status}",  # type: ignore[arg-type]
-        task=ended.as_json(),
+        change, [*values, _db_pk(task.pk), only_if.value], user_id=task.owner_id, kind=kind, task=task.as_json()
     )
-    if event is None:
-        return None
-    _count_end(ended)
-    return ended
+    return event is not None
 
 
 def _terminal_fields(status: TaskStatus, result: Any, error: str) -> dict[str, Any]:
