@@ -17,6 +17,8 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from workloads.sent_marks import sent_marks
+
 PASSWORD = "a-long-enough-passphrase-9"
 
 REQUIRED_SERVICES = {
@@ -75,6 +77,17 @@ def bob_api(bob: User) -> APIClient:
     client = APIClient()
     client.force_login(bob)
     return client
+
+
+@pytest.fixture(autouse=True)
+def settled_sent_marks() -> Iterator[None]:
+    """A task sent to the broker in this process queues its ``sent_at``
+    mark for a thread that writes it ~50 ms later (workloads/sent_marks.py):
+    written here, before the test's database is emptied, nothing of a test
+    is left to lock rows under the next one. (pytest-django's database
+    fixtures are set up first, so this runs before their teardown.)"""
+    yield
+    sent_marks.flush()
 
 
 @pytest.fixture(autouse=True)

@@ -35,6 +35,7 @@ BATCH_SECONDS = 0.05
 class SentMarks:
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._writing = threading.Lock()
         self._ids: list[uuid.UUID | str] = []
         self._wake = threading.Event()
         self._pid: int | None = None
@@ -52,11 +53,13 @@ class SentMarks:
         self._wake.set()
 
     def flush(self) -> int:
-        """Writes the marks gathered so far; returns how many."""
-        with self._lock:
-            ids, self._ids = self._ids, []
-        if ids:
-            write(ids)
+        """Writes the marks gathered so far, once a batch being written by
+        the thread is done; returns how many it wrote."""
+        with self._writing:
+            with self._lock:
+                ids, self._ids = self._ids, []
+            if ids:
+                write(ids)
         return len(ids)
 
     def _run(self) -> None:
