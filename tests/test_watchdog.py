@@ -1,0 +1,81 @@
+"""The cancel watchdog of a pool process (workloads/tasks.py), alone: one
+thread follows each task its process runs, renewing the lease and passing
+on the owner's cancel request. Killing a task that ignores its cancellation
+is tested on real workers (tests/test_lifecycle.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.utils import timezone
+
+from workloads import services
+from workloads.models import Task, TaskStatus
+from workloads.tasks import CancelWatchdog
+
+from .stack import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def watchdog(settings: Any) -> Iterator[CancelWatchdog]:
+    settings.CANCEL_POLL_SECONDS = 0.05
+    settings.CANCEL_GRACE_SECONDS = 600  # never reached: each task is unwatched first
+    watchdog = CancelWatchdog()
+    watchdog.start()
+    yield watchdog
+    watchdog.stop()
+    assert not watchdog.is_alive()
+
+
+def running_task(owner: User) -> Task:
+    long_ago = timezone.now() - timezone.timedelta(minutes=1)
+    return Task.objects.create(
+        owner=owner,
+        kind="simulate",
+        params={"seconds": 60},
+        status=TaskStatus.RUNNING,
+        started_at=long_ago,
+        heartbeat_at=long_ago,
+    )
+
+
+def test_one_thread_renews_the_lease_and_passes_on_the_cancel_of_each_task_in_turn(alice: User, settings: Any) -> None:
+    settings.CANCEL_POLL_SECONDS = 0.05
+    settings.CANCEL_GRACE_SECONDS = 600  # never reached: each task is unwatched first
+    watchdog = CancelWatchdog()
+    watchdog.start()
+    threads_before = threading.active_count()
+    for _ in range(3):
+        task = running_task(alice)
+        cancel = threading.Event()
+        watch = watchdog.watch(str(task.id), cancel)
+        wait_for(
+            lambda: Task.objects.get(pk=task.pk).heartbeat_at > task.heartbeat_at,  # noqa: B023
+            timeout=10,
+            what="the lease renewed",
+        )
+        assert not cancel.is_set()
+        services.cancel_task(task_id=task.id, owner=alice)
+        assert cancel.wait(10), "the cancel request was not passed on"
+        watchdog.unwatch(watch)
+    assert threading.active_count() == threads_before
+    assert watchdog.is_alive()
+
+
+def test_a_task_unwatched_before_its_first_poll_is_not_touched(alice: User, watchdog: CancelWatchdog) -> None:
+    first, second = running_task(alice), running_task(alice)
+    watchdog.unwatch(watchdog.watch(str(first.id), threading.Event()))
+    # The next task's lease renewed shows the thread went past the first one.
+    watchdog.watch(str(second.id), threading.Event())
+    wait_for(
+        lambda: Task.objects.get(pk=second.pk).heartbeat_at > second.heartbeat_at,
+        timeout=10,
+        what="the second task's lease renewed",
+    )
+    assert Task.objects.get(pk=first.pk).heartbeat_at == first.heartbeat_at
