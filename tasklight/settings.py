@@ -116,6 +116,13 @@ if DATABASE_URL:
             "min_size": 2,
             "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
             "timeout": 10,
+            # psycopg_pool retries a failed connection with a backoff that
+            # doubles up to this long (5 min by default): after an outage of
+            # a minute or two, an idle web process would wait for its next
+            # try long after PostgreSQL is back, answering 503 meanwhile.
+            # Giving up after 2 s lets the next request try again at once
+            # (tests/test_faults.py).
+            "reconnect_timeout": 2,
         }
     elif process == "worker":
         # A prefork pool process runs one task at a time on one thread: it

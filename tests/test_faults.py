@@ -88,3 +88,24 @@ def test_rabbitmq_restarted_under_load(private_stack) -> None:
         ids = [t["id"] for t in [*before, *during]]
         socket.events_until(until_all_finished(ids), timeout=180)
     assert_each_ran_once(ids)
+
+
+def test_a_web_process_serves_again_within_seconds_of_postgresql_coming_back(private_stack) -> None:
+    """Requests made during a long outage leave its pool retrying: the first
+    one after the database is back waits for that retry, not for a backoff
+    grown through the outage."""
+    running = private_stack()
+    alice = Account.sign_up(running.base_url)
+    assert alice.http.get("/api/tasks/").status_code == 200
+    postgresql("stop")
+    try:
+        # Each waits out the pool's 10 s for a connection: 20 s down in all.
+        for _ in range(2):
+            assert alice.http.get("/api/tasks/", timeout=30).status_code == 503
+    finally:
+        postgresql("start")
+    back = time.monotonic()
+    assert alice.http.get("/api/tasks/", timeout=30).status_code == 200
+    waited = time.monotonic() - back
+    connection.close()  # the test's own connection did not survive the restart
+    assert waited < 4, f"the first request after the restart waited {waited:.1f} s"
