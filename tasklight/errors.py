@@ -9,6 +9,8 @@ from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError, InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
@@ -43,6 +45,18 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         )
     if isinstance(exc, DatabaseError):
         return None
+    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
+        # The shared cache (rate limits, log-in failure counts, the token
+        # cache's invalidation) is unreachable. Its callers change nothing
+        # before it answers, or roll back (revoking a token), so a retry is
+        # safe; the database alone cannot stand in for it without dropping
+        # the rate limits or a revocation across web processes.
+        logger.warning("cache unavailable: %s", exc)
+        return Response(
+            error_body("cache_unavailable", "A service Tasklight depends on is unavailable; try again shortly."),
+            status=status.HTTP_503_SERVICE_UNAVAILABLE,
+            headers={"Retry-After": "5"},
+        )
     # DRF turns these two into its own exceptions inside exception_handler;
     # doing it first lets the code below see one kind of exception.
     if isinstance(exc, Http404):

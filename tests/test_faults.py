@@ -109,3 +109,25 @@ def test_a_web_process_serves_again_within_seconds_of_postgresql_coming_back(pri
     waited = time.monotonic() - back
     connection.close()  # the test's own connection did not survive the restart
     assert waited < 4, f"the first request after the restart waited {waited:.1f} s"
+
+
+def test_a_web_process_cut_off_from_redis_answers_503_and_changes_nothing(private_stack) -> None:
+    """What needs the shared cache (the rate limit on queueing, revoking a
+    token, log-in failure counts) answers 503 with a retry hint, not 500, and
+    changes nothing."""
+    running = private_stack()
+    alice = Account.sign_up(running.base_url)
+    cut_off = private_stack(CHANNEL_LAYER_URL="redis://127.0.0.1:1/0")  # nothing listens there
+    headers = {"Authorization": alice.http.headers["Authorization"]}
+    queued = httpx.post(
+        f"{cut_off.base_url}/api/tasks/", json={"kind": "simulate", "params": {"seconds": 0}}, headers=headers
+    )
+    revoked = httpx.delete(f"{cut_off.base_url}/api/auth/token/", headers=headers)
+    logged_in = httpx.post(f"{cut_off.base_url}/api/auth/login/", json={"username": alice.username, "password": "x"})
+    for response in (queued, revoked, logged_in):
+        assert (response.status_code, response.json()["error"]["code"]) == (503, "cache_unavailable")
+        assert response.headers["Retry-After"] == "5"
+    assert not Task.objects.filter(owner__username=alice.username).exists()
+    assert alice.http.get("/api/tasks/").status_code == 200  # the token still works
+    # Reading needs no cache: the token is read from the database instead.
+    assert httpx.get(f"{cut_off.base_url}/api/tasks/", headers=headers).status_code == 200
