@@ -1,12 +1,18 @@
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import render
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
 from .errors import error_body
+
+logger = logging.getLogger(__name__)
 
 
 class RequestIdMiddleware:
@@ -51,3 +57,23 @@ class BodySizeLimitMiddleware:
                 status=413,
             )
         return self.get_response(request)
+
+
+class DependencyUnavailableMiddleware:
+    """A page whose view needs Redis (the log-in and sign-up limits) while it
+    is unreachable: a 503 page with ``Retry-After``, not a 500. The API says
+    the same in JSON (tasklight.errors.api_exception_handler)."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        if not isinstance(exception, (RedisConnectionError, RedisTimeoutError)):
+            return None
+        logger.warning("cache unavailable: %s", exception)
+        response = render(request, "503.html", status=503)
+        response["Retry-After"] = "5"
+        return response

@@ -72,6 +72,7 @@ MIDDLEWARE = [
     # chain runs in sync mode, in the request's one thread
     # (tasklight/asgi_handler.py; docs/benchmarks.md).
     "tasklight.middleware.BodySizeLimitMiddleware",
+    "tasklight.middleware.DependencyUnavailableMiddleware",
 ]
 
 ROOT_URLCONF = "tasklight.urls"

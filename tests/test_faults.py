@@ -3,6 +3,7 @@ twice. These restart the real PostgreSQL and RabbitMQ of this machine."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -114,7 +115,7 @@ def test_a_web_process_serves_again_within_seconds_of_postgresql_coming_back(pri
 def test_a_web_process_cut_off_from_redis_answers_503_and_changes_nothing(private_stack) -> None:
     """What needs the shared cache (the rate limit on queueing, revoking a
     token, log-in failure counts) answers 503 with a retry hint, not 500, and
-    changes nothing."""
+    changes nothing: in JSON from the API, as a page from the log-in form."""
     running = private_stack()
     alice = Account.sign_up(running.base_url)
     cut_off = private_stack(CHANNEL_LAYER_URL="redis://127.0.0.1:1/0")  # nothing listens there
@@ -131,3 +132,12 @@ def test_a_web_process_cut_off_from_redis_answers_503_and_changes_nothing(privat
     assert alice.http.get("/api/tasks/").status_code == 200  # the token still works
     # Reading needs no cache: the token is read from the database instead.
     assert httpx.get(f"{cut_off.base_url}/api/tasks/", headers=headers).status_code == 200
+    # The log-in page too: a 503 page.
+    with httpx.Client(base_url=cut_off.base_url) as browser:
+        page = browser.get("/login/")
+        csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
+        assert page.status_code == 200 and csrf is not None
+        form = {"csrfmiddlewaretoken": csrf.group(1), "username": alice.username, "password": "x"}
+        refused = browser.post("/login/", data=form)
+    assert (refused.status_code, refused.headers["Retry-After"]) == (503, "5")
+    assert "Back in a moment" in refused.text
