@@ -34,28 +34,33 @@ def _flatten(detail: Any) -> Any:
     return str(detail)
 
 
+# The shared cache (rate limits, log-in failure counts, the token cache's
+# invalidation) unreachable. Its callers change nothing before it answers, or
+# roll back (revoking a token), so a retry is safe; the database alone cannot
+# stand in for it without one web process forgetting a limit or a revocation
+# that the others keep.
+CACHE_DOWN = (RedisConnectionError, RedisTimeoutError)
+RETRY_AFTER_SECONDS = "5"
+
+
+def _unavailable(code: str, message: str, exc: Exception) -> Response:
+    """A dependency down or unreachable: a 503 with a retry hint, not a bug."""
+    logger.warning("%s: %s", code, exc)
+    return Response(
+        error_body(code, message),
+        status=status.HTTP_503_SERVICE_UNAVAILABLE,
+        headers={"Retry-After": RETRY_AFTER_SECONDS},
+    )
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, (OperationalError, InterfaceError)):
-        # The database is down or unreachable: a dependency problem, not a bug.
-        logger.warning("database unavailable: %s", exc)
-        return Response(
-            error_body("database_unavailable", "The database is unavailable; try again shortly."),
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
-        )
+        return _unavailable("database_unavailable", "The database is unavailable; try again shortly.", exc)
     if isinstance(exc, DatabaseError):
         return None
-    if isinstance(exc, (RedisConnectionError, RedisTimeoutError)):
-        # The shared cache (rate limits, log-in failure counts, the token
-        # cache's invalidation) is unreachable. Its callers change nothing
-        # before it answers, or roll back (revoking a token), so a retry is
-        # safe; the database alone cannot stand in for it without dropping
-        # the rate limits or a revocation across web processes.
-        logger.warning("cache unavailable: %s", exc)
-        return Response(
-            error_body("cache_unavailable", "A service Tasklight depends on is unavailable; try again shortly."),
-            status=status.HTTP_503_SERVICE_UNAVAILABLE,
-            headers={"Retry-After": "5"},
+    if isinstance(exc, CACHE_DOWN):
+        return _unavailable(
+            "cache_unavailable", "A service Tasklight depends on is unavailable; try again shortly.", exc
         )
     # DRF turns these two into its own exceptions inside exception_handler;
     # doing it first lets the code below see one kind of exception.

@@ -6,11 +6,9 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import logs
-from .errors import error_body
+from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, error_body
 
 logger = logging.getLogger(__name__)
 
@@ -71,9 +69,9 @@ class DependencyUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not isinstance(exception, (RedisConnectionError, RedisTimeoutError)):
+        if not isinstance(exception, CACHE_DOWN):
             return None
-        logger.warning("cache unavailable: %s", exception)
+        logger.warning("cache_unavailable: %s", exception)
         response = render(request, "503.html", status=503)
-        response["Retry-After"] = "5"
+        response["Retry-After"] = RETRY_AFTER_SECONDS
         return response
