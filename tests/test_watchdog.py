@@ -45,11 +45,9 @@ def running_task(owner: User) -> Task:
     )
 
 
-def test_one_thread_renews_the_lease_and_passes_on_the_cancel_of_each_task_in_turn(alice: User, settings: Any) -> None:
-    settings.CANCEL_POLL_SECONDS = 0.05
-    settings.CANCEL_GRACE_SECONDS = 600  # never reached: each task is unwatched first
-    watchdog = CancelWatchdog()
-    watchdog.start()
+def test_one_thread_renews_the_lease_and_passes_on_the_cancel_of_each_task_in_turn(
+    alice: User, watchdog: CancelWatchdog
+) -> None:
     threads_before = threading.active_count()
     for _ in range(3):
         task = running_task(alice)

@@ -90,7 +90,8 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
     # The task id comes from the context (tasklight/celery.py); see docs/observability.md.
     logger.info("task started", extra={"kind": task.kind})
     cancel = threading.Event()
-    watch = CancelWatchdog.of_this_process().watch(task_id, cancel)
+    watchdog = CancelWatchdog.of_this_process()
+    watch = watchdog.watch(task_id, cancel)
     ended: Task | None = None
     try:
         result = workload.run(
@@ -115,7 +116,7 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
     else:
         ended = services.finish_task(task_id=task_id, result=result, running=task)
     finally:
-        CancelWatchdog.of_this_process().unwatch(watch)
+        watchdog.unwatch(watch)
     if ended is not None:
         logger.info("task ended", extra={"kind": ended.kind, "outcome": ended.status})
 
@@ -196,6 +197,9 @@ class CancelWatchdog(threading.Thread):
                     logger.exception("cancel watchdog of task %s failed", watch.task_id)
                 finally:
                     close_old_connections()
+                # Done with this task, whatever ended the following: wait for the next.
+                with self.changed:
+                    self.changed.wait_for(lambda: self.watched is not watch or self.stopping)  # noqa: B023
         finally:
             connection.close()
 
