@@ -1,10 +1,21 @@
 """Pushes messages to the channel layer from any process: web or worker.
 
-One long-lived event loop per process, in a daemon thread, owns the layer's
-connections. Calling ``async_to_sync(layer.group_send)`` per message instead
-makes a new loop and a new Redis connection each time: slower (STACK-NOTES),
-and the source of channels_redis' "Event loop is closed" errors in workers.
-Messages leave in the order they were pushed, one at a time.
+On Redis (channels_redis' pub/sub layer, Tasklight's layer whenever
+CHANNEL_LAYER_URL is set) a group_send is one PUBLISH: it is made at once,
+from the pushing thread, with a synchronous client (``_RedisPubSub``). That
+saves a worker the hop to another thread on the way from its commit to the
+socket (docs/benchmarks.md, "Where the notification latency goes").
+
+Any other layer (embedded mode's SQLite layer, the in-memory layer of unit
+tests) is async only: one long-lived event loop per process, in a daemon
+thread, owns its connections. Calling ``async_to_sync(layer.group_send)`` per
+message instead makes a new loop and a new Redis connection each time:
+slower (STACK-NOTES), and the source of channels_redis' "Event loop is
+closed" errors in workers.
+
+Either way a thread's messages leave in the order it pushed them, and a
+message the layer would not take is logged and dropped: the event is stored,
+and a socket catches up from the database (docs/events.md).
 """
 
 from __future__ import annotations
@@ -16,9 +27,48 @@ import os
 import threading
 from typing import Any
 
+import redis
 from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 logger = logging.getLogger(__name__)
+
+# A Redis that does not answer holds up the pushing thread at most this long.
+REDIS_TIMEOUT_SECONDS = 2.0
+
+
+class _RedisPubSub:
+    """``RedisPubSubChannelLayer.group_send`` from the calling thread: the
+    layer's own serialisation, its channel name for the group, one PUBLISH
+    (tests/test_publisher.py checks a layer's group member receives it).
+    redis-py's pool is thread-safe and starts afresh in a forked process."""
+
+    def __init__(self, layer: RedisPubSubChannelLayer, address: str, prefix: str) -> None:
+        self._serialize = layer.serialize
+        self._prefix = prefix
+        self._redis = redis.Redis.from_url(
+            address, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+        )
+
+    @classmethod
+    def for_layer(cls, layer: Any) -> _RedisPubSub | None:
+        """One for the default layer if it is Tasklight's one-host pub/sub
+        layer (settings.CHANNEL_LAYERS); None for any other layer."""
+        if not isinstance(layer, RedisPubSubChannelLayer):
+            return None
+        layers: dict[str, dict[str, Any]] = settings.CHANNEL_LAYERS
+        config = layers["default"].get("CONFIG", {})
+        hosts = config.get("hosts") or []
+        if len(hosts) != 1 or not isinstance(hosts[0], dict) or "address" not in hosts[0]:
+            return None
+        return cls(layer, hosts[0]["address"], config.get("prefix", "asgi"))
+
+    def group_send(self, group: str, message: dict[str, Any]) -> None:
+        # channels_redis.pubsub.RedisPubSubLoopLayer._get_group_channel_name
+        self._redis.publish(f"{self._prefix}__group__{group}", self._serialize(message))
 
 
 class Publisher:
@@ -27,14 +77,32 @@ class Publisher:
         self._pid: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[tuple[str, dict[str, Any]]] | None = None
+        self._direct: _RedisPubSub | None = None
+        self._direct_known = False
 
     def push(self, group: str, message: dict[str, Any]) -> None:
-        """Queues a group_send; returns at once."""
+        """Sends a group_send on Redis, else queues it; never raises."""
+        direct = self._direct_publisher()
+        if direct is not None:
+            try:
+                direct.group_send(group, message)
+            except Exception:
+                logger.exception("could not publish %s to %s", message.get("type"), group)
+            return
         loop, queue = self._started()
         loop.call_soon_threadsafe(queue.put_nowait, (group, message))
 
+    def _direct_publisher(self) -> _RedisPubSub | None:
+        if not self._direct_known:
+            with self._lock:
+                if not self._direct_known:
+                    self._direct = _RedisPubSub.for_layer(get_channel_layer())
+                    self._direct_known = True
+        return self._direct
+
     def flush(self, timeout: float = 5.0) -> bool:
-        """Waits until every pushed message has been handed to the layer."""
+        """Waits until every pushed message has been handed to the layer
+        (on Redis each one was, before push returned)."""
         if self._pid != os.getpid() or self._loop is None or self._queue is None:
             return True
         future = asyncio.run_coroutine_threadsafe(self._queue.join(), self._loop)
@@ -86,3 +154,10 @@ class Publisher:
 publisher = Publisher()
 # A worker process that exits right after a task must not drop its last event.
 atexit.register(publisher.flush, 2.0)
+
+
+@receiver(setting_changed)
+def _layer_changed(*, setting: str, **kwargs: Any) -> None:
+    # Tests swap CHANNEL_LAYERS; channels drops its layers then, and so do we.
+    if setting == "CHANNEL_LAYERS":
+        publisher._direct_known = False

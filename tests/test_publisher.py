@@ -1,0 +1,96 @@
+"""The publisher against the real Redis: what it PUBLISHes from the pushing
+thread is what channels_redis' pub/sub layer delivers to a group's members."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import pytest
+from asgiref.sync import sync_to_async
+from channels.layers import get_channel_layer
+from channels_redis.pubsub import RedisPubSubChannelLayer
+
+from live.publisher import REDIS_TIMEOUT_SECONDS, Publisher
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def pubsub_layer(address: str, prefix: str) -> dict[str, Any]:
+    return {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": address, "max_connections": 10}], "prefix": prefix},
+        }
+    }
+
+
+@pytest.fixture
+def redis_layer(settings: Any) -> RedisPubSubChannelLayer:
+    settings.CHANNEL_LAYERS = pubsub_layer(REDIS_URL, f"tl-publisher-{uuid.uuid4().hex[:8]}")
+    layer = get_channel_layer()
+    assert isinstance(layer, RedisPubSubChannelLayer)
+    return layer
+
+
+async def test_pushes_on_redis_reach_a_member_of_the_group_in_order(redis_layer: RedisPubSubChannelLayer) -> None:
+    publisher = Publisher()
+    channel = await redis_layer.new_channel()
+    await redis_layer.group_add("user-7", channel)
+    try:
+        messages = [{"type": "live.event", "frame": {"id": n, "task": {"id": f"t-{n}"}}} for n in range(50)]
+
+        def push_all() -> None:
+            for message in messages:
+                publisher.push("user-7", message)
+
+        await sync_to_async(push_all)()
+        received = [await redis_layer.receive(channel) for _ in messages]
+    finally:
+        await redis_layer.group_discard("user-7", channel)
+        await redis_layer.flush()
+    assert received == messages
+    # Sent from the pushing thread: no loop thread was started for them.
+    assert publisher._loop is None
+
+
+async def test_other_groups_hear_nothing(redis_layer: RedisPubSubChannelLayer) -> None:
+    publisher = Publisher()
+    channel = await redis_layer.new_channel()
+    await redis_layer.group_add("user-8", channel)
+    try:
+        await sync_to_async(publisher.push)("user-9", {"type": "live.event", "frame": {"id": 1}})
+        await sync_to_async(publisher.push)("user-8", {"type": "live.event", "frame": {"id": 2}})
+        first = await redis_layer.receive(channel)
+    finally:
+        await redis_layer.group_discard("user-8", channel)
+        await redis_layer.flush()
+    assert first["frame"] == {"id": 2}
+
+
+def test_a_push_to_an_unreachable_redis_is_logged_and_returns(settings: Any, caplog: Any) -> None:
+    settings.CHANNEL_LAYERS = pubsub_layer("redis://127.0.0.1:1/0", "tl-publisher-nowhere")
+    publisher = Publisher()
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR, logger="live.publisher"):
+        publisher.push("user-1", {"type": "live.event", "frame": {"id": 1}})  # does not raise
+    assert time.monotonic() - started < REDIS_TIMEOUT_SECONDS + 1
+    assert "could not publish live.event to user-1" in caplog.text
+    assert publisher.flush(1.0)
+
+
+async def test_a_layer_that_is_not_redis_gets_its_messages_from_the_loop_thread(settings: Any) -> None:
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+    layer = get_channel_layer()
+    assert layer is not None
+    publisher = Publisher()
+    channel = await layer.new_channel()
+    await layer.group_add("user-3", channel)
+    await sync_to_async(publisher.push)("user-3", {"type": "live.event", "frame": {"id": 3}})
+    assert publisher._loop is not None
+    # Handed to the layer by the loop thread; read only then (the in-memory
+    # layer's queues belong to this test's loop and do not wake across threads).
+    assert await sync_to_async(publisher.flush)(5.0)
+    assert (await layer.receive(channel))["frame"] == {"id": 3}
