@@ -257,6 +257,7 @@ class Terminals:
         self.expected = expected
         self.ids: set[str] = set()
         self.latencies: list[float] = []
+        self.received: dict[str, float] = {}  # task id -> when its task.succeeded arrived
         self.failed: list[dict[str, Any]] = []
         self.last_received = 0.0
         self.ignore: set[str] = set()
@@ -273,6 +274,7 @@ class Terminals:
             self.failed.append(frame)
         else:
             self.latencies.append(received - finished_at(frame))
+            self.received[task_id] = received
         self.last_received = received
         if len(self.ids) >= self.expected:
             self.done.set()

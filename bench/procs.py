@@ -413,6 +413,29 @@ def connect_pg(url: str, patience: float = 60) -> Any:
             time.sleep(1)
 
 
+def commit_timestamps_tracked() -> bool:
+    """Whether PostgreSQL records each transaction's commit time
+    (``track_commit_timestamp``: read with ``pg_xact_commit_timestamp``)."""
+    return sql_admin("SHOW track_commit_timestamp")[0][0] == "on"
+
+
+def track_commit_timestamps(on: bool) -> None:
+    """Turns ``track_commit_timestamp`` on or back to its default: the setting
+    takes a restart, done with Debian's pg_ctlcluster (a local cluster only)."""
+    if not POSTGRES_ADMIN_URL.startswith("postgresql://postgres@127.0.0.1:"):
+        raise RuntimeError("track_commit_timestamp can only be switched on a local cluster")
+    _admin_execute(f"ALTER SYSTEM {'SET track_commit_timestamp = on' if on else 'RESET track_commit_timestamp'}")
+    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    if commit_timestamps_tracked() != on:
+        raise RuntimeError(f"track_commit_timestamp did not turn {'on' if on else 'off'}")
+
+
 def _admin_execute(*statements: str) -> None:
     with connect_pg(POSTGRES_ADMIN_URL) as conn:
         for statement in statements:

@@ -34,7 +34,7 @@ Measure = Callable[[procs.Config, argparse.Namespace, Result], None]
 # name: (function, the size options and flags that reproduce it)
 MEASUREMENTS: dict[str, tuple[Measure, tuple[str, ...]]] = {
     "throughput": (throughput.measure, ("tasks", "users", "drain_tasks", "bare_like_tasklight")),
-    "latency": (latency.measure, ("rate", "duration", "latency_users")),
+    "latency": (latency.measure, ("rate", "duration", "latency_users", "commit_timestamps")),
     "sockets": (sockets.measure, ("sockets", "socket_users", "probe_tasks", "sockets_no_deflate")),
     "api": (
         api.measure,
@@ -127,6 +127,10 @@ FLAGS = {
     "bare_like_tasklight": "throughput: also drain bare Celery with Tasklight's Celery settings",
     "sockets_no_deflate": "sockets: clients do not offer permessage-deflate (browsers do)",
     "api_worker": "api: run a worker during the POSTs (default: none; the queue is deleted after)",
+    "commit_timestamps": (
+        "latency: measure from PostgreSQL's own commit timestamps; if track_commit_timestamp is off, "
+        "turn it on for the measurement and off after (restarts the local cluster with pg_ctlcluster, twice)"
+    ),
 }
 
 
