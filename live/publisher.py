@@ -38,20 +38,29 @@ logger = logging.getLogger(__name__)
 
 # A Redis that does not answer holds up the pushing thread at most this long.
 REDIS_TIMEOUT_SECONDS = 2.0
+# Connections a process publishes on at most; a PUBLISH takes a fraction of a
+# millisecond, so threads rarely wait for one (up to the timeout above).
+REDIS_CONNECTIONS = 4
 
 
 class _RedisPubSub:
     """``RedisPubSubChannelLayer.group_send`` from the calling thread: the
     layer's own serialisation, its channel name for the group, one PUBLISH
     (tests/test_publisher.py checks a layer's group member receives it).
-    redis-py's pool is thread-safe and starts afresh in a forked process."""
+    redis-py's pool is thread-safe, bounded (REDIS_CONNECTIONS) and starts
+    afresh in a forked process."""
 
     def __init__(self, layer: RedisPubSubChannelLayer, address: str, prefix: str) -> None:
         self._serialize = layer.serialize
         self._prefix = prefix
-        self._redis = redis.Redis.from_url(
-            address, socket_timeout=REDIS_TIMEOUT_SECONDS, socket_connect_timeout=REDIS_TIMEOUT_SECONDS
+        pool = redis.BlockingConnectionPool.from_url(
+            address,
+            max_connections=REDIS_CONNECTIONS,
+            timeout=REDIS_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_TIMEOUT_SECONDS,
+            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         )
+        self._redis = redis.Redis(connection_pool=pool)
 
     @classmethod
     def for_layer(cls, layer: Any) -> _RedisPubSub | None:

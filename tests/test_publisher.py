@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
-from live.publisher import REDIS_TIMEOUT_SECONDS, Publisher
+from live.publisher import REDIS_CONNECTIONS, REDIS_TIMEOUT_SECONDS, Publisher
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -94,3 +95,25 @@ async def test_a_layer_that_is_not_redis_gets_its_messages_from_the_loop_thread(
     # layer's queues belong to this test's loop and do not wake across threads).
     assert await sync_to_async(publisher.flush)(5.0)
     assert (await layer.receive(channel))["frame"] == {"id": 3}
+
+
+async def test_many_threads_publishing_at_once_share_a_few_connections(redis_layer: RedisPubSubChannelLayer) -> None:
+    publisher = Publisher()
+    channel = await redis_layer.new_channel()
+    await redis_layer.group_add("user-5", channel)
+    try:
+        with ThreadPoolExecutor(max_workers=16) as threads:
+            pushes = [
+                threads.submit(publisher.push, "user-5", {"type": "live.event", "frame": {"id": n}}) for n in range(400)
+            ]
+            for push in pushes:
+                push.result()
+        received = {(await redis_layer.receive(channel))["frame"]["id"] for _ in range(400)}
+    finally:
+        await redis_layer.group_discard("user-5", channel)
+        await redis_layer.flush()
+    assert received == set(range(400))
+    direct = publisher._direct_publisher()
+    assert direct is not None
+    pool = direct._redis.connection_pool
+    assert len(pool._connections) <= REDIS_CONNECTIONS
