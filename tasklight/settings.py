@@ -13,6 +13,8 @@ from pathlib import Path
 import environ
 from django.utils.csp import CSP
 
+from tasklight.db import check_pooled_connection
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -124,6 +126,8 @@ if DATABASE_URL:
             # Giving up after 2 s lets the next request try again at once
             # (tests/test_faults.py).
             "reconnect_timeout": 2,
+            # One broken connection found: all idle ones are checked at once.
+            "check": check_pooled_connection,
         }
     elif process == "worker":
         # A prefork pool process runs one task at a time on one thread: it
