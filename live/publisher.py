@@ -25,6 +25,7 @@ import atexit
 import logging
 import os
 import threading
+import time
 from typing import Any
 
 import redis
@@ -38,6 +39,11 @@ logger = logging.getLogger(__name__)
 
 # A Redis that does not answer holds up the pushing thread at most this long.
 REDIS_TIMEOUT_SECONDS = 2.0
+# After a PUBLISH timed out (a Redis host that does not answer at all, as a
+# dead one behind a network does), nothing is published for this long, so
+# that a worker is not held up on every event. A refused connection fails at
+# once and trips nothing.
+REDIS_SILENT_SECONDS = 10.0
 # Connections a process publishes on at most; a PUBLISH takes a fraction of a
 # millisecond, so threads rarely wait for one (up to the timeout above).
 REDIS_CONNECTIONS = 4
@@ -61,6 +67,7 @@ class _RedisPubSub:
             socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
         )
         self._redis = redis.Redis(connection_pool=pool)
+        self._silent_until = 0.0
 
     @classmethod
     def for_layer(cls, layer: Any) -> _RedisPubSub | None:
@@ -75,9 +82,17 @@ class _RedisPubSub:
             return None
         return cls(layer, hosts[0]["address"], config.get("prefix", "asgi"))
 
-    def group_send(self, group: str, message: dict[str, Any]) -> None:
-        # channels_redis.pubsub.RedisPubSubLoopLayer._get_group_channel_name
-        self._redis.publish(f"{self._prefix}__group__{group}", self._serialize(message))
+    def group_send(self, group: str, message: dict[str, Any]) -> bool:
+        """False, at once, while Redis is taken for silent (see above)."""
+        if time.monotonic() < self._silent_until:
+            return False
+        try:
+            # channels_redis.pubsub.RedisPubSubLoopLayer._get_group_channel_name
+            self._redis.publish(f"{self._prefix}__group__{group}", self._serialize(message))
+        except redis.TimeoutError:
+            self._silent_until = time.monotonic() + REDIS_SILENT_SECONDS
+            raise
+        return True
 
 
 class Publisher:
@@ -94,7 +109,8 @@ class Publisher:
         direct = self._direct_publisher()
         if direct is not None:
             try:
-                direct.group_send(group, message)
+                if not direct.group_send(group, message):
+                    logger.warning("Redis did not answer lately: %s to %s not published", message.get("type"), group)
             except Exception:
                 logger.exception("could not publish %s to %s", message.get("type"), group)
             return

@@ -4,6 +4,7 @@ thread is what channels_redis' pub/sub layer delivers to a group's members."""
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -117,3 +118,26 @@ async def test_many_threads_publishing_at_once_share_a_few_connections(redis_lay
     assert direct is not None
     pool = direct._redis.connection_pool
     assert len(pool._connections) <= REDIS_CONNECTIONS
+
+
+def test_a_redis_that_does_not_answer_holds_up_one_push_then_none_for_a_while(settings: Any, caplog: Any) -> None:
+    # A port that takes connections (the kernel's backlog) and never answers.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    try:
+        settings.CHANNEL_LAYERS = pubsub_layer(f"redis://127.0.0.1:{silent.getsockname()[1]}/0", "tl-publisher-silent")
+        publisher = Publisher()
+        with caplog.at_level(logging.WARNING, logger="live.publisher"):
+            started = time.monotonic()
+            publisher.push("user-1", {"type": "live.event", "frame": {"id": 1}})
+            first = time.monotonic() - started
+            started = time.monotonic()
+            publisher.push("user-1", {"type": "live.event", "frame": {"id": 2}})
+            second = time.monotonic() - started
+    finally:
+        silent.close()
+    assert REDIS_TIMEOUT_SECONDS - 0.5 < first < REDIS_TIMEOUT_SECONDS + 1  # waited out the timeout once
+    assert second < 0.5  # and not again
+    assert "could not publish live.event to user-1" in caplog.text
+    assert "Redis did not answer lately: live.event to user-1 not published" in caplog.text
