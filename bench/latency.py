@@ -180,12 +180,13 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
         + ("" if len(raw) == count else f" ({len(raw)} of {count} received)")
     )
 
-    switched = options.commit_timestamps and not procs.commit_timestamps_tracked()
+    tracked = procs.commit_timestamps_tracked()
+    switched = options.commit_timestamps and not tracked
     if switched:
         result.say("  (turning PostgreSQL's track_commit_timestamp on for this measurement: a restart)")
         procs.track_commit_timestamps(True)
     try:
-        steady, committed = tasklight_path(config, rate, duration, n_users)
+        steady, committed = tasklight_path(config, rate, duration, n_users, with_commits=tracked or switched)
     finally:
         if switched:
             procs.track_commit_timestamps(False)
@@ -226,10 +227,10 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
 
 
 def tasklight_path(
-    config: procs.Config, rate: float, duration: float, n_users: int
+    config: procs.Config, rate: float, duration: float, n_users: int, *, with_commits: bool
 ) -> tuple[Steady, list[float] | None]:
-    """Tasklight's own stack at a steady rate; with PostgreSQL's commit
-    timestamps on, also each task's commit → socket time."""
+    """Tasklight's own stack at a steady rate; ``with_commits`` (PostgreSQL's
+    commit timestamps are on), also each task's commit → socket time."""
     procs.delete_queue(config.queue)
     procs.fresh_database(config)
     env = config.stack_env(METRICS_TOKEN=METRICS_TOKEN)
@@ -243,7 +244,7 @@ def tasklight_path(
     steady = run_async(client())
     steady.replays = replays(base_url)
     procs.retire(worker, web)
-    if not procs.commit_timestamps_tracked():
+    if not with_commits:
         return steady, None
     # The terminal event's row is written by the terminal transaction and never updated.
     rows = procs.sql(

@@ -117,6 +117,10 @@ class Publisher:
         loop, queue = self._started()
         loop.call_soon_threadsafe(queue.put_nowait, (group, message))
 
+    def forget_layer(self) -> None:
+        """The next push looks at the default channel layer again."""
+        self._direct_known = False
+
     def _direct_publisher(self) -> _RedisPubSub | None:
         if not self._direct_known:
             with self._lock:
@@ -185,4 +189,4 @@ atexit.register(publisher.flush, 2.0)
 def _layer_changed(*, setting: str, **kwargs: Any) -> None:
     # Tests swap CHANNEL_LAYERS; channels drops its layers then, and so do we.
     if setting == "CHANNEL_LAYERS":
-        publisher._direct_known = False
+        publisher.forget_layer()
