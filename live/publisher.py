@@ -68,6 +68,7 @@ class _RedisPubSub:
         )
         self._redis = redis.Redis(connection_pool=pool)
         self._silent_until = 0.0
+        self._dropped = 0  # while silent; logged once when publishing resumes
 
     @classmethod
     def for_layer(cls, layer: Any) -> _RedisPubSub | None:
@@ -82,17 +83,32 @@ class _RedisPubSub:
             return None
         return cls(layer, hosts[0]["address"], config.get("prefix", "asgi"))
 
-    def group_send(self, group: str, message: dict[str, Any]) -> bool:
-        """False, at once, while Redis is taken for silent (see above)."""
-        if time.monotonic() < self._silent_until:
-            return False
+    def group_send(self, group: str, message: dict[str, Any]) -> None:
+        """Raises what redis-py raised; while Redis is taken for silent (see
+        above), drops the message at once. One warning says when a silence
+        starts and one when publishing resumes, with how many messages it
+        dropped, however many a busy process pushed meanwhile."""
+        if self._silent_until:
+            if time.monotonic() < self._silent_until:
+                self._dropped += 1
+                return
+            logger.warning(
+                "publishing to Redis again after %g s of silence: %d message(s) were not published meanwhile",
+                REDIS_SILENT_SECONDS,
+                self._dropped,
+            )
+            self._silent_until, self._dropped = 0.0, 0
         try:
             # channels_redis.pubsub.RedisPubSubLoopLayer._get_group_channel_name
             self._redis.publish(f"{self._prefix}__group__{group}", self._serialize(message))
         except redis.TimeoutError:
             self._silent_until = time.monotonic() + REDIS_SILENT_SECONDS
+            logger.warning(
+                "Redis did not answer within %g s: nothing is published for %g s (sockets catch up from the database)",
+                REDIS_TIMEOUT_SECONDS,
+                REDIS_SILENT_SECONDS,
+            )
             raise
-        return True
 
 
 class Publisher:
@@ -109,8 +125,7 @@ class Publisher:
         direct = self._direct_publisher()
         if direct is not None:
             try:
-                if not direct.group_send(group, message):
-                    logger.warning("Redis did not answer lately: %s to %s not published", message.get("type"), group)
+                direct.group_send(group, message)
             except Exception:
                 logger.exception("could not publish %s to %s", message.get("type"), group)
             return

@@ -15,6 +15,7 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
+import live.publisher
 from live.publisher import REDIS_CONNECTIONS, REDIS_TIMEOUT_SECONDS, Publisher
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -120,7 +121,11 @@ async def test_many_threads_publishing_at_once_share_a_few_connections(redis_lay
     assert len(pool._connections) <= REDIS_CONNECTIONS
 
 
-def test_a_redis_that_does_not_answer_holds_up_one_push_then_none_for_a_while(settings: Any, caplog: Any) -> None:
+def test_a_redis_that_does_not_answer_holds_up_one_push_then_none_for_a_while(
+    settings: Any, caplog: Any, monkeypatch: Any
+) -> None:
+    silence = 1.0
+    monkeypatch.setattr(live.publisher, "REDIS_SILENT_SECONDS", silence)
     # A port that takes connections (the kernel's backlog) and never answers.
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
@@ -133,11 +138,22 @@ def test_a_redis_that_does_not_answer_holds_up_one_push_then_none_for_a_while(se
             publisher.push("user-1", {"type": "live.event", "frame": {"id": 1}})
             first = time.monotonic() - started
             started = time.monotonic()
-            publisher.push("user-1", {"type": "live.event", "frame": {"id": 2}})
-            second = time.monotonic() - started
+            for n in range(2, 202):
+                publisher.push("user-1", {"type": "live.event", "frame": {"id": n}})
+            dropped = time.monotonic() - started
+            while_silent = caplog.text
+            # Nothing listens any more: after the silence the next push is
+            # refused at once (no new silence), and the pause is reported.
+            silent.close()
+            time.sleep(max(0.0, silence - (time.monotonic() - started)) + 0.1)  # the silence's own clock
+            publisher.push("user-1", {"type": "live.event", "frame": {"id": 202}})
     finally:
         silent.close()
     assert REDIS_TIMEOUT_SECONDS - 0.5 < first < REDIS_TIMEOUT_SECONDS + 1  # waited out the timeout once
-    assert second < 0.5  # and not again
-    assert "could not publish live.event to user-1" in caplog.text
-    assert "Redis did not answer lately: live.event to user-1 not published" in caplog.text
+    assert dropped < 0.5  # and not again: 200 pushes dropped at once
+    # One warning for the silence, none per dropped message.
+    assert while_silent.count("Redis did not answer within") == 1
+    assert while_silent.count("could not publish") == 1
+    assert "not published meanwhile" not in while_silent
+    assert "200 message(s) were not published meanwhile" in caplog.text
+    assert caplog.text.count("could not publish") == 2  # the refused push after it
