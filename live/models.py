@@ -26,7 +26,8 @@ class EventStream(models.Model):
 class Event(models.Model):
     """A stored lifecycle event; ``sequence`` is the id clients see."""
 
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="events")
+    # No index of its own: event_user_sequence starts with user.
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="events", db_index=False)
     sequence = models.PositiveBigIntegerField()
     kind = models.CharField(max_length=32)
     task = models.JSONField()

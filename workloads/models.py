@@ -23,7 +23,9 @@ class Task(models.Model):
     for a task's state; Celery's result backend is off."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks")
+    # No index of its own: task_owner_recent starts with owner (docs/benchmarks.md:
+    # every index is written again on each change of state).
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="tasks", db_index=False)
     kind = models.CharField(max_length=64)
     params = models.JSONField(default=dict)
     status = models.CharField(max_length=16, choices=TaskStatus.choices, default=TaskStatus.QUEUED)
@@ -40,7 +42,10 @@ class Task(models.Model):
     # Renewed by the worker running the task: its lease. A redelivered task
     # whose lease is fresh is still running somewhere and is not run again.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
-    retry_of = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries")
+    # Indexed only where set (task_retries below).
+    retry_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries", db_index=False
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -59,6 +64,10 @@ class Task(models.Model):
             models.Index(
                 fields=["status", "kind"], name="task_active", condition=models.Q(status__in=["queued", "running"])
             ),
+            # Deleting a task sets its retries' retry_of to null. Partial: a
+            # task that is no retry (most) adds no entry, at creation or at
+            # any later change of state.
+            models.Index(fields=["retry_of"], name="task_retries", condition=models.Q(retry_of__isnull=False)),
         ]
 
     def __str__(self) -> str:
