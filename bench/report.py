@@ -4,6 +4,7 @@ command line that reproduces it."""
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,37 @@ class Target:
         sign = ">=" if self.at_least else ("<" if self.strict else "<=")
         verdict = {True: "met", False: "NOT met", None: "not measured"}[self.met]
         return f"{self.label}: {_number(self.value)} (target {sign} {_number(self.limit)}): {verdict}"
+
+
+@dataclass
+class MedianTarget:
+    """One target of a measurement that ran several times: judged by the
+    median of the runs' values."""
+
+    name: str
+    runs: list[Target]
+
+    @property
+    def target(self) -> Target:
+        values = sorted(t.value for t in self.runs if not math.isnan(t.value))
+        middle = statistics.median(values) if values else math.nan
+        first = self.runs[0]
+        return Target(f"{first.label}, median of {len(values)} runs", middle, first.limit, first.at_least, first.strict)
+
+    def describe(self) -> str:
+        each = ", ".join(_number(t.value) for t in self.runs)
+        return f"{self.target.describe()} (each run: {each})"
+
+    def as_json(self) -> dict[str, Any]:
+        target = self.target
+        return {
+            "name": self.name,
+            "label": target.label,
+            "value": target.value,
+            "limit": target.limit,
+            "met": target.met,
+            "runs": [t.value for t in self.runs],
+        }
 
 
 @dataclass

@@ -21,13 +21,14 @@ import sys
 import tempfile
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from . import api, cost, embedded, latency, procs, sockets, throughput
-from .report import Result
+from .report import MedianTarget, Result, Target
 
 Measure = Callable[[procs.Config, argparse.Namespace, Result], None]
 
@@ -123,6 +124,11 @@ HELP = {
     "embedded_duration": "embedded: seconds at that rate",
     "cost_requests": "cost: requests of each kind, one at a time, for the web process's CPU per request",
 }
+# How many times each measurement runs by default (--runs sets one count for
+# all): the two whose targets are ratios to the bare stack move most from
+# run to run on a shared machine, and the issue judges them by the median.
+RUNS = {"throughput": 3, "latency": 3}
+
 FLAGS = {
     "bare_like_tasklight": "throughput: also drain bare Celery with Tasklight's Celery settings",
     "sockets_no_deflate": "sockets: clients do not offer permessage-deflate (browsers do)",
@@ -140,6 +146,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--only", action="append", choices=list(MEASUREMENTS), help="run only this measurement (repeatable)"
     )
     parser.add_argument("--quick", action="store_true", help="tiny numbers: a smoke run of about a minute")
+    parser.add_argument(
+        "--runs",
+        type=int,
+        default=None,
+        help="run each measurement this many times and judge its targets by the median "
+        f"(default {', '.join(f'{name} {count}' for name, count in RUNS.items())}, the others 1; --quick 1)",
+    )
     for name, default in FULL.items():
         parser.add_argument(
             f"--{name.replace('_', '-')}",
@@ -171,7 +184,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for item in args.env:
         if "=" not in item:
             parser.error(f"--env wants KEY=VALUE, not {item!r}")
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs wants 1 or more")
     return args
+
+
+def runs_of(name: str, args: argparse.Namespace) -> int:
+    if args.runs is not None:
+        return int(args.runs)
+    return 1 if args.quick else RUNS.get(name, 1)
 
 
 def reproduce(name: str, args: argparse.Namespace) -> str:
@@ -189,6 +210,8 @@ def reproduce(name: str, args: argparse.Namespace) -> str:
             words += [flag, str(value)]
     for item in args.env:
         words += ["--env", item]
+    if args.runs is not None:
+        words += ["--runs", str(args.runs)]
     if args.name != "tasklight-bench":
         words += ["--name", args.name]
     return shlex.join(words)
@@ -252,6 +275,27 @@ def machine() -> dict[str, str]:
     return info
 
 
+def medians(results: list[Result]) -> list[MedianTarget]:
+    """Each target of a measurement that ran more than once, judged by the
+    median of its runs (a failed run has no value and is left out)."""
+    by_target: dict[tuple[str, str], list[Target]] = {}
+    for result in results:
+        for target in result.targets:
+            by_target.setdefault((result.name, target.label), []).append(target)
+    runs = Counter(result.name for result in results)
+    return [MedianTarget(name, targets) for (name, _), targets in by_target.items() if runs[name] > 1]
+
+
+def summary(results: list[Result]) -> list[str]:
+    lines = []
+    for result in results:
+        if result.error:
+            lines.append(f"{result.name}: FAILED ({result.error.splitlines()[0]})")
+        lines.extend(f"{result.name}: {target.describe()}" for target in result.targets)
+    lines.extend(f"{median.name}: {median.describe()}" for median in medians(results))
+    return lines
+
+
 def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -279,11 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         procs.prepare_template(config)
         print(f"  (database template migrated in {time.monotonic() - started:.1f} s)", flush=True)
-        for name in names:
+        plan = [(name, run, runs_of(name, args)) for name in names for run in range(runs_of(name, args))]
+        for name, run, runs in plan:
             measure, _ = MEASUREMENTS[name]
             result = Result(name, reproduce(name, args))
             results.append(result)
-            print(f"\n== {name} ==", flush=True)
+            print(f"\n== {name}" + (f" (run {run + 1} of {runs})" if runs > 1 else "") + " ==", flush=True)
             started = time.monotonic()
             try:
                 measure(config, args, result)
@@ -305,15 +350,17 @@ def main(argv: list[str] | None = None) -> int:
         procs.cleanup(config, keep_database=args.keep_db)
 
     print("\n== summary ==")
-    for result in results:
-        if result.error:
-            print(f"  {result.name}: FAILED ({result.error.splitlines()[0]})")
-        for target in result.targets:
-            print(f"  {result.name}: {target.describe()}")
+    for line in summary(results):
+        print(f"  {line}")
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"machine": info, "quick": args.quick, "results": [r.as_json() for r in results]},
+                {
+                    "machine": info,
+                    "quick": args.quick,
+                    "results": [r.as_json() for r in results],
+                    "medians": [t.as_json() for t in medians(results)],
+                },
                 indent=2,
                 default=str,
             )
