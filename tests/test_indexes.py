@@ -5,6 +5,7 @@ condition the new row meets (workloads/migrations/0005_fewer_indexes.py)."""
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 from django.db import connection
@@ -18,7 +19,7 @@ def indexes(table: str) -> set[str]:
         return {name for (name,) in cursor.fetchall()}
 
 
-def plan(sql: str, params: list[object]) -> str:
+def plan(sql: str, params: list[Any]) -> str:
     """The plan PostgreSQL would use if the table were big (no sequential
     scan while another way exists)."""
     with connection.cursor() as cursor:
@@ -50,6 +51,6 @@ def test_the_task_and_event_tables_have_exactly_the_indexes_their_queries_use() 
     ],
 )
 def test_the_lookups_of_the_dropped_indexes_still_use_an_index(sql: str, index: str) -> None:
-    param: object = 1 if "retry_of" not in sql else "00000000-0000-0000-0000-000000000000"
+    param: Any = 1 if "retry_of" not in sql else "00000000-0000-0000-0000-000000000000"
     # "Index Scan using X on", "Index Only Scan using X on" or "Bitmap Index Scan on X".
     assert re.search(rf"Index (Only )?Scan (using {index} on|on {index}\b)", plan(sql, [param])), plan(sql, [param])
