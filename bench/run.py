@@ -11,6 +11,7 @@ reproduces it alone. docs/benchmarks.md says what each one is.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import platform
@@ -329,9 +330,15 @@ def main(argv: list[str] | None = None) -> int:
             result = Result(name, reproduce(name, args))
             results.append(result)
             print(f"\n== {name}" + (f" (run {run + 1} of {runs})" if runs > 1 else "") + " ==", flush=True)
+            # Each run logs (and keeps embedded mode's data) in a folder of
+            # its own: a run reads its processes' logs, which are appended to.
+            run_config = config
+            if runs > 1:
+                run_config = dataclasses.replace(config, log_dir=log_dir / f"{name}-{run + 1}")
+                run_config.log_dir.mkdir(parents=True, exist_ok=True)
             started = time.monotonic()
             try:
-                measure(config, args, result)
+                measure(run_config, args, result)
             except KeyboardInterrupt:
                 raise
             except Exception as exc:

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -16,7 +17,7 @@ from .stack import ROOT
 pytestmark = pytest.mark.stack
 
 
-def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_median() -> None:
+def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_median(tmp_path: Path) -> None:
     name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
     done = subprocess.run(
         [
@@ -34,6 +35,8 @@ def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_medi
             "300",
             "--runs",
             "2",
+            "--log-dir",
+            str(tmp_path),
             "--name",
             name,
         ],
@@ -51,6 +54,10 @@ def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_medi
     assert "== throughput (run 1 of 2) ==" in output and "== throughput (run 2 of 2) ==" in output, output
     reproduce = "reproduce: python -m bench.run --only throughput --tasks 60 --users 2 --drain-tasks 300 --runs 2"
     assert output.count(reproduce) == 2, output
+    # Each run logs in a folder of its own and reads its own figures there.
+    for run in (1, 2):
+        publish_log = (tmp_path / f"throughput-{run}" / "bare-publish.log").read_text()
+        assert publish_log.count("published") == 1, publish_log
     summary = output.split("== summary ==")[1]
     assert re.search(
         r"throughput ratio \(Tasklight / bare Celery\), median of 2 runs: [\d.]+ .*\(each run: [\d.]+, [\d.]+\)",
