@@ -47,6 +47,7 @@ class Steady:
     post_latencies: list[float]  # scheduled send → response, seconds
     achieved_rate: float
     replays: dict[str, float] = field(default_factory=dict)  # the web's socket replays, by reason
+    machine_busy: float = math.nan  # share of the machine's cores in use while measured (0-1)
 
 
 METRICS_TOKEN = "bench-metrics"  # noqa: S105  # the bench's own web process, on loopback
@@ -92,6 +93,7 @@ async def steady_tasks(base_url: str, users: list[User], rate: float, duration: 
                     errors.append(f"{type(exc).__name__}: {exc}"[:200])
 
             start = time.perf_counter() + 0.05
+            machine = procs.machine_cpu()
             pending = set()
             for n in range(count):
                 due = start + n / rate
@@ -108,6 +110,7 @@ async def steady_tasks(base_url: str, users: list[User], rate: float, duration: 
                 job.cancel()
                 errors.append(f"no answer within {drain:g} s of the last send")
             await phase.wait(max(1.0, drain - (time.perf_counter() - sent)))
+            busy = procs.busy_share(machine, procs.machine_cpu())
             return Steady(
                 scheduled=count,
                 completed=len(phase.ids),
@@ -117,27 +120,36 @@ async def steady_tasks(base_url: str, users: list[User], rate: float, duration: 
                 received=phase.received,
                 post_latencies=post_latencies,
                 achieved_rate=count / (sent - start) if sent > start else math.nan,
+                machine_busy=busy,
             )
     finally:
         for listener in listeners:
             await listener.stop()
 
 
-async def raw_path(base_url: str, config: procs.Config, rate: float, count: int, env: dict[str, str]) -> list[float]:
+async def raw_path(
+    base_url: str, config: procs.Config, rate: float, count: int, env: dict[str, str]
+) -> tuple[list[float], float]:
     """A socket on the minimal consumer; a publisher process group_sends
-    ``count`` timestamped frames at ``rate``; returns send → receive times."""
+    ``count`` timestamped frames at ``rate``; returns send → receive times
+    and the share of the machine's cores in use from the first measured frame
+    to the last."""
     ws = await open_socket(base_url, None, path="/raw/")
     latencies: list[float] = []
     done = asyncio.Event()
+    machine: list[tuple[float, float]] = []  # from the first measured frame to the last
 
     async def read() -> None:
         async for raw in ws:
             received = time.time()
             frame = json.loads(raw)
             if frame.get("done"):
+                machine.append(procs.machine_cpu())
                 done.set()
                 return
             if not frame.get("warmup"):
+                if not latencies:
+                    machine.append(procs.machine_cpu())
                 latencies.append(received - frame["sent"])
 
     reader = asyncio.create_task(read())
@@ -158,7 +170,7 @@ async def raw_path(base_url: str, config: procs.Config, rate: float, count: int,
         reader.cancel()
         await close_quietly(ws)
         procs.retire(publisher)
-    return latencies
+    return latencies, procs.busy_share(*machine) if len(machine) == 2 else math.nan
 
 
 def measure(config: procs.Config, options: Any, result: Result) -> None:
@@ -170,15 +182,16 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
     raw_web, raw_url = procs.start_web(
         raw_env, config.log_dir, name="raw-web", app="bench.raw_app:application", health_path=None
     )
-    raw = run_async(raw_path(raw_url, config, rate, count, raw_env))
+    raw, raw_busy = run_async(raw_path(raw_url, config, rate, count, raw_env))
     procs.retire(raw_web)
     raw_summary = summary_ms(raw)
-    result.figures["raw_latency_ms"] = raw_summary
+    result.figures.update(raw_latency_ms=raw_summary, raw_machine_busy=raw_busy)
     result.say(
         f"raw path (group_send from a process with its own running loop, RedisPubSubChannelLayer → minimal "
         f"AsyncJsonWebsocketConsumer under uvicorn → client), {rate:g} msg/s: {fmt_ms(raw_summary)}"
         + ("" if len(raw) == count else f" ({len(raw)} of {count} received)")
     )
+    result.say(f"  the machine's cores in use meanwhile: {raw_busy:.0%}")
 
     tracked = procs.commit_timestamps_tracked()
     switched = options.commit_timestamps and not tracked
@@ -215,6 +228,11 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
         f"  POSTs sent at {steady.achieved_rate:.1f}/s; "
         f"scheduled send → answer {fmt_ms(summary_ms(steady.post_latencies))}"
         + (f"; {len(steady.errors)} errors, first: {steady.errors[0]}" if steady.errors else "")
+    )
+    result.figures.update(tasklight_machine_busy=steady.machine_busy)
+    result.say(
+        f"  the machine's cores in use meanwhile: {steady.machine_busy:.0%} (the raw path's: {raw_busy:.0%}); "
+        "what a path waits for the cores is in its latency"
     )
     result.figures["tasklight_replays"] = steady.replays
     gaps = steady.replays.get("gap", 0)

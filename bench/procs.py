@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import math
 import os
 import re
 import resource
@@ -154,6 +155,21 @@ def retire(*stopping: Proc) -> None:
 _TICK = os.sysconf("SC_CLK_TCK")
 # Services by the command name of their processes.
 SERVICES = {"postgres": ("postgres",), "rabbitmq": ("beam.smp", "erl_child_setup"), "redis": ("redis-server",)}
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Busy and all CPU seconds of the whole machine so far, over all cores
+    (/proc/stat): two snapshots give the share of the cores in use between
+    them, whoever used them."""
+    values = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    idle = values[3] + values[4]  # idle, iowait
+    return (sum(values) - idle) / _TICK, sum(values) / _TICK
+
+
+def busy_share(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """The share (0-1) of the machine's cores in use between two machine_cpu() snapshots."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total > 0 else math.nan
 
 
 def cpu_snapshot(groups: Mapping[str, Proc]) -> dict[str, float]:

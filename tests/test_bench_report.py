@@ -4,7 +4,10 @@ the median of its runs (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import math
+import os
+import time
 
+from bench import procs
 from bench.report import Result, Target
 from bench.run import medians, summary
 
@@ -35,3 +38,14 @@ def test_a_run_without_a_value_is_left_out_of_the_median_and_one_run_has_none() 
     assert medians([latency_run(1.5)]) == []
     [alone] = medians([latency_run(math.nan), latency_run(math.nan)])
     assert alone.target.met is None  # "not measured", never "met"
+
+
+def test_the_share_of_the_cores_in_use_sees_a_core_kept_busy() -> None:
+    cores = os.cpu_count() or 1
+    before = procs.machine_cpu()
+    deadline = time.monotonic() + 0.5
+    while time.monotonic() < deadline:  # one core busy for half a second
+        pass
+    share = procs.busy_share(before, procs.machine_cpu())
+    # At least most of one core of all of them; never more than all of them.
+    assert 0.8 / cores <= share <= 1.0, share
