@@ -435,19 +435,27 @@ def commit_timestamps_tracked() -> bool:
     return sql_admin("SHOW track_commit_timestamp")[0][0] == "on"
 
 
+def pg_ctlcluster(action: str) -> None:
+    """Debian's ``pg_ctlcluster`` on this machine's cluster (the newest
+    version installed, cluster ``main``): ``start``, ``stop`` or ``restart``,
+    stopping in fast mode. Also used by tests/test_faults.py."""
+    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
+    fast = ["-m", "fast"] if action in ("stop", "restart") else []
+    subprocess.run(
+        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action, *fast],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
 def track_commit_timestamps(on: bool) -> None:
     """Turns ``track_commit_timestamp`` on or back to its default: the setting
     takes a restart, done with Debian's pg_ctlcluster (a local cluster only)."""
     if not POSTGRES_ADMIN_URL.startswith("postgresql://postgres@127.0.0.1:"):
         raise RuntimeError("track_commit_timestamp can only be switched on a local cluster")
     _admin_execute(f"ALTER SYSTEM {'SET track_commit_timestamp = on' if on else 'RESET track_commit_timestamp'}")
-    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "restart", "-m", "fast"],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    pg_ctlcluster("restart")
     if commit_timestamps_tracked() != on:
         raise RuntimeError(f"track_commit_timestamp did not turn {'on' if on else 'off'}")
 

@@ -8,12 +8,12 @@ import subprocess
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 from django.db import connection
 
+from bench.procs import pg_ctlcluster
 from live.models import Event
 from workloads.models import Task
 
@@ -23,19 +23,7 @@ pytestmark = [pytest.mark.stack, pytest.mark.faults, pytest.mark.django_db(trans
 
 
 def postgresql(action: str) -> None:
-    version = sorted(p.name for p in Path("/etc/postgresql").iterdir())[-1]
-    subprocess.run(
-        [
-            "pg_ctlcluster",
-            "--skip-systemctl-redirect",
-            version,
-            "main",
-            action,
-            *(["-m", "fast"] if action == "stop" else []),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    pg_ctlcluster(action)
 
 
 def rabbitmq(action: str) -> None:
