@@ -7,6 +7,8 @@ event, once, and publish it only once committed."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -96,10 +98,10 @@ def test_a_start_writes_the_task_and_its_event_in_one_statement_published_after_
     with CaptureQueriesContext(connection) as queries:
         started = services.start_task(task_id=queued.id, redelivered=False)
     assert started is not None and started.status == "running" and started.progress == 0
-    # Lock and read the task, lock the owner's stream, count their running
-    # tasks, then the update with its event.
+    # Lock and read the task with its owner's stream row, then the update
+    # (which counts the owner's running tasks) with its event.
     statements = [q["sql"].split(" ")[0] for q in queries.captured_queries]
-    assert statements == ["BEGIN", "SELECT", "SELECT", "SELECT", "WITH", "COMMIT"]
+    assert statements == ["BEGIN", "SELECT", "WITH", "COMMIT"]
     stored = Task.objects.get(pk=queued.id)
     assert stored.as_json() == started.as_json()
     assert stored.started_at == stored.heartbeat_at == started.started_at is not None
@@ -169,3 +171,80 @@ def test_a_failure_is_stored_with_its_error(alice: User, bob: User, published: l
     # Another user's counter and task are untouched.
     assert last_event_id(bob) == bob_before
     assert Task.objects.get(pk=bobs.id).status == "running"
+
+
+def test_a_start_over_the_owners_running_cap_stores_nothing_and_raises(
+    alice: User, bob: User, published: list, settings: Any
+) -> None:
+    settings.MAX_RUNNING_TASKS_PER_USER = 1
+    first = running_task(alice)
+    waiting = services.create_task(owner=alice, kind="simulate", params={"seconds": 0})
+    before = last_event_id(alice)
+    published.clear()
+    with pytest.raises(services.OwnerAtCapacity):
+        services.start_task(task_id=waiting.id, redelivered=False)
+    assert Task.objects.get(pk=waiting.id).status == "queued"
+    assert last_event_id(alice) == before
+    assert published == []
+    # Another user's start is not held back by alice's cap.
+    assert running_task(bob).status == "running"
+    # Once alice's first task has ended, the waiting one starts.
+    assert services.finish_task(task_id=first.id, result=None, running=first) is not None
+    started = services.start_task(task_id=waiting.id, redelivered=False)
+    assert started is not None and started.status == "running"
+
+
+def test_a_task_whose_owner_has_no_event_stream_yet_still_starts(alice: User, published: list) -> None:
+    # Not made through the service layer: no task.queued event, no stream row.
+    task = Task.objects.create(owner=alice, kind="simulate", params={"seconds": 0})
+    assert not EventStream.objects.filter(user=alice).exists()
+    started = services.start_task(task_id=task.id, redelivered=False)
+    assert started is not None and Task.objects.get(pk=task.id).status == "running"
+    assert Event.objects.get(user=alice, sequence=1).kind == "task.started"
+
+
+def test_a_start_waiting_for_the_owners_lock_counts_the_start_that_held_it(
+    alice: User, published: list, settings: Any
+) -> None:
+    """The cap holds across processes: a start that waited for the owner's
+    row lock counts the task the holder started, once the holder commits."""
+    settings.MAX_RUNNING_TASKS_PER_USER = 1
+    held = services.create_task(owner=alice, kind="simulate", params={"seconds": 0})
+    waiting = services.create_task(owner=alice, kind="simulate", params={"seconds": 0})
+    outcome: list[Any] = []
+
+    def start_waiting() -> None:
+        try:
+            outcome.append(services.start_task(task_id=waiting.id, redelivered=False))
+        except services.OwnerAtCapacity as exc:
+            outcome.append(exc)
+        finally:
+            connection.close()  # this thread's own connection
+
+    with transaction.atomic():
+        # This connection starts one task and keeps the owner's lock until commit.
+        assert services.start_task(task_id=held.id, redelivered=False) is not None
+        thread = threading.Thread(target=start_waiting)
+        thread.start()
+        # Wait until the other start is blocked on a lock, then commit.
+        deadline = time.monotonic() + 10
+        while not blocked_on_a_lock():
+            assert time.monotonic() < deadline, "the second start never waited for the owner's lock"
+            assert thread.is_alive(), outcome
+            time.sleep(0.02)
+    thread.join(10)
+    assert len(outcome) == 1 and isinstance(outcome[0], services.OwnerAtCapacity), outcome
+    assert Task.objects.get(pk=waiting.id).status == "queued"
+
+
+def blocked_on_a_lock() -> bool:
+    """Whether another connection to this database is waiting for a lock."""
+    with connection.cursor() as cursor:
+        # Inside a transaction PostgreSQL keeps the first view of its
+        # statistics: drop it, to see the other connection now.
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
+        )
+        return bool(cursor.fetchone()[0])

@@ -220,7 +220,15 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
     owner has MAX_RUNNING_TASKS_PER_USER tasks running already.
     """
     with transaction.atomic():
-        task = _locked_task(task_id)
+        # On PostgreSQL the owner's event-stream row is locked in the same
+        # statement: one start at a time per owner, so that their count of
+        # running tasks holds until commit (a task whose owner has no stream
+        # row yet, not made through the API, takes the two-step way below).
+        owner_locked = connection.vendor == "postgresql"
+        task = _locked_task(task_id, lock_owner=True) if owner_locked else None
+        if task is None:
+            owner_locked = False
+            task = _locked_task(task_id)
         if task is None or task.is_finished:
             return None
         if task.status == TaskStatus.RUNNING and not redelivered:
@@ -235,13 +243,25 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
             _close(task, TaskStatus.CANCELLED, error="Cancelled by its owner.")
             return None
         if task.status == TaskStatus.QUEUED:
-            if _running_tasks_locked(task.owner_id) >= settings.MAX_RUNNING_TASKS_PER_USER:
+            limit = settings.MAX_RUNNING_TASKS_PER_USER
+            if not owner_locked and _running_tasks_locked(task.owner_id) >= limit:
                 raise OwnerAtCapacity
             now = timezone.now()
             started = {"status": TaskStatus.RUNNING, "started_at": now, "heartbeat_at": now, "progress": 0}
             if connection.vendor == "postgresql":
                 # The row is locked: the update and its event in one statement.
-                updated = _update_with_event(_set(task, started), started, "task.started", only_if=TaskStatus.QUEUED)
+                # With the owner's row locked too, the update also counts
+                # their running tasks, in its own snapshot, taken after that
+                # lock was granted: every start committed before it counts.
+                updated = _update_with_event(
+                    _set(task, started),
+                    started,
+                    "task.started",
+                    only_if=TaskStatus.QUEUED,
+                    owner_running_below=limit if owner_locked else None,
+                )
+                if not updated and owner_locked:
+                    raise OwnerAtCapacity  # the row is ours and queued: only the count can refuse
                 assert updated, "a locked queued task's row did not match"
             else:
                 _set(task, started).save(update_fields=list(started))
@@ -250,8 +270,11 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
         return task
 
 
-def _locked_task(task_id: uuid.UUID | str) -> Task | None:
-    """The task, its row locked until commit. A plain statement and
+def _locked_task(task_id: uuid.UUID | str, *, lock_owner: bool = False) -> Task | None:
+    """The task, its row locked until commit; with ``lock_owner``
+    (PostgreSQL), its owner's event-stream row too, in the same statement
+    (the task's row first, as everywhere a task and its owner's stream are
+    locked), and None if that row does not exist. A plain statement and
     ``Task.from_db``: every start runs it, and the ORM's
     ``select_for_update().filter(pk=...).first()`` spent ~0.7 ms more of the
     worker's CPU building the same statement, ``Task.objects.raw()`` still
@@ -261,7 +284,7 @@ def _locked_task(task_id: uuid.UUID | str) -> Task | None:
         pk = _db_pk(task_id)
     except ValidationError:
         return None
-    select, converters = _task_reader()
+    select, converters = _task_reader(lock_owner)
     with connection.cursor() as cursor:
         cursor.execute(select, [pk])
         row = cursor.fetchone()
@@ -276,28 +299,33 @@ def _locked_task(task_id: uuid.UUID | str) -> Task | None:
 
 _TASK_ATTNAMES = [field.attname for field in Task._meta.concrete_fields]
 _TaskReader = tuple[str, list[tuple[int, Any, list[Any]]]]
-_task_readers: dict[str, _TaskReader] = {}
+_task_readers: dict[tuple[str, bool], _TaskReader] = {}
 
 
-def _task_reader() -> _TaskReader:
+def _task_reader(lock_owner: bool) -> _TaskReader:
     """For this connection's database, once: the statement that locks and
-    reads a task's row by id, and the converters (backend's and fields') that
-    turn its values into the fields' (JSON text into ``params``, say), as the
-    ORM applies them."""
-    reader = _task_readers.get(connection.vendor)
+    reads a task's row by id (``_locked_task``), and the converters
+    (backend's and fields') that turn its values into the fields' (JSON text
+    into ``params``, say), as the ORM applies them."""
+    reader = _task_readers.get((connection.vendor, lock_owner))
     if reader is None:
         quote = connection.ops.quote_name
         fields = Task._meta.concrete_fields
-        columns = ", ".join(quote(cast(str, field.column)) for field in fields)
+        columns = ", ".join("t." + quote(cast(str, field.column)) for field in fields)
         lock = " FOR UPDATE" if connection.features.has_select_for_update else ""
-        select = f"SELECT {columns} FROM {quote(Task._meta.db_table)} WHERE id = %s{lock}"  # noqa: S608
+        owner = (
+            f" JOIN {quote(EventStream._meta.db_table)} s ON s.user_id = t.owner_id"  # FOR UPDATE locks both rows
+            if lock_owner
+            else ""
+        )
+        select = f"SELECT {columns} FROM {quote(Task._meta.db_table)} t{owner} WHERE t.id = %s{lock}"  # noqa: S608
         converters = []
         for index, field in enumerate(fields):
             column = field.get_col(Task._meta.db_table)
             found = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
             if found:
                 converters.append((index, column, found))
-        reader = _task_readers[connection.vendor] = (select, converters)
+        reader = _task_readers[(connection.vendor, lock_owner)] = (select, converters)
     return reader
 
 
@@ -400,20 +428,31 @@ def _end_in_one_statement(running: Task, fields: dict[str, Any]) -> Task | None:
     return ended
 
 
-def _update_with_event(task: Task, fields: dict[str, Any], kind: EventKind, *, only_if: TaskStatus) -> bool:
+def _update_with_event(
+    task: Task,
+    fields: dict[str, Any],
+    kind: EventKind,
+    *,
+    only_if: TaskStatus,
+    owner_running_below: int | None = None,
+) -> bool:
     """PostgreSQL: one statement writes ``fields`` of the task's row, if its
-    status is still ``only_if``, and stores the event showing ``task`` (which
-    already holds the new values); False if the row did not match. Its own
-    transaction outside one, else part of the caller's (live.services
+    status is still ``only_if`` (and, with ``owner_running_below``, if its
+    owner has fewer tasks running), and stores the event showing ``task``
+    (which already holds the new values); False if the row did not match. Its
+    own transaction outside one, else part of the caller's (live.services
     .change_with_event). Saves the ORM's UPDATE and a round trip."""
     quote = connection.ops.quote_name
+    table = quote(Task._meta.db_table)
     columns = {name: cast("Field[Any, Any]", Task._meta.get_field(name)) for name in fields}
     assignments = ", ".join(f"{quote(cast(str, field.column))} = %s" for field in columns.values())
-    values = [columns[name].get_db_prep_save(value, connection) for name, value in fields.items()]
-    change = f"UPDATE {quote(Task._meta.db_table)} SET {assignments} WHERE id = %s AND status = %s RETURNING 1"  # noqa: S608
-    event = change_with_event(
-        change, [*values, _db_pk(task.pk), only_if.value], user_id=task.owner_id, kind=kind, task=task.as_json()
-    )
+    params = [columns[name].get_db_prep_save(value, connection) for name, value in fields.items()]
+    change = f"UPDATE {table} SET {assignments} WHERE id = %s AND status = %s"  # noqa: S608
+    params += [_db_pk(task.pk), only_if.value]
+    if owner_running_below is not None:
+        change += f" AND (SELECT count(*) FROM {table} WHERE owner_id = %s AND status = %s) < %s"  # noqa: S608
+        params += [task.owner_id, TaskStatus.RUNNING.value, owner_running_below]
+    event = change_with_event(change + " RETURNING 1", params, user_id=task.owner_id, kind=kind, task=task.as_json())
     return event is not None
 
 
