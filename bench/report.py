@@ -47,7 +47,7 @@ class MedianTarget:
 
     @property
     def target(self) -> Target:
-        values = sorted(t.value for t in self.runs if not math.isnan(t.value))
+        values = [t.value for t in self.runs if not math.isnan(t.value)]
         middle = statistics.median(values) if values else math.nan
         first = self.runs[0]
         return Target(f"{first.label}, median of {len(values)} runs", middle, first.limit, first.at_least, first.strict)

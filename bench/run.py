@@ -324,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         procs.prepare_template(config)
         print(f"  (database template migrated in {time.monotonic() - started:.1f} s)", flush=True)
-        plan = [(name, run, runs_of(name, args)) for name in names for run in range(runs_of(name, args))]
+        plan = [(name, run, runs) for name in names for runs in [runs_of(name, args)] for run in range(runs)]
         for name, run, runs in plan:
             measure, _ = MEASUREMENTS[name]
             result = Result(name, reproduce(name, args))

@@ -222,13 +222,10 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
     with transaction.atomic():
         # On PostgreSQL the owner's event-stream row is locked in the same
         # statement: one start at a time per owner, so that their count of
-        # running tasks holds until commit (a task whose owner has no stream
-        # row yet, not made through the API, takes the two-step way below).
-        owner_locked = connection.vendor == "postgresql"
-        task = _locked_task(task_id, lock_owner=True) if owner_locked else None
-        if task is None:
-            owner_locked = False
-            task = _locked_task(task_id)
+        # running tasks holds until commit. An owner with no stream row yet
+        # (a task not made through this module) has nothing to lock.
+        on_postgresql = connection.vendor == "postgresql"
+        task = (_locked_task(task_id, lock_owner=True) if on_postgresql else None) or _locked_task(task_id)
         if task is None or task.is_finished:
             return None
         if task.status == TaskStatus.RUNNING and not redelivered:
@@ -244,26 +241,21 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
             return None
         if task.status == TaskStatus.QUEUED:
             limit = settings.MAX_RUNNING_TASKS_PER_USER
-            if not owner_locked and _running_tasks_locked(task.owner_id) >= limit:
-                raise OwnerAtCapacity
             now = timezone.now()
             started = {"status": TaskStatus.RUNNING, "started_at": now, "heartbeat_at": now, "progress": 0}
-            if connection.vendor == "postgresql":
-                # The row is locked: the update and its event in one statement.
-                # With the owner's row locked too, the update also counts
-                # their running tasks, in its own snapshot, taken after that
-                # lock was granted: every start committed before it counts.
+            if on_postgresql:
+                # The row is locked: the update and its event in one statement,
+                # which also counts the owner's running tasks, in its own
+                # snapshot, taken after the owner's lock was granted: every
+                # start committed before it counts.
                 updated = _update_with_event(
-                    _set(task, started),
-                    started,
-                    "task.started",
-                    only_if=TaskStatus.QUEUED,
-                    owner_running_below=limit if owner_locked else None,
+                    _set(task, started), started, "task.started", only_if=TaskStatus.QUEUED, owner_running_below=limit
                 )
-                if not updated and owner_locked:
+                if not updated:
                     raise OwnerAtCapacity  # the row is ours and queued: only the count can refuse
-                assert updated, "a locked queued task's row did not match"
             else:
+                if _running_tasks_locked(task.owner_id) >= limit:
+                    raise OwnerAtCapacity
                 _set(task, started).save(update_fields=list(started))
                 record_event(user_id=task.owner_id, kind="task.started", task=task.as_json())
             metrics.task_started(kind=task.kind, created_at=task.created_at, started_at=task.started_at)
@@ -336,9 +328,10 @@ def _db_pk(task_id: uuid.UUID | str) -> Any:
 
 def _running_tasks_locked(owner_id: int) -> int:
     """How many of the owner's tasks are running, after taking the owner's
-    event-stream row lock: one start at a time per owner, so that the count
-    holds until commit. Two plain statements, no ORM: every task start runs
-    them (docs/benchmarks.md)."""
+    event-stream row lock where the database has row locks: one start at a
+    time per owner, so that the count holds until commit. Starts on SQLite
+    (which serialises all writers) use it; on PostgreSQL the lock is
+    ``_locked_task``'s and the count the start's UPDATE's."""
     stream = connection.ops.quote_name(EventStream._meta.db_table)
     tasks = connection.ops.quote_name(Task._meta.db_table)
     with connection.cursor() as cursor:
