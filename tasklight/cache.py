@@ -56,3 +56,12 @@ class SharedRedisCache(RedisCache):
                 client = _clients[key] = ReusedRedisClient(self._servers, **self._options)
                 client.get_client(write=True)  # makes its pool once, here, not raced
             return client
+
+    @property
+    def servers(self) -> list[str]:
+        return self._servers
+
+    def redis(self) -> Any:
+        """The process's ``redis.Redis`` for writes, whose connection pool the
+        rate limits share (tasklight/rate_limits.py)."""
+        return self._cache.get_client(write=True)

@@ -8,6 +8,7 @@ Production values come only from the environment; see ``.env.example``.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import environ
@@ -314,6 +315,12 @@ WS_FRAME_BURST = env.int("WS_FRAME_BURST", default=30)
 WS_FRAME_RATE = env.float("WS_FRAME_RATE", default=5)
 # Anonymous sign-ups per client address.
 SIGNUP_RATE_LIMIT = env.str("SIGNUP_RATE_LIMIT", default="30/hour")
+# Both in DRF's format, checked here rather than at the first request.
+for _name in ("TASK_RATE_LIMIT", "SIGNUP_RATE_LIMIT"):
+    if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", globals()[_name]):
+        raise environ.ImproperlyConfigured(
+            f"{_name} must be a count per second, minute, hour or day, such as 120/min, not {globals()[_name]!r}"
+        )
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- REST API -------------------------------------------------------------

@@ -16,9 +16,10 @@ from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import BaseThrottle, UserRateThrottle
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
+from tasklight import rate_limits
 from tasklight.fields import StrictCharField
 from tasklight.pagination import LIMIT_SCHEMA, page_size
 
@@ -71,13 +72,17 @@ class WorkloadSerializer(serializers.Serializer[Any]):
     params = serializers.JSONField(help_text="JSON Schema of the parameters.")
 
 
-class QueueRateThrottle(UserRateThrottle):
-    """Per user, on everything that queues a task: TASK_RATE_LIMIT."""
+class QueueRateThrottle(BaseThrottle):
+    """Per user, on everything that queues a task: TASK_RATE_LIMIT, checked
+    and counted atomically (tasklight/rate_limits.py). Permissions run first:
+    the user is authenticated."""
 
-    scope = "queue"
+    def allow_request(self, request: Request, view: APIView) -> bool:
+        self.retry_after = rate_limits.hit("queue", str(request.user.pk), settings.TASK_RATE_LIMIT)
+        return self.retry_after is None
 
-    def get_rate(self) -> str:
-        return str(settings.TASK_RATE_LIMIT)
+    def wait(self) -> float | None:
+        return self.retry_after
 
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
