@@ -28,7 +28,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from . import api, cost, embedded, latency, procs, sockets, throughput
+from . import api, cost, embedded, instructions, latency, procs, sockets, throughput
 from .report import MedianTarget, Result, Target
 
 Measure = Callable[[procs.Config, argparse.Namespace, Result], None]
@@ -54,7 +54,11 @@ MEASUREMENTS: dict[str, tuple[Measure, tuple[str, ...]]] = {
     ),
     "embedded": (embedded.measure, ("embedded_rate", "embedded_duration")),
     "cost": (cost.measure, ("cost_requests",)),
+    "instructions": (instructions.measure, ("instructions_requests",)),
 }
+# Run only when asked for with --only: a few minutes under valgrind, for
+# judging a change to the request path, not a figure of the issue's.
+OPT_IN = {"instructions"}
 
 FULL: dict[str, Any] = {
     "tasks": 2000,
@@ -78,6 +82,7 @@ FULL: dict[str, Any] = {
     "embedded_rate": 10.0,
     "embedded_duration": 20.0,
     "cost_requests": 1000,
+    "instructions_requests": 100,
 }
 QUICK: dict[str, Any] = {
     "tasks": 200,
@@ -101,6 +106,7 @@ QUICK: dict[str, Any] = {
     "embedded_rate": 5.0,
     "embedded_duration": 3.0,
     "cost_requests": 100,
+    "instructions_requests": 5,
 }
 HELP = {
     "tasks": "throughput: Tasklight tasks, POSTed by all users at once",
@@ -124,6 +130,9 @@ HELP = {
     "embedded_rate": "embedded: tasks/s",
     "embedded_duration": "embedded: seconds at that rate",
     "cost_requests": "cost: requests of each kind, one at a time, for the web process's CPU per request",
+    "instructions_requests": (
+        "instructions (only with --only): N and 3N requests of each kind under valgrind, for instructions per request"
+    ),
 }
 # How many times each measurement runs by default (--runs sets one count for
 # all): the two whose targets are ratios to the bare stack move most from
@@ -308,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = args.log_dir or Path(tempfile.mkdtemp(prefix="tasklight-bench-"))
     log_dir.mkdir(parents=True, exist_ok=True)
     config = procs.Config(args.name, log_dir, dict(item.split("=", 1) for item in args.env))
-    names = [name for name in MEASUREMENTS if not args.only or name in args.only]
+    names = [name for name in MEASUREMENTS if (name in args.only if args.only else name not in OPT_IN)]
     # Sockets need file descriptors: the harness holds one per socket.
     nofile = procs.raise_nofile(max(4096, args.sockets + 2048) if "sockets" in names else 4096)
 

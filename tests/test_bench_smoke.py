@@ -73,3 +73,36 @@ def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_medi
         check=True,
     ).stdout.split()
     assert not [database for database in databases if database.startswith(name.replace("-", "_"))], databases
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_requests_counted_under_valgrind_answer_as_expected() -> None:
+    """`bench.run --only instructions` runs `bench.asgi_requests` under
+    valgrind (minutes); here each kind runs plainly, a few times: it exits
+    non-zero when a request does not answer as expected."""
+    from .conftest import stack_env
+
+    env = stack_env(WORKLOAD_MODULES="bench.workloads", LOG_LEVEL="ERROR")
+    for kind in ("health", "list", "missing", "post"):
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.asgi_requests", kind, "3"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+    # Past the rate limit a POST answers 429, not the 202 expected.
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.asgi_requests", "post", "1"],
+        cwd=ROOT,
+        env={**env, "TASK_RATE_LIMIT": "1/min"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert "answered 429, not 202 (request 2)" in done.stderr
