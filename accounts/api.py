@@ -46,14 +46,13 @@ def _authenticate(request: Request) -> User:
     """Checks credentials, with a limit on failures per account and per address."""
     credentials = _credentials(request)
     address = client_address(request)
-    wait = throttles.login_wait(username=credentials["username"], address=address)
+    wait = throttles.login_attempt(username=credentials["username"], address=address)
     if wait is not None:
         raise Throttled(wait, detail="Too many failed log-ins; try again later.")
     user = authenticate(request._request, **credentials)
-    if not isinstance(user, User):
-        throttles.login_failed(username=credentials["username"], address=address)
+    if not isinstance(user, User):  # counted as a failure already
         raise ValidationError("The username or password is not correct.", code="invalid_credentials")
-    throttles.login_succeeded(username=credentials["username"])
+    throttles.login_succeeded(username=credentials["username"], address=address)
     return user
 
 

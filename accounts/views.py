@@ -20,14 +20,10 @@ class ThrottledAuthenticationForm(AuthenticationForm):
     def clean(self) -> dict[str, Any]:
         username = str(self.data.get("username", ""))
         address = str(self.request.META.get("REMOTE_ADDR") or "unknown") if self.request else "unknown"
-        if throttles.login_wait(username=username, address=address) is not None:
+        if throttles.login_attempt(username=username, address=address) is not None:
             raise ValidationError("Too many failed log-ins; try again in a few minutes.", code="throttled")
-        try:
-            cleaned = super().clean()
-        except ValidationError:
-            throttles.login_failed(username=username, address=address)
-            raise
-        throttles.login_succeeded(username=username)
+        cleaned = super().clean()  # a failure stays counted
+        throttles.login_succeeded(username=username, address=address)
         return cleaned
 
 

@@ -136,3 +136,39 @@ def test_a_refused_request_is_told_when_to_retry_and_the_window_moves_on(store: 
     # Another scope, and another user, count apart.
     assert rate_limits.hit("other", who, "2/s") is None
     assert rate_limits.hit("test", who + "-b", "2/s") is None
+
+
+async def at_once(base_url: str, path: str, bodies: list[dict[str, str]]) -> collections.Counter[int]:
+    """POSTs ``bodies`` to ``path`` all at once; their statuses."""
+    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=httpx.Limits(max_connections=100)) as client:
+        responses = await asyncio.gather(*(client.post(path, json=body) for body in bodies))
+    return collections.Counter(response.status_code for response in responses)
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(180)
+def test_wrong_passwords_sent_at_once_are_checked_no_more_than_the_accounts_budget(private_stack) -> None:
+    """Checking the count first and counting failures after let all 30 be
+    checked (400): a password-guessing burst went around the budget of 5."""
+    running = private_stack(LOGIN_FAILURES_PER_ACCOUNT="5", LOGIN_FAILURES_PER_ADDRESS="1000")
+    username = f"guessed-{time.time_ns()}"
+    User.objects.create_user(username, password="the-right-passphrase-1")
+    guesses = [{"username": username, "password": f"guess-{n}"} for n in range(30)]
+
+    assert asyncio.run(at_once(running.base_url, "/api/auth/login/", guesses)) == {400: 5, 429: 25}
+    # Spent: the right password is refused too, until the window ends.
+    right = [{"username": username, "password": "the-right-passphrase-1"}]
+    assert asyncio.run(at_once(running.base_url, "/api/auth/login/", right)) == {429: 1}
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.timeout(180)
+def test_sign_ups_sent_at_once_from_one_address_make_no_more_than_the_limit(private_stack) -> None:
+    running = private_stack(SIGNUP_RATE_LIMIT="3/hour")
+    prefix = f"burst-{time.time_ns()}"
+    sign_ups = [{"username": f"{prefix}-{n}", "password": "a-long-enough-passphrase-9"} for n in range(20)]
+
+    assert asyncio.run(at_once(running.base_url, "/api/auth/signup/", sign_ups)) == {201: 3, 429: 17}
+    assert User.objects.filter(username__startswith=prefix).count() == 3
