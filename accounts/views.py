@@ -23,7 +23,10 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         if throttles.login_attempt(username=username, address=address) is not None:
             raise ValidationError("Too many failed log-ins; try again in a few minutes.", code="throttled")
         cleaned = super().clean()  # a failure stays counted
-        throttles.login_succeeded(username=username, address=address)
+        # With a field left empty Django checks no credentials and raises
+        # nothing: only a user found is a success.
+        if self.get_user() is not None:
+            throttles.login_succeeded(username=username, address=address)
         return cleaned
 
 

@@ -103,6 +103,17 @@ def test_the_login_page_is_throttled_too(client: Client, alice: User) -> None:
     assert "_auth_user_id" not in client.session
 
 
+def test_a_log_in_page_post_without_a_password_does_not_reset_the_count(client: Client, alice: User) -> None:
+    """Django's form checks no credentials when a field is empty: that is no
+    successful log-in, and must not clear the account's failures."""
+    for n in range(4):
+        client.post("/login/", {"username": "alice", "password": f"wrong-{n}"})
+    client.post("/login/", {"username": "alice", "password": ""})
+    response = client.post("/login/", {"username": "alice", "password": PASSWORD})
+    assert b"Too many failed log-ins" in response.content
+    assert "_auth_user_id" not in client.session
+
+
 def test_sign_ups_are_limited_per_address(anonymous: APIClient, settings) -> None:
     settings.SIGNUP_RATE_LIMIT = "2/hour"
     for n in range(2):
