@@ -18,6 +18,8 @@ import contextlib
 from django.conf import settings
 from django.core.cache import cache
 
+from tasklight.rate_limits import parse_rate
+
 
 def _hit(key: str, window: int) -> int:
     """Counts one more; the count with it."""
@@ -60,13 +62,9 @@ def login_succeeded(*, username: str, address: str) -> None:
     _give_back(by_address)
 
 
-def _rate(rate: str) -> tuple[int, int]:
-    count, _, period = rate.partition("/")
-    return int(count), {"s": 1, "m": 60, "h": 3600, "d": 86400}[period[0]]
-
-
 def signup_wait(*, address: str) -> int | None:
-    limit, window = _rate(settings.SIGNUP_RATE_LIMIT)
+    rate = parse_rate(settings.SIGNUP_RATE_LIMIT)
+    limit, window = rate.amount, rate.get_expiry()
     key = f"signups:address:{address}"
     if _hit(key, window) > limit:
         _give_back(key)

@@ -8,13 +8,13 @@ Production values come only from the environment; see ``.env.example``.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 import environ
 from django.utils.csp import CSP
 
 from tasklight.db import check_pooled_connection
+from tasklight.rate_limits import InvalidRate, parse_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -315,12 +315,12 @@ WS_FRAME_BURST = env.int("WS_FRAME_BURST", default=30)
 WS_FRAME_RATE = env.float("WS_FRAME_RATE", default=5)
 # Anonymous sign-ups per client address.
 SIGNUP_RATE_LIMIT = env.str("SIGNUP_RATE_LIMIT", default="30/hour")
-# Both in DRF's format, checked here rather than at the first request.
-for _name in ("TASK_RATE_LIMIT", "SIGNUP_RATE_LIMIT"):
-    if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", globals()[_name]):
-        raise environ.ImproperlyConfigured(
-            f"{_name} must be a count per second, minute, hour or day, such as 120/min, not {globals()[_name]!r}"
-        )
+# Both in DRF's format, read here (tasklight/rate_limits.py) rather than at the first request.
+for _name, _rate in (("TASK_RATE_LIMIT", TASK_RATE_LIMIT), ("SIGNUP_RATE_LIMIT", SIGNUP_RATE_LIMIT)):
+    try:
+        parse_rate(_rate)
+    except InvalidRate as exc:
+        raise environ.ImproperlyConfigured(f"{_name} must be a count per second, minute, hour or day: {exc}") from None
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 
 # --- REST API -------------------------------------------------------------

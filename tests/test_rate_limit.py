@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 
 import httpx
 import pytest
@@ -24,25 +25,31 @@ LIMIT = 10
 BURST = 80
 
 
-async def burst(base_urls: list[str], token: str) -> collections.Counter[int]:
-    """BURST POSTs at once, spread over the web processes; their statuses."""
-    headers = {"Authorization": f"Token {token}"}
-    limits = httpx.Limits(max_connections=BURST)
-    clients = [httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) for url in base_urls]
+async def at_once(
+    base_urls: list[str], path: str, bodies: Sequence[Mapping[str, object]], headers: dict[str, str] | None = None
+) -> list[httpx.Response]:
+    """POSTs ``bodies`` to ``path`` all at once, spread over the web processes."""
+    limits = httpx.Limits(max_connections=len(bodies))
+    clients = [httpx.AsyncClient(base_url=url, headers=headers, timeout=120, limits=limits) for url in base_urls]
     try:
-        responses = await asyncio.gather(
-            *(
-                clients[n % len(clients)].post("/api/tasks/", json={"kind": "simulate", "params": {"seconds": 0}})
-                for n in range(BURST)
-            )
-        )
+        return await asyncio.gather(*(clients[n % len(clients)].post(path, json=body) for n, body in enumerate(bodies)))
     finally:
         for client in clients:
             await client.aclose()
+
+
+def statuses(responses: list[httpx.Response]) -> collections.Counter[int]:
+    return collections.Counter(response.status_code for response in responses)
+
+
+def burst(base_urls: list[str], token: str) -> collections.Counter[int]:
+    """BURST task POSTs at once by the token's user; their statuses."""
+    task: dict[str, object] = {"kind": "simulate", "params": {"seconds": 0}}
+    responses = asyncio.run(at_once(base_urls, "/api/tasks/", [task] * BURST, {"Authorization": f"Token {token}"}))
     for response in responses:
         if response.status_code == 429:
             assert 0 < int(response.headers["Retry-After"]) <= 60
-    return collections.Counter(response.status_code for response in responses)
+    return statuses(responses)
 
 
 @pytest.mark.stack
@@ -57,13 +64,13 @@ def test_a_burst_across_two_web_processes_queues_exactly_the_limit(private_stack
     for user in (alice, bob):  # an earlier run's users had the same ids
         rate_limits.clear("queue", user.pk, f"{LIMIT}/min")
 
-    statuses = asyncio.run(burst([first.base_url, second.base_url], alice_token))
+    counted = burst([first.base_url, second.base_url], alice_token)
 
-    assert statuses == {202: LIMIT, 429: BURST - LIMIT}, statuses
+    assert counted == {202: LIMIT, 429: BURST - LIMIT}, counted
     assert Task.objects.filter(owner=alice).count() == LIMIT
     # The next one is refused too; bob's budget is his own.
-    assert asyncio.run(burst([first.base_url], alice_token))[202] == 0
-    assert asyncio.run(burst([second.base_url], bob_token))[202] == LIMIT
+    assert burst([first.base_url], alice_token)[202] == 0
+    assert burst([second.base_url], bob_token)[202] == LIMIT
 
 
 @pytest.mark.parametrize(
@@ -138,13 +145,6 @@ def test_a_refused_request_is_told_when_to_retry_and_the_window_moves_on(store: 
     assert rate_limits.hit("test", who + "-b", "2/s") is None
 
 
-async def at_once(base_url: str, path: str, bodies: list[dict[str, str]]) -> collections.Counter[int]:
-    """POSTs ``bodies`` to ``path`` all at once; their statuses."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=120, limits=httpx.Limits(max_connections=100)) as client:
-        responses = await asyncio.gather(*(client.post(path, json=body) for body in bodies))
-    return collections.Counter(response.status_code for response in responses)
-
-
 @pytest.mark.stack
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.timeout(180)
@@ -156,10 +156,10 @@ def test_wrong_passwords_sent_at_once_are_checked_no_more_than_the_accounts_budg
     User.objects.create_user(username, password="the-right-passphrase-1")
     guesses = [{"username": username, "password": f"guess-{n}"} for n in range(30)]
 
-    assert asyncio.run(at_once(running.base_url, "/api/auth/login/", guesses)) == {400: 5, 429: 25}
+    assert statuses(asyncio.run(at_once([running.base_url], "/api/auth/login/", guesses))) == {400: 5, 429: 25}
     # Spent: the right password is refused too, until the window ends.
     right = [{"username": username, "password": "the-right-passphrase-1"}]
-    assert asyncio.run(at_once(running.base_url, "/api/auth/login/", right)) == {429: 1}
+    assert statuses(asyncio.run(at_once([running.base_url], "/api/auth/login/", right))) == {429: 1}
 
 
 @pytest.mark.stack
@@ -170,5 +170,5 @@ def test_sign_ups_sent_at_once_from_one_address_make_no_more_than_the_limit(priv
     prefix = f"burst-{time.time_ns()}"
     sign_ups = [{"username": f"{prefix}-{n}", "password": "a-long-enough-passphrase-9"} for n in range(20)]
 
-    assert asyncio.run(at_once(running.base_url, "/api/auth/signup/", sign_ups)) == {201: 3, 429: 17}
+    assert statuses(asyncio.run(at_once([running.base_url], "/api/auth/signup/", sign_ups))) == {201: 3, 429: 17}
     assert User.objects.filter(username__startswith=prefix).count() == 3
