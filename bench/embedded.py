@@ -46,7 +46,7 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
 
     async def client() -> Steady:
         users = await sign_up_many(base_url, 2, concurrency=1)
-        return await steady_tasks(base_url, users, rate, duration)
+        return await steady_tasks(base_url, base_url, users, rate, duration)
 
     steady = run_async(client())
     procs.retire(worker, web)

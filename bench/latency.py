@@ -62,19 +62,20 @@ def replays(base_url: str) -> dict[str, float]:
     return {reason: float(value) for reason, value in found}
 
 
-async def steady_tasks(base_url: str, users: list[User], rate: float, duration: float) -> Steady:
-    """POSTs ``rate`` tasks/s for ``duration`` s, round-robin over ``users``
-    (each with its own socket), on a fixed schedule whatever the answers."""
+async def steady_tasks(api_url: str, socket_url: str, users: list[User], rate: float, duration: float) -> Steady:
+    """POSTs ``rate`` tasks/s to ``api_url`` for ``duration`` s, round-robin
+    over ``users`` (each with its own socket on ``socket_url``), on a fixed
+    schedule whatever the answers."""
     drain = 60 + 2 * duration  # a stack that falls behind still gets to finish, within bounds
     collector: list[Terminals] = [Terminals(2 * len(users))]
 
     def dispatch(frame: dict[str, Any], received: float) -> None:
         collector[0](frame, received)
 
-    sockets = [await open_socket(base_url, user) for user in users]
+    sockets = [await open_socket(socket_url, user) for user in users]
     listeners = [EventListener(ws, dispatch).start() for ws in sockets]
     try:
-        async with http_client(base_url, connections=IN_FLIGHT) as http:
+        async with http_client(api_url, connections=IN_FLIGHT) as http:
             await asyncio.gather(*(post_task(http, user) for user in users for _ in range(2)))
             if not await collector[0].wait(60):
                 raise RuntimeError("warm-up tasks did not all end within 60 s")
@@ -199,25 +200,63 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
         result.say("  (turning PostgreSQL's track_commit_timestamp on for this measurement: a restart)")
         procs.track_commit_timestamps(True)
     try:
-        steady, committed = tasklight_path(config, rate, duration, n_users, with_commits=tracked or switched)
+        for topology in TOPOLOGIES:
+            steady, committed = tasklight_path(
+                config, rate, duration, n_users, with_commits=tracked or switched, topology=topology
+            )
+            report_tasklight(result, topology, steady, committed, raw_summary, raw_busy, rate, duration, n_users)
     finally:
         if switched:
             procs.track_commit_timestamps(False)
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where the POSTs and the sockets are served."""
+
+    key: str  # in the figures
+    label: str  # in the printed lines and the target
+    split: bool  # sockets on a web process of their own, the API on another
+
+
+# Both, in every run: one process for everything (make run, and the
+# Procfile's web line alone), and the /ws/ pool of its own that
+# docs/operations.md recommends where notification latency matters.
+TOPOLOGIES = (
+    Topology("one_web", "one web process for the POSTs and the sockets", split=False),
+    Topology("ws_web", "sockets on a web process of their own, the POSTs on another", split=True),
+)
+
+
+def report_tasklight(
+    result: Result,
+    topology: Topology,
+    steady: Steady,
+    committed: list[float] | None,
+    raw_summary: dict[str, float],
+    raw_busy: float,
+    rate: float,
+    duration: float,
+    n_users: int,
+) -> None:
+    figures: dict[str, Any] = {}
+    result.figures[topology.key] = figures
     summary = summary_ms(steady.latencies)
-    result.figures.update(
-        tasklight_latency_ms=summary,
-        tasklight_post_latency_ms=summary_ms(steady.post_latencies),
-        tasklight_completed=steady.completed,
-        tasklight_scheduled=steady.scheduled,
+    figures.update(
+        latency_ms=summary,
+        post_latency_ms=summary_ms(steady.post_latencies),
+        completed=steady.completed,
+        scheduled=steady.scheduled,
     )
     ended = "" if steady.completed == steady.scheduled else f" ({steady.completed} of {steady.scheduled} ended)"
+    result.say(f"Tasklight, {topology.label} ({rate:g} tasks/s for {duration:g} s over {n_users} users):")
     result.say(
-        f"Tasklight ({rate:g} tasks/s for {duration:g} s over {n_users} users), task.succeeded from the "
-        f"terminal statement's finished_at (before the statement runs) → the owner's socket: {fmt_ms(summary)}{ended}"
+        "  task.succeeded from the terminal statement's finished_at (before the statement runs) "
+        f"→ the owner's socket: {fmt_ms(summary)}{ended}"
     )
     if committed is not None:
         summary = summary_ms(committed)
-        result.figures["tasklight_commit_latency_ms"] = summary
+        figures["commit_latency_ms"] = summary
         result.say(
             "  from the terminal transaction's commit (PostgreSQL's commit timestamp, taken before the WAL flush) "
             f"→ the owner's socket: {fmt_ms(summary)} ({len(committed)} tasks)"
@@ -229,39 +268,44 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
         f"scheduled send → answer {fmt_ms(summary_ms(steady.post_latencies))}"
         + (f"; {len(steady.errors)} errors, first: {steady.errors[0]}" if steady.errors else "")
     )
-    result.figures.update(tasklight_machine_busy=steady.machine_busy)
+    figures.update(machine_busy=steady.machine_busy, replays=steady.replays)
     result.say(
         f"  the machine's cores in use meanwhile: {steady.machine_busy:.0%} (the raw path's: {raw_busy:.0%}); "
         "what a path waits for the cores is in its latency"
     )
-    result.figures["tasklight_replays"] = steady.replays
     gaps = steady.replays.get("gap", 0)
     result.say(f"  events that overtook an earlier one of their user (the socket read the database): {gaps:g}")
     ratio = summary["p99"] / raw_summary["p99"] if raw_summary["p99"] else math.nan
-    result.figures["p99_ratio"] = ratio
-    target = Target("latency p99 ratio (Tasklight / raw path)", ratio, 2, at_least=False)
+    figures["p99_ratio"] = ratio
+    target = Target(f"latency p99 ratio (Tasklight / raw path), {topology.label}", ratio, 2, at_least=False)
     result.targets.append(target)
-    result.say(f"p99 ratio: {ratio:.2f} (target <= 2): {'met' if target.met else 'NOT met'}")
+    result.say(f"  p99 ratio: {ratio:.2f} (target <= 2): {'met' if target.met else 'NOT met'}")
 
 
 def tasklight_path(
-    config: procs.Config, rate: float, duration: float, n_users: int, *, with_commits: bool
+    config: procs.Config, rate: float, duration: float, n_users: int, *, with_commits: bool, topology: Topology
 ) -> tuple[Steady, list[float] | None]:
-    """Tasklight's own stack at a steady rate; ``with_commits`` (PostgreSQL's
-    commit timestamps are on), also each task's commit → socket time."""
+    """Tasklight's own stack at a steady rate, served as ``topology`` says;
+    ``with_commits`` (PostgreSQL's commit timestamps are on), also each
+    task's commit → socket time."""
     procs.delete_queue(config.queue)
     procs.fresh_database(config)
     env = config.stack_env(METRICS_TOKEN=METRICS_TOKEN)
-    web, base_url = procs.start_web(env, config.log_dir, name="latency-web")
+    web, api_url = procs.start_web(env, config.log_dir, name="latency-web")
+    webs = [web]
+    socket_url = api_url
+    if topology.split:
+        ws_web, socket_url = procs.start_web(env, config.log_dir, name="latency-ws-web")
+        webs.append(ws_web)
     worker = procs.start_celery_worker(env, config.log_dir, app="tasklight", queue=config.queue, name="latency-worker")
 
     async def client() -> Steady:
-        users = await sign_up_many(base_url, n_users)
-        return await steady_tasks(base_url, users, rate, duration)
+        users = await sign_up_many(api_url, n_users)
+        return await steady_tasks(api_url, socket_url, users, rate, duration)
 
     steady = run_async(client())
-    steady.replays = replays(base_url)
-    procs.retire(worker, web)
+    steady.replays = replays(socket_url)
+    procs.retire(worker, *webs)
     if not with_commits:
         return steady, None
     # The terminal event's row is written by the terminal transaction and never updated.

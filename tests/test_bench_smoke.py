@@ -4,6 +4,7 @@ harness starts the stack, measures, prints and cleans up)."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -73,6 +74,37 @@ def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_medi
         check=True,
     ).stdout.split()
     assert not [database for database in databases if database.startswith(name.replace("-", "_"))], databases
+
+
+def test_quick_latency_measures_both_web_topologies_against_the_raw_path(tmp_path: Path) -> None:
+    name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
+    figures = tmp_path / "figures.json"
+    options = ["--quick", "--only", "latency", "--duration", "2", "--log-dir", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", *options, "--name", name, "--json", str(figures)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    [result] = json.loads(figures.read_text())["results"]
+    assert result["error"] is None, result
+    assert result["figures"]["raw_latency_ms"]["n"] == 100, result
+    for key in ("one_web", "ws_web"):
+        measured = result["figures"][key]
+        assert measured["completed"] == measured["scheduled"] == 100, measured
+        assert measured["latency_ms"]["n"] == 100, measured
+        assert measured["p99_ratio"] > 0, measured
+    assert [target["label"] for target in result["targets"]] == [
+        "latency p99 ratio (Tasklight / raw path), one web process for the POSTs and the sockets",
+        "latency p99 ratio (Tasklight / raw path), sockets on a web process of their own, the POSTs on another",
+    ], result
+    # The sockets of the second measurement were on a web process of its own.
+    assert (tmp_path / "latency-ws-web.log").exists(), sorted(p.name for p in tmp_path.iterdir())
+    assert "reproduce: python -m bench.run --only latency --rate 50 --duration 2 --latency-users 2" in output
 
 
 @pytest.mark.django_db(transaction=True)
