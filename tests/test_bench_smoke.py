@@ -1,5 +1,5 @@
-"""`make bench`'s harness runs: a smoke run of the throughput measurement
-with tiny numbers (a benchmark is not a test; this only checks that the
+"""`make bench`'s harness runs: smoke runs of the throughput and latency
+measurements with tiny numbers (a benchmark is not a test; this only checks that the
 harness starts the stack, measures, prints and cleans up)."""
 
 from __future__ import annotations
@@ -18,29 +18,10 @@ from .stack import ROOT
 pytestmark = pytest.mark.stack
 
 
-def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_median(tmp_path: Path) -> None:
-    name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
+def run_bench(*options: str) -> str:
+    """``python -m bench.run`` with these options; its output, once it exited 0."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.run",
-            "--quick",
-            "--only",
-            "throughput",
-            "--tasks",
-            "60",
-            "--users",
-            "2",
-            "--drain-tasks",
-            "300",
-            "--runs",
-            "2",
-            "--log-dir",
-            str(tmp_path),
-            "--name",
-            name,
-        ],
+        [sys.executable, "-m", "bench.run", *options],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -49,6 +30,41 @@ def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_medi
     )
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
+    return output
+
+
+def assert_nothing_left(name: str) -> None:
+    """No process of the run named ``name`` and none of its databases remain."""
+    leftovers = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True, check=False).stdout
+    assert not leftovers.strip(), leftovers
+    databases = subprocess.run(
+        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "SELECT datname FROM pg_database"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert not [database for database in databases if database.startswith(name.replace("-", "_"))], databases
+
+
+def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_median(tmp_path: Path) -> None:
+    name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
+    output = run_bench(
+        "--quick",
+        "--only",
+        "throughput",
+        "--tasks",
+        "60",
+        "--users",
+        "2",
+        "--drain-tasks",
+        "300",
+        "--runs",
+        "2",
+        "--log-dir",
+        str(tmp_path),
+        "--name",
+        name,
+    )
     assert re.search(r"bare Celery drain .*: \d+ tasks/s \(300/300 drained", output), output
     assert re.search(r"Tasklight end to end .*: \d+ tasks/s \(60/60 tasks\)", output), output
     assert len(re.findall(r"ratio: \d+\.\d+ of the bare drain rate", output)) == 2, output
@@ -65,31 +81,25 @@ def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_medi
         summary,
     ), summary
     # Nothing of the run is left behind: its processes and databases are gone.
-    leftovers = subprocess.run(["pgrep", "-f", name], capture_output=True, text=True, check=False).stdout
-    assert not leftovers.strip(), leftovers
-    databases = subprocess.run(
-        ["psql", "-h", "127.0.0.1", "-U", "postgres", "-Atc", "SELECT datname FROM pg_database"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split()
-    assert not [database for database in databases if database.startswith(name.replace("-", "_"))], databases
+    assert_nothing_left(name)
 
 
 def test_quick_latency_measures_both_web_topologies_against_the_raw_path(tmp_path: Path) -> None:
     name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
     figures = tmp_path / "figures.json"
-    options = ["--quick", "--only", "latency", "--duration", "2", "--log-dir", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.run", *options, "--name", name, "--json", str(figures)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    output = run_bench(
+        "--quick",
+        "--only",
+        "latency",
+        "--duration",
+        "2",
+        "--log-dir",
+        str(tmp_path),
+        "--name",
+        name,
+        "--json",
+        str(figures),
     )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
     [result] = json.loads(figures.read_text())["results"]
     assert result["error"] is None, result
     assert result["figures"]["raw_latency_ms"]["n"] == 100, result
@@ -105,6 +115,7 @@ def test_quick_latency_measures_both_web_topologies_against_the_raw_path(tmp_pat
     # The sockets of the second measurement were on a web process of its own.
     assert (tmp_path / "latency-ws-web.log").exists(), sorted(p.name for p in tmp_path.iterdir())
     assert "reproduce: python -m bench.run --only latency --rate 50 --duration 2 --latency-users 2" in output
+    assert_nothing_left(name)
 
 
 @pytest.mark.django_db(transaction=True)
