@@ -1,11 +1,14 @@
 """Counters against brute force, in the shared cache (Redis in production).
 
-A counter starts at the first hit and expires ``window`` seconds later, so a
-client that hit the limit waits at most that long.
+Log-in failures: a counter starts at the first hit and expires ``window``
+seconds later, so a client that hit the limit waits at most that long.
+Sign-ups: SIGNUP_RATE_LIMIT, a rate like TASK_RATE_LIMIT, on the same
+limiter (tasklight/rate_limits.py).
 
-Every attempt is counted before it is judged (an atomic increment: Redis's
-INCR, or the in-memory cache's lock), and given back if it is refused or, for
-a log-in, if the password was right. Checking first and counting after let
+Every log-in attempt is counted before it is judged (an atomic increment:
+Redis's INCR, or the in-memory cache's lock), and given back if it is
+refused or the password was right; the sign-up limiter checks and counts in
+one step. Checking first and counting after let
 attempts made at once all pass on the same count: 30 wrong passwords sent at
 once for one account were all checked against a budget of 5, and 20 sign-ups
 at once at 3/hour made 8 accounts (tests/test_rate_limit.py).
@@ -18,7 +21,7 @@ import contextlib
 from django.conf import settings
 from django.core.cache import cache
 
-from tasklight.rate_limits import parse_rate
+from tasklight import rate_limits
 
 
 def _hit(key: str, window: int) -> int:
@@ -63,10 +66,7 @@ def login_succeeded(*, username: str, address: str) -> None:
 
 
 def signup_wait(*, address: str) -> int | None:
-    rate = parse_rate(settings.SIGNUP_RATE_LIMIT)
-    limit, window = rate.amount, rate.get_expiry()
-    key = f"signups:address:{address}"
-    if _hit(key, window) > limit:
-        _give_back(key)
-        return window
-    return None
+    """Counts a sign-up from ``address`` against SIGNUP_RATE_LIMIT, with the
+    task queueing limit's mechanism (tasklight/rate_limits.py: atomic, and a
+    refused one is not counted); None if within it, else seconds to wait."""
+    return rate_limits.hit("signup", address, settings.SIGNUP_RATE_LIMIT)
