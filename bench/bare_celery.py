@@ -6,8 +6,9 @@ Each run of the task records, in one non-transactional Redis round trip, a
 count and the earliest and latest wall-clock time a task ran at, so the
 harness can time the drain from the first task executed to the last one,
 leaving the worker's start-up out. With BENCH_BARE_LIKE_TASKLIGHT=1 the app
-takes Tasklight's Celery settings (late acks, prefetch 1, task events), to
-show what those cost on their own.
+takes Tasklight's Celery settings (late acks, requeue on a lost worker,
+prefetch 1; Celery's task events only with CELERY_EVENTS=1, as in
+tasklight/settings.py), to show what those cost on their own.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ if os.environ.get("BENCH_BARE_LIKE_TASKLIGHT") == "1":
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        worker_send_task_events=os.environ.get("CELERY_EVENTS") == "1",
+        task_send_sent_event=os.environ.get("CELERY_EVENTS") == "1",
     )
 
 _redis: Any = None
