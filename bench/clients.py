@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from . import procs
 
+METRICS_TOKEN = "bench-metrics"  # noqa: S105  # the bench's own web processes, on loopback
 PASSWORD = "bench-passphrase-not-secret-7"  # noqa: S105  # throwaway users of a throwaway database
 TERMINAL = frozenset({"task.succeeded", "task.failed", "task.cancelled"})
 
@@ -191,6 +192,20 @@ async def open_socket(
             await ws.close()
             raise RuntimeError(f"unexpected first frame: {hello}")
     return ws
+
+
+def scrape_metrics(base_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """A web process's /metrics (started with METRICS_TOKEN), sample by
+    sample: (name, labels) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    answer = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
+    answer.raise_for_status()
+    return {
+        (found.name, frozenset(found.labels.items())): float(found.value)
+        for family in text_string_to_metric_families(answer.text)
+        for found in family.samples
+    }
 
 
 def finished_at(frame: dict[str, Any]) -> float:

@@ -7,16 +7,14 @@ import asyncio
 import contextlib
 import json
 import math
-import re
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from . import procs
 from .clients import (
+    METRICS_TOKEN,
     EventListener,
     Terminals,
     User,
@@ -25,6 +23,7 @@ from .clients import (
     open_socket,
     post_task,
     run_async,
+    scrape_metrics,
     sign_up_many,
 )
 from .report import Result, Target
@@ -50,16 +49,14 @@ class Steady:
     machine_busy: float = math.nan  # share of the machine's cores in use while measured (0-1)
 
 
-METRICS_TOKEN = "bench-metrics"  # noqa: S105  # the bench's own web process, on loopback
-
-
 def replays(base_url: str) -> dict[str, float]:
     """The web process's count of replays from the database, by reason
     (``gap``: a live event arrived ahead of one the socket had not had)."""
-    answer = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
-    answer.raise_for_status()
-    found = re.findall(r'^tasklight_socket_replays_total\{reason="(\w+)"\} (\S+)$', answer.text, re.M)
-    return {reason: float(value) for reason, value in found}
+    return {
+        dict(labels)["reason"]: value
+        for (name, labels), value in scrape_metrics(base_url).items()
+        if name == "tasklight_socket_replays_total"
+    }
 
 
 async def steady_tasks(api_url: str, socket_url: str, users: list[User], rate: float, duration: float) -> Steady:

@@ -37,7 +37,10 @@ Measure = Callable[[procs.Config, argparse.Namespace, Result], None]
 MEASUREMENTS: dict[str, tuple[Measure, tuple[str, ...]]] = {
     "throughput": (throughput.measure, ("tasks", "users", "drain_tasks", "bare_like_tasklight")),
     "latency": (latency.measure, ("rate", "duration", "latency_users", "commit_timestamps")),
-    "sockets": (sockets.measure, ("sockets", "socket_users", "probe_tasks", "sockets_no_deflate")),
+    "sockets": (
+        sockets.measure,
+        ("sockets", "socket_users", "probe_tasks", "socket_churn", "churn_seconds", "sockets_no_deflate"),
+    ),
     "api": (
         api.measure,
         (
@@ -70,6 +73,8 @@ FULL: dict[str, Any] = {
     "sockets": 10_000,
     "socket_users": 600,
     "probe_tasks": 50,
+    "socket_churn": 0.0,
+    "churn_seconds": 240.0,
     "api_rate": 200.0,
     "api_duration": 15.0,
     "api_users": 10,
@@ -94,6 +99,8 @@ QUICK: dict[str, Any] = {
     "sockets": 200,
     "socket_users": 20,
     "probe_tasks": 10,
+    "socket_churn": 0.0,
+    "churn_seconds": 5.0,
     "api_rate": 50.0,
     "api_duration": 3.0,
     "api_users": 2,
@@ -118,6 +125,8 @@ HELP = {
     "sockets": "sockets: idle sockets to open (one web process)",
     "socket_users": "sockets: users the sockets belong to (tokens reused)",
     "probe_tasks": "sockets: tasks of the probe user while all are open",
+    "socket_churn": "sockets: then close and reopen this many of them per second (0: no churn phase)",
+    "churn_seconds": "sockets: seconds of churn, the probe user's tasks going on at the same rate",
     "api_rate": "api: POST /api/tasks/ per second (open loop)",
     "api_duration": "api: seconds of POSTs",
     "api_users": "api: users the POSTs are spread over",

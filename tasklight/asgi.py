@@ -38,3 +38,7 @@ application = ProtocolTypeRouter(
 # (docs/benchmarks.md).
 get_resolver().url_patterns  # noqa: B018  # imports the views now, not at the first request
 gc.freeze()
+
+from tasklight.metrics import gc_pauses  # noqa: E402
+
+gc_pauses.watch()  # /metrics: tasklight_gc_pause_seconds

@@ -15,6 +15,8 @@ file in a worker): no database query, no I/O on the hot paths.
 
 from __future__ import annotations
 
+import bisect
+import gc
 import hmac
 import logging
 import os
@@ -38,7 +40,7 @@ from prometheus_client import (
     multiprocess,
     start_http_server,
 )
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
@@ -170,6 +172,70 @@ class TaskStateCollector(Collector):
 
 
 REGISTRY.register(TaskStateCollector())
+
+
+# --- The web process's pauses in Python's garbage collector -------------------
+
+# Seconds: a young collection takes well under a millisecond; a full one walks
+# every tracked object of the process (~140 per open socket), about a second
+# per million on the machines of docs/benchmarks.md.
+GC_PAUSE_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+
+
+class GcPauses(Collector):
+    """``tasklight_gc_pause_seconds{generation}``: how long each collection of
+    Python's cyclic garbage collector held the process (every socket and
+    request of a web process waits meanwhile), and the longest one.
+
+    Counted by a ``gc.callbacks`` hook into plain lists, not into a
+    prometheus_client metric: the hook runs in whichever thread allocated, at
+    any point, possibly while that thread holds a metric's lock."""
+
+    def __init__(self) -> None:
+        self.buckets = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(3)]
+        self.sums = [0.0] * 3
+        self.longest = 0.0
+        self._started = 0.0
+
+    def watch(self) -> None:
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        seconds = time.perf_counter() - self._started
+        generation = min(info["generation"], 2)
+        self.buckets[generation][bisect.bisect_left(GC_PAUSE_BUCKETS, seconds)] += 1
+        self.sums[generation] += seconds
+        self.longest = max(self.longest, seconds)
+
+    def describe(self) -> Iterable[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterable[Metric]:
+        pauses = HistogramMetricFamily(
+            "tasklight_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector in this web process, by generation (2: a full collection).",
+            labels=["generation"],
+        )
+        for generation in range(3):
+            cumulative, series = 0, []
+            for bound, count in zip((*GC_PAUSE_BUCKETS, float("inf")), self.buckets[generation], strict=True):
+                cumulative += count
+                series.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
+            pauses.add_metric([str(generation)], series, self.sums[generation])
+        longest = GaugeMetricFamily(
+            "tasklight_gc_longest_pause_seconds",
+            "The longest pause of Python's cyclic garbage collector in this web process since it started.",
+        )
+        longest.add_metric([], self.longest)
+        return [pauses, longest]
+
+
+gc_pauses = GcPauses()
+REGISTRY.register(gc_pauses)
 
 
 # --- Serving -----------------------------------------------------------------

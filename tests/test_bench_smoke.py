@@ -1,5 +1,5 @@
-"""`make bench`'s harness runs: smoke runs of the throughput and latency
-measurements with tiny numbers (a benchmark is not a test; this only checks that the
+"""`make bench`'s harness runs: smoke runs of the throughput, latency and
+sockets measurements with tiny numbers (a benchmark is not a test; this only checks that the
 harness starts the stack, measures, prints and cleans up)."""
 
 from __future__ import annotations
@@ -119,6 +119,42 @@ def test_quick_latency_measures_both_web_topologies_against_the_raw_path(tmp_pat
 
 
 @pytest.mark.django_db(transaction=True)
+def test_quick_sockets_with_churn_counts_reconnects_probe_events_and_collections(tmp_path: Path) -> None:
+    name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
+    figures = tmp_path / "figures.json"
+    options = ("--sockets", "40", "--socket-users", "4", "--probe-tasks", "5")
+    churn = ("--socket-churn", "10", "--churn-seconds", "2")
+    output = run_bench(
+        "--quick",
+        "--only",
+        "sockets",
+        *options,
+        *churn,
+        "--log-dir",
+        str(tmp_path),
+        "--name",
+        name,
+        "--json",
+        str(figures),
+    )
+    [result] = json.loads(figures.read_text())["results"]
+    assert result["error"] is None, result
+    measured = result["figures"]
+    assert measured["held"] == 40, measured
+    assert measured["probe_latency_ms"]["n"] == 5, measured
+    # 2 s at 10/s: 20 sockets closed and opened again, 20 probe tasks heard meanwhile.
+    assert measured["churned"] == 20, measured
+    assert measured["churn_handshake_ms"]["n"] == 20, measured
+    assert measured["churn_probe_latency_ms"]["n"] == 20, measured
+    # The web process's collections, read from its /metrics, are figures (0 or more).
+    for phase in ("gc_while_opening", "gc_while_churning"):
+        assert measured[phase]["count"] >= 0 and measured[phase]["longest"] > 0, measured
+    # The probe's tasks went to a second web process during the churn.
+    assert (tmp_path / "sockets-api-web.log").exists(), sorted(p.name for p in tmp_path.iterdir())
+    assert f"reproduce: python -m bench.run --only sockets {' '.join(options + churn)}" in output, output
+    assert_nothing_left(name)
+
+
 def test_the_requests_counted_under_valgrind_answer_as_expected() -> None:
     """`bench.run --only instructions` runs `bench.asgi_requests` under
     valgrind (minutes); here each kind runs plainly, a few times: it exits

@@ -66,6 +66,53 @@ def test_metrics_counts_queued_and_running_tasks_by_kind(settings: Any, alice: U
     assert sample(text, "tasklight_tasks", state="succeeded", kind="primes") is None
 
 
+def test_gc_pauses_are_counted_by_generation_into_their_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from tasklight import metrics
+
+    pauses = metrics.GcPauses()
+    registry = CollectorRegistry()
+    registry.register(pauses)
+    # Two collections of known length: a full one of 0.3 s, a young one of 2 ms.
+    clock = iter([10.0, 10.3, 20.0, 20.002])
+    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
+    pauses._on_gc("start", {"generation": 2})
+    pauses._on_gc("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+    pauses._on_gc("start", {"generation": 0})
+    pauses._on_gc("stop", {"generation": 0, "collected": 0, "uncollectable": 0})
+
+    text = generate_latest(registry).decode()
+    full = {"generation": "2"}
+    assert sample(text, "tasklight_gc_pause_seconds_bucket", le="0.25", **full) == 0
+    assert sample(text, "tasklight_gc_pause_seconds_bucket", le="0.5", **full) == 1
+    assert sample(text, "tasklight_gc_pause_seconds_bucket", le="+Inf", **full) == 1
+    assert sample(text, "tasklight_gc_pause_seconds_count", **full) == 1
+    assert sample(text, "tasklight_gc_pause_seconds_sum", **full) == pytest.approx(0.3)
+    assert sample(text, "tasklight_gc_pause_seconds_bucket", le="0.001", generation="0") == 0
+    assert sample(text, "tasklight_gc_pause_seconds_bucket", le="0.005", generation="0") == 1
+    assert sample(text, "tasklight_gc_pause_seconds_count", generation="1") == 0
+    assert sample(text, "tasklight_gc_longest_pause_seconds") == pytest.approx(0.3)
+
+
+def test_gc_pauses_hear_a_real_collection() -> None:
+    import gc
+
+    from tasklight import metrics
+
+    pauses = metrics.GcPauses()
+    pauses.watch()
+    pauses.watch()  # once only
+    try:
+        assert gc.callbacks.count(pauses._on_gc) == 1
+        gc.collect()
+    finally:
+        gc.callbacks.remove(pauses._on_gc)
+    assert sum(pauses.buckets[2]) == 1
+    assert pauses.sums[2] > 0
+    assert pauses.longest >= pauses.sums[2]
+
+
 # --- A real web process and worker ----------------------------------------------
 
 
@@ -114,6 +161,9 @@ def test_a_tasks_counters_move_as_it_runs(private_stack: Any) -> None:
     # replay instead, had the worker's event overtaken the web's).
     assert 1 <= (sample(web, "tasklight_notification_lag_seconds_count") or 0) <= 3
     assert sample(web, "tasklight_socket_resumes_total") == 0
+    # The web process counts its garbage collector's pauses (young ones at least).
+    assert (sample(web, "tasklight_gc_pause_seconds_count", generation="0") or 0) >= 1
+    assert (sample(web, "tasklight_gc_longest_pause_seconds") or 0) > 0
 
     # A second socket resumes from the start: the three events are replayed.
     with alice.socket() as socket:
