@@ -19,7 +19,7 @@ SUFFIXES = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "
 def exported_names() -> set[str]:
     names: set[str] = set()
     collectors: list[Any] = [value for value in vars(metrics).values() if isinstance(value, MetricWrapperBase)]
-    collectors.append(metrics.TaskStateCollector())
+    collectors += [metrics.TaskStateCollector(), metrics.gc_pauses]
     for collector in collectors:
         for family in collector.describe():  # describe(): no database query
             names.update(family.name + suffix for suffix in SUFFIXES[family.type])
