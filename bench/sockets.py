@@ -54,6 +54,7 @@ class Held:
     churn_probe: list[float] = field(default_factory=list)
     churn_probe_completed: int = 0
     gc_churn: GcPauses | None = None  # during the churn phase
+    rss_after_churn_kib: int = 0
 
 
 @dataclass
@@ -207,6 +208,7 @@ async def hold_sockets(
             held.churn_probe = phase.latencies
             held.churn_probe_completed = len(phase.ids)
             held.gc_churn = GcPauses.read(base_url).since(gc_before)
+            held.rss_after_churn_kib = web.rss_kib()
     finally:
         # Dropped, not closed politely: 10,000 closing handshakes would take
         # longer than the measurement, and the web process stops next.
@@ -287,12 +289,14 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
             churn_probe_latency_ms=churn_summary,
             churn_handshake_ms=handshakes,
             gc_while_churning=vars(held.gc_churn),
+            rss_after_churn_kib=held.rss_after_churn_kib,
         )
         result.say(
             f"churn, {churn_seconds:g} s: {held.churned} sockets closed and opened again ({churn:g}/s asked; "
             "the probe user's tasks POSTed to a second web process, so that they go on while this one pauses); "
             f"handshakes {fmt_ms(handshakes)}; probe user's latency meanwhile {fmt_ms(churn_summary)} "
-            f"({held.churn_probe_completed} ended); garbage collector: {held.gc_churn.describe()}"
+            f"({held.churn_probe_completed} ended); garbage collector: {held.gc_churn.describe()}; "
+            f"web RSS after it {held.rss_after_churn_kib / 1024:.1f} MiB"
         )
     result.targets += [
         Target("sockets held by one web process", float(held.held), 10_000, at_least=True),
