@@ -10,6 +10,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +32,19 @@ def run_bench(*options: str) -> str:
     output = done.stdout + done.stderr
     assert done.returncode == 0, output
     return output
+
+
+def quick_run(measurement: str, tmp_path: Path, *options: str) -> tuple[str, dict[str, Any], str]:
+    """One quick run of one measurement under a name of its own: its output,
+    its result (from --json) and the name, for ``assert_nothing_left``."""
+    name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
+    figures = tmp_path / "figures.json"
+    output = run_bench(
+        "--quick", "--only", measurement, *options, "--log-dir", str(tmp_path), "--name", name, "--json", str(figures)
+    )
+    [result] = json.loads(figures.read_text())["results"]
+    assert result["error"] is None, result
+    return output, result, name
 
 
 def assert_nothing_left(name: str) -> None:
@@ -85,23 +99,7 @@ def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_medi
 
 
 def test_quick_latency_measures_both_web_topologies_against_the_raw_path(tmp_path: Path) -> None:
-    name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
-    figures = tmp_path / "figures.json"
-    output = run_bench(
-        "--quick",
-        "--only",
-        "latency",
-        "--duration",
-        "2",
-        "--log-dir",
-        str(tmp_path),
-        "--name",
-        name,
-        "--json",
-        str(figures),
-    )
-    [result] = json.loads(figures.read_text())["results"]
-    assert result["error"] is None, result
+    output, result, name = quick_run("latency", tmp_path, "--duration", "2")
     assert result["figures"]["raw_latency_ms"]["n"] == 100, result
     for key in ("one_web", "ws_web"):
         measured = result["figures"][key]
@@ -118,27 +116,10 @@ def test_quick_latency_measures_both_web_topologies_against_the_raw_path(tmp_pat
     assert_nothing_left(name)
 
 
-@pytest.mark.django_db(transaction=True)
 def test_quick_sockets_with_churn_counts_reconnects_probe_events_and_collections(tmp_path: Path) -> None:
-    name = f"tasklight-bench-smoke-{uuid.uuid4().hex[:8]}"
-    figures = tmp_path / "figures.json"
     options = ("--sockets", "40", "--socket-users", "4", "--probe-tasks", "5")
     churn = ("--socket-churn", "10", "--churn-seconds", "2")
-    output = run_bench(
-        "--quick",
-        "--only",
-        "sockets",
-        *options,
-        *churn,
-        "--log-dir",
-        str(tmp_path),
-        "--name",
-        name,
-        "--json",
-        str(figures),
-    )
-    [result] = json.loads(figures.read_text())["results"]
-    assert result["error"] is None, result
+    output, result, name = quick_run("sockets", tmp_path, *options, *churn)
     measured = result["figures"]
     assert measured["held"] == 40, measured
     assert measured["probe_latency_ms"]["n"] == 5, measured
@@ -155,6 +136,7 @@ def test_quick_sockets_with_churn_counts_reconnects_probe_events_and_collections
     assert_nothing_left(name)
 
 
+@pytest.mark.django_db(transaction=True)
 def test_the_requests_counted_under_valgrind_answer_as_expected() -> None:
     """`bench.run --only instructions` runs `bench.asgi_requests` under
     valgrind (minutes); here each kind runs plainly, a few times: it exits
