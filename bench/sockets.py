@@ -93,6 +93,19 @@ def open_fds(pid: int) -> int:
         return -1
 
 
+async def post_probe_tasks(api_url: str, probe: User, phase: Terminals) -> None:
+    """POSTs the probe user's ``phase.expected`` tasks at PROBE_RATE, then
+    waits (bounded) for their terminal events."""
+    async with http_client(api_url) as http:
+        begin = time.perf_counter()
+        for n in range(phase.expected):
+            delay = begin + n / PROBE_RATE - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            await post_task(http, probe)
+        await phase.wait(60)
+
+
 async def hold_sockets(
     base_url: str,
     web: procs.Proc,
@@ -160,14 +173,7 @@ async def hold_sockets(
         phase = Terminals(probe_tasks)
         phase.ignore = set(collector[0].ids)
         collector[0] = phase
-        async with http_client(base_url) as http:
-            begin = time.perf_counter()
-            for n in range(probe_tasks):
-                delay = begin + n / PROBE_RATE - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await post_task(http, probe)
-            await phase.wait(60)
+        await post_probe_tasks(base_url, probe, phase)
         held.probe = phase.latencies
         held.probe_completed = len(phase.ids)
         held.held_after_probe = sum(1 for ws in sockets if ws.state is State.OPEN)
@@ -192,19 +198,9 @@ async def hold_sockets(
                     held.churn_handshakes.append(time.perf_counter() - started)
                     held.churned += 1
 
-            async def probe_tasks_meanwhile() -> None:
-                # On another web process: a pause of the sockets' process
-                # must not hold back the tasks whose events it will delay.
-                async with http_client(api_url or base_url) as http:
-                    begin = time.perf_counter()
-                    for n in range(phase.expected):
-                        delay = begin + n / PROBE_RATE - time.perf_counter()
-                        if delay > 0:
-                            await asyncio.sleep(delay)
-                        await post_task(http, probe)
-                    await phase.wait(60)
-
-            await asyncio.gather(reconnect(), probe_tasks_meanwhile())
+            # The probe's tasks on another web process: a pause of the
+            # sockets' process must not hold back the tasks whose events it delays.
+            await asyncio.gather(reconnect(), post_probe_tasks(api_url or base_url, probe, phase))
             held.churn_probe = phase.latencies
             held.churn_probe_completed = len(phase.ids)
             held.gc_churn = GcPauses.read(base_url).since(gc_before)

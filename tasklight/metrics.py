@@ -18,7 +18,9 @@ from __future__ import annotations
 import bisect
 import gc
 import hmac
+import itertools
 import logging
+import math
 import os
 import time
 from collections.abc import Iterable
@@ -42,6 +44,7 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 logger = logging.getLogger(__name__)
 
@@ -220,12 +223,10 @@ class GcPauses(Collector):
             "Pauses of Python's cyclic garbage collector in this web process, by generation (2: a full collection).",
             labels=["generation"],
         )
+        bounds = [floatToGoString(bound) for bound in (*GC_PAUSE_BUCKETS, math.inf)]
         for generation in range(3):
-            cumulative, series = 0, []
-            for bound, count in zip((*GC_PAUSE_BUCKETS, float("inf")), self.buckets[generation], strict=True):
-                cumulative += count
-                series.append(("+Inf" if bound == float("inf") else repr(float(bound)), cumulative))
-            pauses.add_metric([str(generation)], series, self.sums[generation])
+            cumulative = itertools.accumulate(self.buckets[generation])
+            pauses.add_metric([str(generation)], list(zip(bounds, cumulative, strict=True)), self.sums[generation])
         longest = GaugeMetricFamily(
             "tasklight_gc_longest_pause_seconds",
             "The longest pause of Python's cyclic garbage collector in this web process since it started.",
