@@ -1,20 +1,39 @@
-"""The web process's PostgreSQL pool: the one thing psycopg_pool does not do
-on its own (settings.py passes ``check_pooled_connection`` as its check)."""
+"""Checks of kept database connections before use: the web process's pool
+(settings.py passes ``check_pooled_connection`` as its check) and a worker's
+connection kept from task to task (``skip_check_if_just_used``).
+
+Both skip the check of a connection that was handed out or used within the
+last ``RECENTLY_USED_SECONDS``, as HikariCP does (its ``aliveBypassWindowMs``,
+500 ms): under load that is nearly every one, and the check is a round trip
+to PostgreSQL per request or task (docs/benchmarks.md). A connection that
+broke in use is never handed out again (the pool discards it on return,
+Django closes it); one that broke while it sat idle for less than that - a
+PostgreSQL restarted within half a second - fails its request with a 503, or
+its task's first statement, which the task retries (workloads/tasks.py).
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
+from weakref import WeakKeyDictionary
 
-from django.db import connections
+from django.db import connection, connections
 from psycopg_pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
 
+RECENTLY_USED_SECONDS = 0.5
+
+# When each pooled connection was last handed out (weak: the pool's own).
+_handed_out_at: WeakKeyDictionary[Any, float] = WeakKeyDictionary()
+
 
 def check_pooled_connection(conn: Any) -> None:
     """The check the pool runs on a connection before handing it out
-    (Django's default, ``ConnectionPool.check_connection``), plus a sweep.
+    (Django's default, ``ConnectionPool.check_connection``), plus a sweep;
+    none for a connection handed out within RECENTLY_USED_SECONDS.
 
     A broken idle connection means PostgreSQL went away, and every other idle
     connection of the pool is broken too. Alone, the pool finds that out one
@@ -24,6 +43,10 @@ def check_pooled_connection(conn: Any) -> None:
     pool check all its idle connections at once and replace the broken ones,
     so the request's next try, a second later, finds a new connection
     (tests/test_faults.py)."""
+    now = time.monotonic()
+    if now - _handed_out_at.get(conn, -RECENTLY_USED_SECONDS) < RECENTLY_USED_SECONDS:
+        _handed_out_at[conn] = now
+        return
     try:
         ConnectionPool.check_connection(conn)
     except Exception:
@@ -32,3 +55,23 @@ def check_pooled_connection(conn: Any) -> None:
             logger.warning("a pooled database connection was broken: checking the pool's idle connections")
             pool.check()  # checks with the static check, never this function
         raise
+    _handed_out_at[conn] = time.monotonic()
+
+
+_last_used_at = -RECENTLY_USED_SECONDS
+
+
+def skip_check_if_just_used() -> None:
+    """After ``close_old_connections()``, which has Django check a kept
+    connection (CONN_HEALTH_CHECKS: a ``SELECT 1``) before its next
+    statement: no check if this thread's connection was last used within
+    RECENTLY_USED_SECONDS (``mark_used``). For a worker's pool process, which
+    runs one task at a time on one thread."""
+    if connection.connection is not None and time.monotonic() - _last_used_at < RECENTLY_USED_SECONDS:
+        # Django's own flag (BaseDatabaseWrapper, not in its type stubs): checked already.
+        connection.health_check_done = True  # type: ignore[attr-defined]
+
+
+def mark_used() -> None:
+    global _last_used_at
+    _last_used_at = time.monotonic()

@@ -24,6 +24,7 @@ from django.db import InterfaceError, OperationalError, close_old_connections, c
 
 from live.publisher import publisher
 from live.services import delete_expired_events
+from tasklight import db
 
 from . import services
 from .models import Task
@@ -51,10 +52,13 @@ DATABASE_RETRY_MAX_SECONDS = 30
 @shared_task(bind=True, base=TasklightTask, name="tasklight.run_task", acks_late=True, max_retries=None)
 def run_task(self: CeleryTask, task_id: str, again: bool = False) -> None:
     # The pool process keeps its connection between tasks (WORKER_CONN_MAX_AGE):
-    # drop it here if it is too old or broke (health-checked on first use).
+    # drop it here if it is too old or broke (health-checked on first use,
+    # unless the last task used it a moment ago: tasklight/db.py).
     close_old_connections()
+    db.skip_check_if_just_used()
     try:
         _run(self, task_id, again)
+        db.mark_used()
     except DATABASE_DOWN as exc:
         close_old_connections()
         logger.warning("task %s: database unavailable, retrying: %s", task_id, exc)
