@@ -120,6 +120,31 @@ def test_the_list_is_newest_first_and_paginated(alice_api: APIClient) -> None:
     assert third["next"] is None
 
 
+def test_the_list_shows_each_task_as_its_own_page_does(alice_api: APIClient, alice: User) -> None:
+    """The list reads rows, not model instances (workloads/api.py): every
+    field, in every state, as the task's own URL and its events show it."""
+    from workloads import services
+
+    queued = queue(alice_api, seconds=1).json()
+    started = services.start_task(task_id=queue(alice_api, seconds=2).json()["id"], redelivered=False)
+    assert started is not None
+    services.report_progress(task=started, percent=40)
+    succeeded = services.start_task(task_id=queue(alice_api, seconds=3).json()["id"], redelivered=False)
+    assert succeeded is not None
+    services.finish_task(task_id=succeeded.id, result={"count": 7, "unicode": "é"}, running=succeeded)
+    failed = services.start_task(task_id=queue(alice_api, seconds=4).json()["id"], redelivered=False)
+    assert failed is not None
+    services.fail_task(task_id=failed.id, error="It broke.", running=failed)
+    listed = alice_api.get("/api/tasks/").json()["results"]
+    assert [task["status"] for task in listed] == ["failed", "succeeded", "running", "queued"]
+    for task in listed:
+        assert task == alice_api.get(f"/api/tasks/{task['id']}/").json()
+        assert task == Task.objects.get(pk=task["id"]).as_json()
+    assert listed[-1] == queued
+    assert listed[1]["result"] == {"count": 7, "unicode": "é"} and listed[1]["progress"] == 100
+    assert listed[0]["error"] == "It broke." and listed[2]["progress"] == 40
+
+
 @pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=ten", "cursor=garbage"])
 def test_bad_paging_is_a_400(alice_api: APIClient, query: str) -> None:
     assert_error(alice_api.get(f"/api/tasks/?{query}"), 400, "invalid")

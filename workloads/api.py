@@ -24,7 +24,7 @@ from tasklight.fields import StrictCharField
 from tasklight.pagination import LIMIT_SCHEMA, page_size
 
 from . import services
-from .models import Task, TaskStatus
+from .models import TASK_JSON_FIELDS, Task, TaskStatus, task_json
 from .registry import InvalidParams, UnknownWorkload, all_workloads
 
 
@@ -133,8 +133,9 @@ class TaskListView(APIView):
     )
     def get(self, request: Request) -> Response:
         paginator = NewestFirst()
-        page = paginator.paginate_queryset(Task.objects.filter(owner_id=request.user.pk), request, view=self)
-        return paginator.get_paginated_response([task.as_json() for task in page or []])
+        tasks = Task.objects.filter(owner_id=request.user.pk).values(*TASK_JSON_FIELDS)
+        page: list[dict[str, Any]] | None = paginator.paginate_queryset(tasks, request, view=self)
+        return paginator.get_paginated_response([task_json(row) for row in page or []])
 
     @extend_schema(
         request=NewTaskSerializer,
