@@ -26,8 +26,17 @@ logger = logging.getLogger(__name__)
 
 RECENTLY_USED_SECONDS = 0.5
 
-# When each pooled connection was last handed out (weak: the pool's own).
-_handed_out_at: WeakKeyDictionary[Any, float] = WeakKeyDictionary()
+# When each connection (psycopg's) was last handed out or used; weak, so
+# that a closed and dropped connection leaves nothing behind.
+_used_at: WeakKeyDictionary[Any, float] = WeakKeyDictionary()
+
+
+def _used_recently(conn: Any) -> bool:
+    return time.monotonic() - _used_at.get(conn, -RECENTLY_USED_SECONDS) < RECENTLY_USED_SECONDS
+
+
+def _note_use(conn: Any) -> None:
+    _used_at[conn] = time.monotonic()
 
 
 def check_pooled_connection(conn: Any) -> None:
@@ -43,35 +52,30 @@ def check_pooled_connection(conn: Any) -> None:
     pool check all its idle connections at once and replace the broken ones,
     so the request's next try, a second later, finds a new connection
     (tests/test_faults.py)."""
-    now = time.monotonic()
-    if now - _handed_out_at.get(conn, -RECENTLY_USED_SECONDS) < RECENTLY_USED_SECONDS:
-        _handed_out_at[conn] = now
-        return
-    try:
-        ConnectionPool.check_connection(conn)
-    except Exception:
-        pool = getattr(connections["default"], "pool", None)  # the PostgreSQL backend's
-        if pool is not None:
-            logger.warning("a pooled database connection was broken: checking the pool's idle connections")
-            pool.check()  # checks with the static check, never this function
-        raise
-    _handed_out_at[conn] = time.monotonic()
-
-
-_last_used_at = -RECENTLY_USED_SECONDS
+    if not _used_recently(conn):
+        try:
+            ConnectionPool.check_connection(conn)
+        except Exception:
+            pool = getattr(connections["default"], "pool", None)  # the PostgreSQL backend's
+            if pool is not None:
+                logger.warning("a pooled database connection was broken: checking the pool's idle connections")
+                pool.check()  # checks with the static check, never this function
+            raise
+    _note_use(conn)
 
 
 def skip_check_if_just_used() -> None:
     """After ``close_old_connections()``, which has Django check a kept
     connection (CONN_HEALTH_CHECKS: a ``SELECT 1``) before its next
-    statement: no check if this thread's connection was last used within
+    statement: no check if this thread's connection was used within
     RECENTLY_USED_SECONDS (``mark_used``). For a worker's pool process, which
     runs one task at a time on one thread."""
-    if connection.connection is not None and time.monotonic() - _last_used_at < RECENTLY_USED_SECONDS:
+    if connection.connection is not None and _used_recently(connection.connection):
         # Django's own flag (BaseDatabaseWrapper, not in its type stubs): checked already.
         connection.health_check_done = True  # type: ignore[attr-defined]
 
 
 def mark_used() -> None:
-    global _last_used_at
-    _last_used_at = time.monotonic()
+    """This thread's connection has just served (a task, in a worker)."""
+    if connection.connection is not None:
+        _note_use(connection.connection)

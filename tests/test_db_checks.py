@@ -56,7 +56,6 @@ def test_a_never_seen_connection_is_checked(clock: Clock) -> None:
 def test_a_workers_connection_used_by_the_last_task_a_moment_ago_is_not_checked(monkeypatch, clock: Clock) -> None:
     """What run_task does before and after each task (workloads/tasks.py)."""
     assert connection.settings_dict["CONN_HEALTH_CHECKS"]
-    monkeypatch.setattr(db, "_last_used_at", -db.RECENTLY_USED_SECONDS)
     connection.ensure_connection()
     monkeypatch.setattr(connection, "close_at", None)  # kept, as a worker's (WORKER_CONN_MAX_AGE)
     checks: list[bool] = []

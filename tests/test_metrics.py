@@ -31,6 +31,13 @@ def sample(text: str, name: str, **labels: str) -> float | None:
 # --- The endpoint alone (Django's test client) ----------------------------------
 
 
+def scrape(base_url: str) -> str:
+    """A real web process's /metrics (started with METRICS_TOKEN=TOKEN)."""
+    response = httpx.get(f"{base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return response.text
+
+
 def test_metrics_does_not_exist_without_a_token(settings: Any, db: None) -> None:
     settings.METRICS_TOKEN = ""
     assert Client().get("/metrics", HTTP_AUTHORIZATION=f"Bearer {TOKEN}").status_code == 404
@@ -126,9 +133,7 @@ def test_a_tasks_counters_move_as_it_runs(private_stack: Any) -> None:
     worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
 
     def scrape_web() -> str:
-        response = httpx.get(web_metrics, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
-        assert response.status_code == 200, response.text
-        return response.text
+        return scrape(running.base_url)
 
     def scrape_worker() -> str:
         return wait_for(lambda: httpx.get(worker_metrics, timeout=5).text, timeout=10, what="the worker's metrics")

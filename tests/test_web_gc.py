@@ -8,12 +8,11 @@ import asyncio
 import json
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from .stack import Account
-from .test_metrics import TOKEN, sample
+from .test_metrics import TOKEN, sample, scrape
 
 SOCKETS = 3000  # ~430,000 objects: two full collections with CPython's default thresholds
 
@@ -47,17 +46,12 @@ def test_thousands_of_sockets_connect_without_a_full_collection(private_stack: A
     running = private_stack(METRICS_TOKEN=TOKEN, MAX_SOCKETS_PER_USER=str(SOCKETS))
     alice = Account.sign_up(running.base_url)
 
-    def scrape() -> str:
-        response = httpx.get(f"{running.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
-        assert response.status_code == 200, response.text
-        return response.text
-
-    full_before = sample(scrape(), "tasklight_gc_pause_seconds_count", generation="2")
+    full_before = sample(scrape(running.base_url), "tasklight_gc_pause_seconds_count", generation="2")
 
     async def connect_all() -> str:
         sockets = await open_sockets(running.base_url, alice.token, SOCKETS)
         try:
-            return await asyncio.to_thread(scrape)
+            return await asyncio.to_thread(scrape, running.base_url)
         finally:
             for ws in sockets:
                 ws.transport.abort()
