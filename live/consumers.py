@@ -156,9 +156,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             if not await self.replay(after, reason="resume", up_to=self.sent_after):
                 return
             self.sent_after = after
-            await self.replay(self.last_sent_id, reason=None)  # the same replay's newer part
-        else:
-            await self.replay(max(after, self.last_sent_id), reason="resume")
+        await self.replay(max(after, self.last_sent_id), reason="resume")
 
     async def catch_up(self) -> None:
         """Sends what is stored but has not reached this socket."""
@@ -166,14 +164,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if newest > self.last_sent_id:
             await self.replay(self.last_sent_id, reason="catch_up")
 
-    async def replay(self, after: int, *, reason: str | None, up_to: int | None = None) -> bool:
+    async def replay(self, after: int, *, reason: str, up_to: int | None = None) -> bool:
         """Sends stored events after ``after``, oldest first: up to ``up_to``
         (events this socket has not had, older than those it has), else all
         of them, moving ``last_sent_id``. False after a ``resync``: some of
-        them are past retention. Counted as a replay for ``reason`` (None:
-        the rest of one already counted)."""
-        if reason is not None:
-            metrics.socket_replays.labels(reason).inc()
+        them are past retention."""
+        metrics.socket_replays.labels(reason).inc()
         position = after
         if up_to is None:
             self.last_sent_id = after
