@@ -61,9 +61,6 @@ class FrameBudget:
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     user_id: int
-    # This socket has been sent every event in (sent_after, last_sent_id]:
-    # from hello on, live or from the table; a resume extends it downwards.
-    sent_after: int
     last_sent_id: int
 
     async def connect(self) -> None:
@@ -87,7 +84,6 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         self.last_sent_id, inbox = await database_sync_to_async(services.hello_state)(user.id)
-        self.sent_after = self.last_sent_id
         await self.send_json({"type": "hello", "user": user.username, "last_event_id": self.last_sent_id, **inbox})
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -149,14 +145,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error("invalid_resume", f"No event {after} yet; the newest is {newest}.")
             return
         metrics.socket_resumes.inc()
-        if after < self.sent_after:
-            # Older than anything this socket has had. Live events may have
-            # come first (a resume arrives after hello): the older ones follow
-            # them, and what was sent already is not sent again.
-            if not await self.replay(after, reason="resume", up_to=self.sent_after):
-                return
-            self.sent_after = after
-        await self.replay(max(after, self.last_sent_id), reason="resume")
+        await self.replay(after, reason="resume")
 
     async def catch_up(self) -> None:
         """Sends what is stored but has not reached this socket."""
@@ -164,38 +153,30 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if newest > self.last_sent_id:
             await self.replay(self.last_sent_id, reason="catch_up")
 
-    async def replay(self, after: int, *, reason: str, up_to: int | None = None) -> bool:
-        """Sends stored events after ``after``, oldest first: up to ``up_to``
-        (events this socket has not had, older than those it has), else all
-        of them, moving ``last_sent_id``. False after a ``resync``: some of
-        them are past retention."""
+    async def replay(self, after: int, *, reason: str) -> None:
+        """Sends stored events after ``after``, oldest first; ``resync`` if
+        some of them are past retention."""
         metrics.socket_replays.labels(reason).inc()
-        position = after
-        if up_to is None:
-            self.last_sent_id = after
+        self.last_sent_id = after
         while True:
             try:
                 batch = await database_sync_to_async(services.events_after)(
-                    user_id=self.user_id, after=position, limit=REPLAY_BATCH
+                    user_id=self.user_id, after=self.last_sent_id, limit=REPLAY_BATCH
                 )
             except services.CursorExpired as expired:
                 # The client reloads its state over REST and continues from here.
-                self.sent_after = self.last_sent_id = max(expired.newest, self.last_sent_id)
+                self.last_sent_id = expired.newest
                 metrics.socket_resyncs.inc()
                 await self.send_json({"type": "resync", "last_event_id": expired.newest})
-                return False
-            if up_to is not None:
-                batch = [event for event in batch if event.sequence <= up_to]
+                return
             metrics.replayed_events.inc(len(batch))
             for event in batch:
                 frame = services.frame_for(event)
                 await self.send_json(frame)
-                position = event.sequence
-                if up_to is None:
-                    self.last_sent_id = position
+                self.last_sent_id = event.sequence
                 log_delivery(frame)
             if len(batch) < REPLAY_BATCH:
-                return True
+                return
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message})
