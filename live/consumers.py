@@ -1,7 +1,8 @@
 """The /ws/ consumer: one per socket, joined to its user's group.
 
-Delivery rule: from ``hello`` on, a socket sends each of its user's events
-once, in id order. Ids are gap-free per user (live/models.py), so a live
+Delivery rule: from ``hello`` on, a socket sends each of its user's newer
+events once, in id order; a ``resume`` adds the older ones it asks for, each
+once, after any live event that reached the socket before it. Ids are gap-free per user (live/models.py), so a live
 event that skips ahead means an earlier one is still in flight from another
 process, or was lost by the channel layer: the consumer sends the missing ones
 from the table first and drops a late copy when it comes. Every ``ping`` also
@@ -61,6 +62,9 @@ class FrameBudget:
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     user_id: int
+    # This socket has been sent every event in (sent_after, last_sent_id]:
+    # from hello on, live or from the table; a resume extends it downwards.
+    sent_after: int
     last_sent_id: int
 
     async def connect(self) -> None:
@@ -84,6 +88,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         self.last_sent_id, inbox = await database_sync_to_async(services.hello_state)(user.id)
+        self.sent_after = self.last_sent_id
         await self.send_json({"type": "hello", "user": user.username, "last_event_id": self.last_sent_id, **inbox})
 
     async def dispatch(self, message: dict[str, Any]) -> None:
@@ -145,7 +150,18 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error("invalid_resume", f"No event {after} yet; the newest is {newest}.")
             return
         metrics.socket_resumes.inc()
-        await self.replay(after, reason="resume")
+        if after >= self.sent_after:
+            # The socket has had every event from after + 1 up to last_sent_id.
+            await self.replay(max(after, self.last_sent_id), reason="resume")
+            return
+        # Older than anything this socket has had: live events flow from
+        # hello on and may have come before this resume. The older ones
+        # follow them, and nothing already sent is sent again.
+        if not await self.replay(after, reason="resume", up_to=self.sent_after):
+            return
+        self.sent_after = after
+        if newest > self.last_sent_id:  # stored, and not yet here live
+            await self.replay(self.last_sent_id, reason=None)
 
     async def catch_up(self) -> None:
         """Sends what is stored but has not reached this socket."""
@@ -153,30 +169,41 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if newest > self.last_sent_id:
             await self.replay(self.last_sent_id, reason="catch_up")
 
-    async def replay(self, after: int, *, reason: str) -> None:
-        """Sends stored events after ``after``, oldest first; ``resync`` if
-        some of them are past retention."""
-        metrics.socket_replays.labels(reason).inc()
-        self.last_sent_id = after
-        while True:
+    async def replay(self, after: int, *, reason: str | None, up_to: int | None = None) -> bool:
+        """Sends the stored events after ``after``, oldest first: all of
+        them, moving ``last_sent_id``; or, with ``up_to``, those up to it
+        (older than the ones this socket has had). False after a ``resync``:
+        some of them are past retention. Counted as a replay for ``reason``
+        (None: the rest of a replay already counted)."""
+        if reason is not None:
+            metrics.socket_replays.labels(reason).inc()
+        if up_to is None:
+            self.last_sent_id = after
+        position = after
+        while up_to is None or position < up_to:
+            # Ids have no gaps: (position, up_to] holds up_to - position events.
+            limit = REPLAY_BATCH if up_to is None else min(REPLAY_BATCH, up_to - position)
             try:
                 batch = await database_sync_to_async(services.events_after)(
-                    user_id=self.user_id, after=self.last_sent_id, limit=REPLAY_BATCH
+                    user_id=self.user_id, after=position, limit=limit
                 )
             except services.CursorExpired as expired:
                 # The client reloads its state over REST and continues from here.
-                self.last_sent_id = expired.newest
+                self.sent_after = self.last_sent_id = max(expired.newest, self.last_sent_id)
                 metrics.socket_resyncs.inc()
                 await self.send_json({"type": "resync", "last_event_id": expired.newest})
-                return
+                return False
             metrics.replayed_events.inc(len(batch))
             for event in batch:
                 frame = services.frame_for(event)
                 await self.send_json(frame)
-                self.last_sent_id = event.sequence
+                position = event.sequence
+                if up_to is None:
+                    self.last_sent_id = position
                 log_delivery(frame)
-            if len(batch) < REPLAY_BATCH:
-                return
+            if len(batch) < limit:
+                break
+        return True
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message})

@@ -154,11 +154,17 @@ def events_after(*, user_id: int, after: int, limit: int) -> list[Event]:
     Raises CursorExpired when some of them are gone: ids have no gaps, so the
     first one returned must be ``after + 1``.
     """
-    events = list(Event.objects.filter(user_id=user_id, sequence__gt=after).order_by("sequence")[:limit])
+    query = Event.objects.filter(user_id=user_id, sequence__gt=after).order_by("sequence")[:limit]
+    events = list(query)
     if events and events[0].sequence != after + 1:
         raise CursorExpired(last_event_id(user_id))
     if not events and after < (newest := last_event_id(user_id)):
-        raise CursorExpired(newest)
+        # Either they are gone, or one committed between the query and the
+        # read of the newest id. Every id up to that one has committed now
+        # (ids commit in order), so a second look tells which.
+        events = list(query.all())
+        if not events or events[0].sequence != after + 1:
+            raise CursorExpired(newest)
     return events
 
 

@@ -232,6 +232,24 @@ async def test_resume_replays_stored_events_in_order_then_goes_live(open_socket,
     assert await socket.receive_json_from() == live
 
 
+async def test_a_resume_after_live_events_sends_the_older_ones_once(open_socket, alice: User) -> None:
+    """Live events flow from hello on; a resume that arrives after one of
+    them adds the older stored ones, and does not send the live one again."""
+    stored = [await store_event(alice, n) for n in (1, 2)]
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    assert (await socket.receive_json_from())["last_event_id"] == 2
+    live = await store_event(alice, 3)
+    await push(alice, live)
+    assert await socket.receive_json_from() == live
+    await socket.send_json_to({"type": "resume", "after": 0})
+    await socket.send_json_to({"type": "resume", "after": 1})  # had already: nothing again
+    await socket.send_json_to({"type": "ping", "id": "end"})
+    assert [await socket.receive_json_from() for _ in range(3)] == [*stored, {"type": "pong", "id": "end"}]
+    following = await store_event(alice, 4)
+    await push(alice, following)
+    assert await socket.receive_json_from() == following
+
+
 async def test_a_live_event_that_skips_ahead_is_preceded_by_the_missing_one(open_socket, alice: User) -> None:
     socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
     await socket.receive_json_from()

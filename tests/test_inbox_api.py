@@ -10,6 +10,7 @@ from django.test import override_settings
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from live import services as live_services
 from live.models import Event
 from live.services import delete_expired_events
 from workloads import services
@@ -37,6 +38,23 @@ def test_events_after_a_cursor_past_retention_answer_410_resync(alice_api: APICl
     assert delete_expired_events() == 2
     assert_error(alice_api.get("/api/events/?after=0"), 410, "resync")
     assert [e["id"] for e in alice_api.get("/api/events/?after=2").json()["results"]] == [3]
+
+
+def test_an_event_committed_while_the_cursor_is_read_is_not_taken_for_expiry(
+    alice_api: APIClient, alice: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The interleaving of a commit between the query for events after N
+    (none yet) and the read of the newest id: nothing has expired."""
+    queue(alice_api)
+    newest = live_services.last_event_id
+
+    def newest_after_a_commit(user_id: int) -> int:
+        monkeypatch.setattr(live_services, "last_event_id", newest)
+        queue(alice_api)  # event 2 commits here
+        return newest(user_id)
+
+    monkeypatch.setattr(live_services, "last_event_id", newest_after_a_commit)
+    assert [e.sequence for e in live_services.events_after(user_id=alice.pk, after=1, limit=10)] == [2]
 
 
 @override_settings(EVENT_RETENTION_DAYS=1)

@@ -399,8 +399,37 @@
   var form = document.getElementById('queue-form');
   var tasksUrl = (form && form.dataset.tasksUrl) || '/api/tasks/';
   var holder = document.querySelector('[data-last-event-id]');
+  // Every event up to lastEventId is applied; appliedAbove holds the ids
+  // above it applied out of turn. Live events flow from hello on, so one can
+  // overtake the older ones a resume replays (docs/events.md): each is still
+  // applied once, in whatever order it comes.
   var lastEventId = holder ? parseInt(holder.dataset.lastEventId, 10) || 0 : 0;
-  inbox.latestEventId = function () { return lastEventId; };
+  var appliedAbove = new Set();
+  inbox.latestEventId = newestApplied;
+
+  function newestApplied() {
+    var newest = lastEventId;
+    appliedAbove.forEach(function (id) { if (id > newest) newest = id; });
+    return newest;
+  }
+
+  // False if the event was applied already.
+  function markApplied(id) {
+    if (id <= lastEventId || appliedAbove.has(id)) return false;
+    appliedAbove.add(id);
+    advanceTo(lastEventId);
+    return true;
+  }
+
+  // Everything up to `id` counts as applied (a resync reloaded it over REST).
+  function advanceTo(id) {
+    lastEventId = Math.max(lastEventId, id);
+    appliedAbove.forEach(function (other) { if (other <= lastEventId) appliedAbove.delete(other); });
+    while (appliedAbove.has(lastEventId + 1)) {
+      lastEventId += 1;
+      appliedAbove.delete(lastEventId);
+    }
+  }
 
   // ------------------------------------------------------------- task list
 
@@ -1082,10 +1111,11 @@
     setConnection('connected');
     helloLastEventId = typeof frame.last_event_id === 'number' ? frame.last_event_id : 0;
     inbox.onHello(frame);
-    if (lastEventId > helloLastEventId) {
+    if (newestApplied() > helloLastEventId) {
       // The server knows fewer events than this page has seen (its data was
       // reset): start over from its numbering.
       lastEventId = helloLastEventId;
+      appliedAbove.clear();
       toasted.clear();
       resync();
       return;
@@ -1097,8 +1127,7 @@
 
   function onEvent(frame) {
     if (frame && typeof frame.id === 'number') inbox.onEvent(frame);
-    if (typeof frame.id !== 'number' || frame.id <= lastEventId) return; // already applied
-    lastEventId = frame.id;
+    if (typeof frame.id !== 'number' || !markApplied(frame.id)) return; // already applied
     upsert(frame.task);
     var outcome = OUTCOMES[frame.event];
     if (outcome && !toasted.has(frame.id)) {
@@ -1120,7 +1149,7 @@
   async function resync() {
     if (resyncing) { resyncAgain = true; return; }
     resyncing = true;
-    lastEventId = Math.max(lastEventId, helloLastEventId);
+    advanceTo(helloLastEventId);
     try {
       for (var tries = 0; tries < 4; tries++) {
         try {
