@@ -9,11 +9,15 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.utils import timezone
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
 
+from live.models import Event
+from live.services import delete_expired_events
 from workloads.models import Task
 
 from .stack import PASSWORD, ROOT, wait_for
@@ -206,14 +210,35 @@ class SocketRelay:
             page_side.close(code=4000, reason="cut off by the test")
         self.open.clear()
 
-    def reconnect_holding_resume(self) -> None:
-        self.refusing, self.holding = False, True
+    def reconnect(self, *, holding_resume: bool = False) -> None:
+        self.refusing, self.holding = False, holding_resume
 
     def release(self) -> None:
         self.holding = False
         for server, message in self.held:
             server.send(message)
         self.held.clear()
+
+
+def fail_a_task_while_cut_off(page: Page, relay: SocketRelay, username: str) -> str:
+    """Queues a failing task from the page while its socket is cut off;
+    returns its id once it has failed."""
+    relay.cut_off()
+    expect(page.get_by_test_id("connection-status")).to_have_text("reconnecting")
+    page.locator("input[name=seconds]").fill("0")
+    page.locator("input[name=fail]").check()
+    page.get_by_test_id("queue-task").click()
+    missed = page.get_by_test_id("task-row").first  # from the POST's answer
+    expect(missed).to_have_attribute("data-status", "queued")
+    missed_id = missed.get_attribute("data-task-id")
+    assert missed_id
+    wait_for(
+        lambda: Task.objects.filter(id=missed_id, owner__username=username, status="failed").exists(),
+        timeout=30,
+        what="the task queued while cut off to fail",
+    )
+    page.locator("input[name=fail]").uncheck()
+    return missed_id
 
 
 def test_events_replayed_after_a_newer_live_one_still_reach_the_page(stack: Any, page: Page) -> None:
@@ -228,24 +253,9 @@ def test_events_replayed_after_a_newer_live_one_still_reach_the_page(stack: Any,
     status = page.get_by_test_id("connection-status")
     expect(status).to_have_text("connected")
 
-    relay.cut_off()
-    expect(status).to_have_text("reconnecting")
-    page.locator("input[name=seconds]").fill("0")
-    page.locator("input[name=fail]").check()
-    page.get_by_test_id("queue-task").click()
-    missed = page.get_by_test_id("task-row").first  # from the POST's answer
-    expect(missed).to_have_attribute("data-status", "queued")
-    missed_id = missed.get_attribute("data-task-id")
-    assert missed_id
-    wait_for(
-        lambda: Task.objects.filter(id=missed_id, owner__username=username, status="failed").exists(),
-        timeout=30,
-        what="the task queued while cut off to fail",
-    )
-
-    relay.reconnect_holding_resume()
+    missed_id = fail_a_task_while_cut_off(page, relay, username)
+    relay.reconnect(holding_resume=True)
     expect(status).to_have_text("connected", timeout=30_000)
-    page.locator("input[name=fail]").uncheck()
     page.get_by_test_id("queue-task").click()
     later = page.locator(f'[data-testid="task-row"]:not([data-task-id="{missed_id}"])')
     expect(later).to_have_attribute("data-status", "succeeded", timeout=30_000)  # live, ahead of the resume
@@ -256,3 +266,25 @@ def test_events_replayed_after_a_newer_live_one_still_reach_the_page(stack: Any,
     expect(page.locator(f'[data-task-id="{missed_id}"]')).to_have_attribute("data-status", "failed", timeout=10_000)
     expect(page.get_by_test_id("notification").filter(has_text="Simulated failure")).to_have_count(1)
     expect(page.get_by_test_id("inbox-unread")).to_have_text("2")
+
+
+def test_a_page_whose_missed_events_expired_reloads_its_tasks_and_goes_on_live(stack: Any, page: Page) -> None:
+    """Retention deleted the events the page missed: its resume is answered
+    with resync, the page reloads the tasks over REST, and later events still
+    apply."""
+    relay = SocketRelay()
+    page.route_web_socket(re.compile(r"/ws/$"), relay.route)
+    page.goto(stack.base_url + "/signup/")
+    username = sign_up(page)
+    expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+    missed_id = fail_a_task_while_cut_off(page, relay, username)
+    # As if the page had been away longer than EVENT_RETENTION_DAYS.
+    Event.objects.filter(user__username=username).update(created_at=timezone.now() - timedelta(days=30))
+    assert delete_expired_events() == 3
+
+    relay.reconnect()
+    expect(page.locator(f'[data-task-id="{missed_id}"]')).to_have_attribute("data-status", "failed", timeout=30_000)
+    page.get_by_test_id("queue-task").click()
+    later = page.locator(f'[data-testid="task-row"]:not([data-task-id="{missed_id}"])')
+    expect(later).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    expect(page.get_by_test_id("notification").filter(has_text="simulate succeeded")).to_have_count(1)

@@ -1096,7 +1096,7 @@
       case 'progress': upsert(frame.task); break; // never moves a finished task back (upsert)
       case 'pong': break;
       case 'inbox': inbox.onInboxFrame(frame); break;
-      case 'resync': resync(); break;
+      case 'resync': resync(frame.last_event_id); break;
       case 'error':
         console.warn('tasklight: server error frame', frame.code, frame.message);
         if (frame.code === 'invalid_resume') resync();
@@ -1141,15 +1141,17 @@
   }
 
   // The server no longer holds the events this page missed: reload the
-  // list over REST. Events after this socket's hello arrive live meanwhile,
-  // and upsert never lets the (possibly older) REST copy move a task back.
+  // list over REST. Everything up to the resync's last_event_id (else the
+  // hello's) is in what the reload reads; later events arrive live
+  // meanwhile, and upsert never lets the (possibly older) REST copy move a
+  // task back.
   var resyncing = false;
   var resyncAgain = false;
 
-  async function resync() {
+  async function resync(upTo) {
+    advanceTo(Math.max(helloLastEventId, typeof upTo === 'number' ? upTo : 0));
     if (resyncing) { resyncAgain = true; return; }
     resyncing = true;
-    advanceTo(helloLastEventId);
     try {
       for (var tries = 0; tries < 4; tries++) {
         try {
