@@ -14,6 +14,7 @@ its task's first statement, which the task retries (workloads/tasks.py).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from typing import Any
@@ -32,11 +33,16 @@ _used_at: WeakKeyDictionary[Any, float] = WeakKeyDictionary()
 
 
 def _used_recently(conn: Any) -> bool:
-    return time.monotonic() - _used_at.get(conn, -RECENTLY_USED_SECONDS) < RECENTLY_USED_SECONDS
+    try:
+        last = _used_at.get(conn)
+    except TypeError:  # no weak reference to it: sqlite3's (embedded mode), whose check is free
+        return False
+    return last is not None and time.monotonic() - last < RECENTLY_USED_SECONDS
 
 
 def _note_use(conn: Any) -> None:
-    _used_at[conn] = time.monotonic()
+    with contextlib.suppress(TypeError):  # as above
+        _used_at[conn] = time.monotonic()
 
 
 def check_pooled_connection(conn: Any) -> None:

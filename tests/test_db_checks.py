@@ -8,6 +8,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 from django.db import close_old_connections, connection
+from django.db.utils import ConnectionHandler
 
 from tasklight import db
 
@@ -82,3 +83,22 @@ def test_a_workers_connection_used_by_the_last_task_a_moment_ago_is_not_checked(
     clock.now += db.RECENTLY_USED_SECONDS * 1.2
     a_task()
     assert checks == [True, True]  # idle longer: checked
+
+
+@pytest.mark.django_db
+def test_a_workers_sqlite_connection_runs_tasks_without_the_record(monkeypatch) -> None:
+    """Embedded mode (make run): sqlite3's connections take no weak reference,
+    so they are never recorded nor skipped. SQLite's check costs nothing."""
+    sqlite = ConnectionHandler({"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}})["default"]
+    monkeypatch.setattr(db, "connection", sqlite)
+    try:
+        answers = []
+        for _ in range(2):  # as run_task does for two tasks in a row
+            db.skip_check_if_just_used()
+            with sqlite.cursor() as cursor:
+                cursor.execute("SELECT 1")
+                answers.append(cursor.fetchone())
+            db.mark_used()  # raised TypeError, after every task
+        assert answers == [(1,), (1,)]
+    finally:
+        sqlite.close()

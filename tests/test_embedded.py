@@ -80,6 +80,10 @@ def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
         assert events[-1]["task"]["result"] == {"count": 9592}
         assert all(frame["task"]["id"] == bobs_task["id"] for frame in bobs.frames[1:])
 
+    # A workload's failure is the task's outcome, not an error of the service.
+    errors = [line for line in process.log().splitlines() if " ERROR " in line or ": ERROR/" in line]
+    assert not errors, errors
+
     # Ctrl-C (SIGINT to the terminal's process group) stops the server and the worker.
     os.killpg(process.popen.pid, signal.SIGINT)
     process.popen.wait(30)
