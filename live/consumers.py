@@ -2,10 +2,11 @@
 
 Delivery rule: from ``hello`` on, a socket sends each of its user's newer
 events once, in id order; a ``resume`` adds the older ones it asks for, each
-once, after any live event that reached the socket before it. Ids are gap-free per user (live/models.py), so a live
-event that skips ahead means an earlier one is still in flight from another
-process, or was lost by the channel layer: the consumer sends the missing ones
-from the table first and drops a late copy when it comes. Every ``ping`` also
+once, after any live event that reached the socket before it. Ids are
+gap-free per user (live/models.py), so a live event that skips ahead means an
+earlier one is still in flight from another process, or was lost by the
+channel layer: the consumer sends the missing ones from the table first and
+drops a late copy when it comes. Every ``ping`` also
 checks the table, so an event the layer lost (Redis restarted, say) reaches
 the socket by the next heartbeat at the latest, even if no later event comes.
 """
