@@ -392,6 +392,9 @@ LOGGING = {
         # INFO whatever LOG_LEVEL says; they cost ~9 % of a request's CPU).
         "uvicorn": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "uvicorn.access": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
+        # Django's own logging gives "django" a handler of its own when DEBUG
+        # is on (make run): without this, each of its lines came twice.
+        "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         # One line per terminal event sent to a socket: off unless asked for.
         "live.delivery": {"level": "INFO" if env.bool("LOG_DELIVERIES", default=False) else "WARNING"},
     },

@@ -80,6 +80,11 @@ def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
         assert events[-1]["task"]["result"] == {"count": 9592}
         assert all(frame["task"]["id"] == bobs_task["id"] for frame in bobs.frames[1:])
 
+    # A bad request is logged once (DEBUG is on: Django's own handler printed it twice).
+    assert alice.http.post("/api/tasks/", json={"kind": "primes", "params": {"below": -1}}).status_code == 400
+    wait_for(lambda: '"POST /api/tasks/ HTTP/1.1" 400' in process.log(), timeout=10, what="the 400 to be logged")
+    assert process.log().count("Bad Request: /api/tasks/") == 1, process.log()[-2000:]
+
     # A workload's failure is the task's outcome, not an error of the service.
     errors = [line for line in process.log().splitlines() if " ERROR " in line or ": ERROR/" in line]
     assert not errors, errors
