@@ -262,6 +262,11 @@ TASK_RATE_LIMIT = env.str("TASK_RATE_LIMIT", default="120/min")
 # RELAY_INTERVAL_SECONDS, once they are RELAY_MIN_AGE_SECONDS old.
 RELAY_INTERVAL_SECONDS = env.float("RELAY_INTERVAL_SECONDS", default=5.0)
 RELAY_MIN_AGE_SECONDS = env.float("RELAY_MIN_AGE_SECONDS", default=5.0)
+# kombu's SQL transport (the embedded broker) never delivers again a message
+# whose worker died: it stays hidden, and its task "running". With it, the
+# relay also re-sends running tasks whose lease lapsed three leases ago
+# (docs/lifecycle.md). RabbitMQ delivers such messages again by itself.
+RESEND_ABANDONED_TASKS = CELERY_BROKER_URL.startswith("sqla+")
 # Keep publishing to a down broker short: the relay sends the task later.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}

@@ -27,12 +27,12 @@ CONFIGURATION = (
 )
 
 
-@pytest.fixture
-def make_run(tmp_path: Path):
+def start_make_run(data_dir: Path, log_path: Path, **extra_env: str) -> tuple[str, Process]:
+    """`make run` on a free port with nothing configured, once it serves and
+    its worker is ready."""
     port = free_port()
     env = {key: value for key, value in os.environ.items() if key not in CONFIGURATION}
-    env["TASKLIGHT_DATA_DIR"] = str(tmp_path / "data")
-    log_path = tmp_path / "make-run.log"
+    env.update(TASKLIGHT_DATA_DIR=str(data_dir), **extra_env)
     with log_path.open("wb") as log:
         popen = subprocess.Popen(
             ["make", "run", f"PORT={port}"],
@@ -51,6 +51,20 @@ def make_run(tmp_path: Path):
         return httpx.get(f"{base_url}/healthz", timeout=1).status_code == 200 and " ready." in process.log()
 
     wait_for(up, timeout=120, what="make run to serve and its worker to be ready")
+    return base_url, process
+
+
+def ctrl_c(process: Process) -> None:
+    """SIGINT to the terminal's process group, as Ctrl-C sends it."""
+    os.killpg(process.popen.pid, signal.SIGINT)
+    process.popen.wait(30)
+    survivors = subprocess.run(["pgrep", "-g", str(process.popen.pid)], capture_output=True, text=True).stdout
+    assert not survivors.strip(), f"still running after Ctrl-C: {survivors}"
+
+
+@pytest.fixture
+def make_run(tmp_path: Path):
+    base_url, process = start_make_run(tmp_path / "data", tmp_path / "make-run.log")
     yield base_url, process, tmp_path / "data"
     process.stop(signal.SIGINT, timeout=30)
 
@@ -90,7 +104,34 @@ def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
     assert not errors, errors
 
     # Ctrl-C (SIGINT to the terminal's process group) stops the server and the worker.
-    os.killpg(process.popen.pid, signal.SIGINT)
-    process.popen.wait(30)
-    survivors = subprocess.run(["pgrep", "-g", str(process.popen.pid)], capture_output=True, text=True).stdout
-    assert not survivors.strip(), f"still running after Ctrl-C: {survivors}"
+    ctrl_c(process)
+
+
+def test_a_task_running_at_ctrl_c_runs_again_at_the_next_make_run(tmp_path: Path) -> None:
+    """Ctrl-C ends the worker before its task ends (honcho kills what has not
+    stopped after 5 s), and the embedded broker keeps that message hidden
+    forever: the next `make run` sends the task again once its lease has
+    lapsed three times over (workloads/services.py resend_abandoned)."""
+    quick = {"TASK_LEASE_SECONDS": "2", "CANCEL_POLL_SECONDS": "0.5", "RELAY_INTERVAL_SECONDS": "1"}
+    base_url, process = start_make_run(tmp_path / "data", tmp_path / "first.log", **quick)
+    try:
+        alice = Account.sign_up(base_url)
+        task = alice.queue("simulate", seconds=6)
+        wait_for(
+            lambda: alice.http.get(f"/api/tasks/{task['id']}/").json()["status"] == "running",
+            timeout=30,
+            what="the task to start",
+        )
+    finally:
+        ctrl_c(process)
+
+    base_url, process = start_make_run(tmp_path / "data", tmp_path / "second.log", **quick)
+    try:
+        with alice.socket(base_url) as socket:
+            socket.ws.send('{"type": "resume", "after": 0}')
+            events = socket.events_until(terminal_for(task["id"]), timeout=60)
+        assert [e["event"] for e in events] == ["task.queued", "task.started", "task.succeeded"]  # started once
+        assert events[-1]["task"]["result"] == {"slept": 6}
+        assert "sent again 1 running task(s) whose worker died" in process.log()
+    finally:
+        ctrl_c(process)

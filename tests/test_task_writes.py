@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
 from django.db import IntegrityError, connection, transaction
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from live.models import Event, EventStream
 from workloads import services
@@ -248,3 +250,32 @@ def blocked_on_a_lock() -> bool:
             "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'"
         )
         return bool(cursor.fetchone()[0])
+
+
+def test_a_running_task_abandoned_by_its_worker_is_sent_again_and_taken_over(
+    alice: User, published: list, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """For a broker that does not deliver a dead worker's message again
+    (embedded mode): the housekeeper's resend_abandoned."""
+    abandoned, alive = running_task(alice), running_task(alice)
+    queued = services.create_task(owner=alice, kind="simulate", params={"seconds": 0})
+    sends: list[tuple[str, bool]] = []
+
+    def sending(**kwargs: Any) -> bool:
+        sends.append((str(kwargs["task_id"]), kwargs["again"]))
+        return True
+
+    monkeypatch.setattr(services, "send_to_broker", sending)
+    long_ago = timezone.now() - timedelta(seconds=60)
+    Task.objects.filter(pk__in=[abandoned.pk, queued.pk]).update(heartbeat_at=long_ago)
+    events = last_event_id(alice)
+
+    assert services.resend_abandoned(older_than=30) == 1
+    assert sends == [(str(abandoned.id), True)]
+    assert services.resend_abandoned(older_than=30) == 0  # not sent again before it is taken over
+    taken_over = services.start_task(task_id=abandoned.id, redelivered=True)  # the message, "again"
+    assert taken_over is not None and taken_over.status == "running"
+    assert (timezone.now() - Task.objects.get(pk=abandoned.pk).heartbeat_at).total_seconds() < 5  # ours now
+    assert last_event_id(alice) == events  # no second task.started
+    assert services.resend_abandoned(older_than=30) == 0
+    assert Task.objects.get(pk=alive.pk).status == "running"

@@ -202,6 +202,27 @@ def relay_unsent(*, older_than: float, limit: int = 500) -> int:
     return sent
 
 
+def resend_abandoned(*, older_than: float, limit: int = 100) -> int:
+    """Sends again the running tasks whose lease lapsed ``older_than`` s ago
+    (their worker died), as redeliveries: start_task takes each over and it
+    runs from the start. For a broker that does not deliver a dead worker's
+    message again (RESEND_ABANDONED_TASKS). Each one's lease is set to have
+    lapsed just now: taken over at once, not sent again by the next round."""
+    now = timezone.now()
+    sent = 0
+    with transaction.atomic():
+        abandoned = Task.objects.filter(status=TaskStatus.RUNNING, heartbeat_at__lt=now - timedelta(seconds=older_than))
+        if connection.features.has_select_for_update_skip_locked:
+            abandoned = abandoned.select_for_update(skip_locked=True)
+        for task_id, kind in abandoned.order_by("heartbeat_at").values_list("id", "kind")[:limit]:
+            if not send_to_broker(task_id=task_id, kind=kind, again=True):
+                break  # the broker is away; next round
+            lapsed = now - timedelta(seconds=settings.TASK_LEASE_SECONDS)
+            Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).update(heartbeat_at=lapsed)
+            sent += 1
+    return sent
+
+
 def delete_expired_idempotency_keys() -> int:
     cutoff = timezone.now() - IDEMPOTENCY_WINDOW
     return IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()[0]

@@ -235,9 +235,11 @@ class CancelWatchdog(threading.Thread):
 
 class Housekeeper(threading.Thread):
     """In every worker's main process: sends queued tasks that never reached
-    the broker (every RELAY_INTERVAL_SECONDS), and deletes expired events and
-    idempotency keys (every CLEANUP_INTERVAL_SECONDS). Doing either in several
-    workers at once is harmless."""
+    the broker (every RELAY_INTERVAL_SECONDS) and, on a broker that does not
+    deliver a dead worker's message again, running tasks abandoned by their
+    worker; deletes expired events and idempotency keys (every
+    CLEANUP_INTERVAL_SECONDS). Doing any of it in several workers at once is
+    harmless."""
 
     def __init__(self) -> None:
         super().__init__(name="tasklight-housekeeper", daemon=True)
@@ -251,6 +253,10 @@ class Housekeeper(threading.Thread):
                 sent = services.relay_unsent(older_than=settings.RELAY_MIN_AGE_SECONDS)
                 if sent:
                     logger.info("relay: sent %d task(s) the broker had not accepted", sent)
+                if settings.RESEND_ABANDONED_TASKS:
+                    sent = services.resend_abandoned(older_than=3 * settings.TASK_LEASE_SECONDS)
+                    if sent:
+                        logger.warning("relay: sent again %d running task(s) whose worker died", sent)
             except Exception as exc:
                 logger.warning("relay: will try again: %s", exc)
             if time.monotonic() >= self.next_cleanup:
