@@ -23,7 +23,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
 
@@ -194,10 +194,11 @@ class GcPauses(Collector):
     prometheus_client metric: the hook runs in whichever thread allocated, at
     any point, possibly while that thread holds a metric's lock."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
         self.buckets = [[0] * (len(GC_PAUSE_BUCKETS) + 1) for _ in range(3)]
         self.sums = [0.0] * 3
         self.longest = 0.0
+        self._clock = clock
         self._started = 0.0
 
     def watch(self) -> None:
@@ -206,9 +207,9 @@ class GcPauses(Collector):
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            self._started = time.perf_counter()
+            self._started = self._clock()
             return
-        seconds = time.perf_counter() - self._started
+        seconds = self._clock() - self._started
         generation = min(info["generation"], 2)
         self.buckets[generation][bisect.bisect_left(GC_PAUSE_BUCKETS, seconds)] += 1
         self.sums[generation] += seconds

@@ -73,17 +73,18 @@ def test_metrics_counts_queued_and_running_tasks_by_kind(settings: Any, alice: U
     assert sample(text, "tasklight_tasks", state="succeeded", kind="primes") is None
 
 
-def test_gc_pauses_are_counted_by_generation_into_their_buckets(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_gc_pauses_are_counted_by_generation_into_their_buckets() -> None:
     from prometheus_client import CollectorRegistry, generate_latest
 
     from tasklight import metrics
 
-    pauses = metrics.GcPauses()
+    # Two collections of known length: a full one of 0.3 s, a young one of 2 ms.
+    # The clock is this collector's own: the process's real collections, heard
+    # by its own hook, must not read it (patching time.perf_counter let them).
+    clock = iter([10.0, 10.3, 20.0, 20.002])
+    pauses = metrics.GcPauses(clock=lambda: next(clock))
     registry = CollectorRegistry()
     registry.register(pauses)
-    # Two collections of known length: a full one of 0.3 s, a young one of 2 ms.
-    clock = iter([10.0, 10.3, 20.0, 20.002])
-    monkeypatch.setattr(metrics.time, "perf_counter", lambda: next(clock))
     pauses._on_gc("start", {"generation": 2})
     pauses._on_gc("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
     pauses._on_gc("start", {"generation": 0})
