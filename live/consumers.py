@@ -23,6 +23,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 
 from tasklight import metrics
 
@@ -38,6 +39,9 @@ delivery_logger = logging.getLogger("live.delivery")
 # many sockets for one user, or too many frames from one socket.
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_MANY = 4429
+# The database did not answer (docs/events.md): reconnect and resume later.
+CLOSE_TRY_AGAIN = 1013
+DATABASE_DOWN = (OperationalError, InterfaceError)
 REPLAY_BATCH = 500
 
 # Sockets per user in this process (each web process counts its own).
@@ -88,7 +92,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         # the read can be missed: it arrives live.
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
-        self.last_sent_id, inbox = await database_sync_to_async(services.hello_state)(user.id)
+        try:
+            self.last_sent_id, inbox = await database_sync_to_async(services.hello_state)(user.id)
+        except DATABASE_DOWN as exc:
+            logger.warning("socket of user %s: no hello, the database is unavailable: %s", user.id, exc)
+            await self.close(code=CLOSE_TRY_AGAIN)
+            return
         self.sent_after = self.last_sent_id
         await self.send_json({"type": "hello", "user": user.username, "last_event_id": self.last_sent_id, **inbox})
 
@@ -135,10 +144,17 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         kind = content["type"]
         if kind == "ping":
-            await self.catch_up()
+            try:
+                await self.catch_up()
+            except DATABASE_DOWN as exc:  # what is stored comes at a later ping or event
+                logger.warning("socket of user %s: no catch-up, the database is unavailable: %s", self.user_id, exc)
             await self.send_json({"type": "pong", "id": content.get("id")})
         elif kind == "resume":
-            await self.resume(content.get("after"))
+            try:
+                await self.resume(content.get("after"))
+            except DATABASE_DOWN as exc:  # the client resumes again once it has reconnected
+                logger.warning("socket of user %s: no resume, the database is unavailable: %s", self.user_id, exc)
+                await self.close(code=CLOSE_TRY_AGAIN)
         else:
             await self.send_error("unknown_type", f"Unknown frame type {kind[:40]!r}.")
 
@@ -216,7 +232,13 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         if frame["id"] <= self.last_sent_id:
             return
         if frame["id"] > self.last_sent_id + 1:
-            await self.replay(self.last_sent_id, reason="gap")
+            try:
+                await self.replay(self.last_sent_id, reason="gap")
+            except DATABASE_DOWN as exc:
+                # Not sent ahead of the missing ones: it is stored, and comes
+                # with them from the table at the next event or ping.
+                logger.warning("socket of user %s: gap not filled, database unavailable: %s", self.user_id, exc)
+                return
             if frame["id"] <= self.last_sent_id:
                 return
         await self.send_json(frame)

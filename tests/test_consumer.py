@@ -10,9 +10,11 @@ from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.models import User
+from django.db import OperationalError
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
+from live import services
 from live.consumers import CLOSE_UNAUTHENTICATED
 from live.events import user_group
 from live.models import Event, EventStream
@@ -335,3 +337,30 @@ async def test_resume_replays_only_the_users_own_events(open_socket, alice: User
     # Alice's event 2 does not exist for bob: resuming after 1 is the newest.
     await socket.send_json_to({"type": "resume", "after": 2})
     assert (await socket.receive_json_from())["code"] == "invalid_resume"
+
+
+async def test_the_database_away_does_not_cost_the_socket(open_socket, alice: User, monkeypatch) -> None:
+    """A gap that cannot be filled drops the early event (it is stored, and
+    comes with the missing one from the table later) and a ping is still
+    answered; a resume that cannot be served closes with 1013, so that the
+    client reconnects and resumes again. Before, each of them crashed the
+    consumer, and the server dropped the connection without a close frame."""
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    first, second = await store_event(alice, 1), await store_event(alice, 2)
+    events_after = services.events_after
+
+    def database_down(**kwargs: Any) -> Any:
+        raise OperationalError("the database is away")
+
+    monkeypatch.setattr(services, "events_after", database_down)
+    await push(alice, second)  # ahead of the first: the gap cannot be filled now
+    await socket.send_json_to({"type": "ping", "id": "away"})
+    assert await socket.receive_json_from() == {"type": "pong", "id": "away"}
+    monkeypatch.setattr(services, "events_after", events_after)
+    await socket.send_json_to({"type": "ping", "id": "back"})
+    assert [await socket.receive_json_from() for _ in range(3)] == [first, second, {"type": "pong", "id": "back"}]
+
+    monkeypatch.setattr(services, "events_after", database_down)
+    await socket.send_json_to({"type": "resume", "after": 0})
+    assert await socket.receive_output() == {"type": "websocket.close", "code": 1013}
