@@ -23,9 +23,9 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
 
 from tasklight import metrics
+from tasklight.db import DATABASE_DOWN
 
 from . import services
 from .events import user_group
@@ -41,7 +41,6 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_MANY = 4429
 # The database did not answer (docs/events.md): reconnect and resume later.
 CLOSE_TRY_AGAIN = 1013
-DATABASE_DOWN = (OperationalError, InterfaceError)
 REPLAY_BATCH = 500
 
 # Sockets per user in this process (each web process counts its own).

@@ -20,12 +20,16 @@ import time
 from typing import Any
 from weakref import WeakKeyDictionary
 
-from django.db import connection, connections
+from django.db import InterfaceError, OperationalError, connection, connections
 from psycopg_pool import ConnectionPool
 
 logger = logging.getLogger(__name__)
 
 RECENTLY_USED_SECONDS = 0.5
+
+# What a database that went away raises (Django's wrappers of the driver's
+# errors): a reason to wait and try again, never a 500 nor a lost task.
+DATABASE_DOWN = (OperationalError, InterfaceError)
 
 # When each connection (psycopg's) was last handed out or used; weak, so
 # that a closed and dropped connection leaves nothing behind.

@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
-from django.db import DatabaseError, InterfaceError, OperationalError
+from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.views import defaults
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -14,6 +14,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
+
+from tasklight.db import DATABASE_DOWN
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ def _unavailable(code: str, message: str, exc: Exception) -> Response:
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, (OperationalError, InterfaceError)):
+    if isinstance(exc, DATABASE_DOWN):
         return _unavailable("database_unavailable", "The database is unavailable; try again shortly.", exc)
     if isinstance(exc, DatabaseError):
         return None

@@ -20,7 +20,7 @@ from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_ready, worker_shutdown
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections, connection
+from django.db import close_old_connections, connection
 
 from live.publisher import publisher
 from live.services import delete_expired_events
@@ -42,8 +42,6 @@ class TasklightTask(CeleryTask):
             services.fail_task(task_id=task_id, error=f"The task was stopped at its hard time limit of {limit} s.")
 
 
-# The database being away is a reason to wait, never to lose a task.
-DATABASE_DOWN = (OperationalError, InterfaceError)
 DATABASE_RETRY_MAX_SECONDS = 30
 
 
@@ -59,7 +57,7 @@ def run_task(self: CeleryTask, task_id: str, again: bool = False) -> None:
     try:
         _run(self, task_id, again)
         db.mark_used()
-    except DATABASE_DOWN as exc:
+    except db.DATABASE_DOWN as exc:
         close_old_connections()
         logger.warning("task %s: database unavailable, retrying: %s", task_id, exc)
         # A retry is a new message: "again" lets it resume a task it had started.
@@ -110,7 +108,7 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
         ended = services.fail_task(
             task_id=task_id, error=f"The task ran longer than its time limit of {limit:g} s.", running=task
         )
-    except DATABASE_DOWN:
+    except db.DATABASE_DOWN:
         raise
     except Exception as exc:
         logger.exception("task %s (%s) raised", task_id, task.kind)
