@@ -19,7 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Field
+from django.db.models import Field, QuerySet
 from django.utils import timezone
 
 from live.events import EventKind
@@ -189,17 +189,10 @@ def relay_unsent(*, older_than: float, limit: int = 500) -> int:
     the database has it, and a task sent twice still runs once (start_task).
     """
     cutoff = timezone.now() - timedelta(seconds=older_than)
-    sent = 0
     with transaction.atomic():
         unsent = Task.objects.filter(status=TaskStatus.QUEUED, sent_at__isnull=True, created_at__lt=cutoff)
-        if connection.features.has_select_for_update_skip_locked:
-            unsent = unsent.select_for_update(skip_locked=True)
-        for task_id, kind in unsent.order_by("created_at").values_list("id", "kind")[:limit]:
-            # Marked in the relay's transaction, which holds these rows' locks.
-            if not send_to_broker(task_id=task_id, kind=kind, mark_now=True):
-                break  # the broker is still away; try again next round
-            sent += 1
-    return sent
+        # Marked in the relay's transaction, which holds these rows' locks.
+        return len(_send_claimed(unsent.order_by("created_at"), limit=limit, mark_now=True))
 
 
 def resend_abandoned(*, older_than: float, limit: int = 100) -> int:
@@ -209,17 +202,26 @@ def resend_abandoned(*, older_than: float, limit: int = 100) -> int:
     message again (RESEND_ABANDONED_TASKS). Each one's lease is set to have
     lapsed just now: taken over at once, not sent again by the next round."""
     now = timezone.now()
-    sent = 0
     with transaction.atomic():
         abandoned = Task.objects.filter(status=TaskStatus.RUNNING, heartbeat_at__lt=now - timedelta(seconds=older_than))
-        if connection.features.has_select_for_update_skip_locked:
-            abandoned = abandoned.select_for_update(skip_locked=True)
-        for task_id, kind in abandoned.order_by("heartbeat_at").values_list("id", "kind")[:limit]:
-            if not send_to_broker(task_id=task_id, kind=kind, again=True):
-                break  # the broker is away; next round
-            lapsed = now - timedelta(seconds=settings.TASK_LEASE_SECONDS)
-            Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).update(heartbeat_at=lapsed)
-            sent += 1
+        sent = _send_claimed(abandoned.order_by("heartbeat_at"), limit=limit, again=True)
+        lapsed = now - timedelta(seconds=settings.TASK_LEASE_SECONDS)
+        Task.objects.filter(pk__in=sent, status=TaskStatus.RUNNING).update(heartbeat_at=lapsed)
+    return len(sent)
+
+
+def _send_claimed(tasks: QuerySet[Task], *, limit: int, **send_options: Any) -> list[uuid.UUID]:
+    """Sends up to ``limit`` of these tasks, in their order, their rows locked
+    by the caller's transaction (skipping those another worker holds, where
+    the database can); stops at the first the broker refuses (next round).
+    Returns the ids sent."""
+    if connection.features.has_select_for_update_skip_locked:
+        tasks = tasks.select_for_update(skip_locked=True)
+    sent = []
+    for task_id, kind in tasks.values_list("id", "kind")[:limit]:
+        if not send_to_broker(task_id=task_id, kind=kind, **send_options):
+            break
+        sent.append(task_id)
     return sent
 
 
