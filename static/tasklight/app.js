@@ -417,7 +417,7 @@
   function markApplied(id) {
     if (id <= lastEventId || appliedAbove.has(id)) return false;
     appliedAbove.add(id);
-    advanceTo(lastEventId);
+    extendPrefix();
     return true;
   }
 
@@ -425,6 +425,10 @@
   function advanceTo(id) {
     lastEventId = Math.max(lastEventId, id);
     appliedAbove.forEach(function (other) { if (other <= lastEventId) appliedAbove.delete(other); });
+    extendPrefix();
+  }
+
+  function extendPrefix() {
     while (appliedAbove.has(lastEventId + 1)) {
       lastEventId += 1;
       appliedAbove.delete(lastEventId);
