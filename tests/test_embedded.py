@@ -135,3 +135,32 @@ def test_a_task_running_at_ctrl_c_runs_again_at_the_next_make_run(tmp_path: Path
         assert "sent again 1 running task(s) whose worker died" in process.log()
     finally:
         ctrl_c(process)
+
+
+def test_the_embedded_brokers_delivered_messages_are_deleted(tmp_path: Path) -> None:
+    """kombu's SQL transport keeps every message it delivered as a hidden row;
+    the workers' hourly cleanup deletes them, and only them."""
+    from kombu import Connection
+
+    from tasklight.celery import delete_delivered_messages
+
+    url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
+    with Connection(url) as conn:
+        queue = conn.SimpleQueue("tasklight-test")
+        for n in range(3):
+            queue.put({"n": n})
+        delivered = queue.get(timeout=5)
+        delivered.ack()
+        held = queue.get(timeout=5)  # delivered, not yet acknowledged
+        assert delete_delivered_messages(url) == 2
+        held.ack()  # the row is not needed for it
+        assert delete_delivered_messages(url) == 0
+        assert queue.get(timeout=5).payload == {"n": 2}
+        assert delete_delivered_messages(url) == 1
+        queue.close()
+
+
+def test_other_brokers_have_no_delivered_messages_to_delete() -> None:
+    from tasklight.celery import delete_delivered_messages
+
+    assert delete_delivered_messages("amqp://guest:guest@127.0.0.1:5672//") == 0

@@ -25,6 +25,7 @@ from django.db import close_old_connections, connection
 from live.publisher import publisher
 from live.services import delete_expired_events
 from tasklight import db
+from tasklight.celery import delete_delivered_messages
 
 from . import services
 from .models import Task
@@ -235,9 +236,9 @@ class Housekeeper(threading.Thread):
     """In every worker's main process: sends queued tasks that never reached
     the broker (every RELAY_INTERVAL_SECONDS) and, on a broker that does not
     deliver a dead worker's message again, running tasks abandoned by their
-    worker; deletes expired events and idempotency keys (every
-    CLEANUP_INTERVAL_SECONDS). Doing any of it in several workers at once is
-    harmless."""
+    worker; deletes expired events and idempotency keys, and the embedded
+    broker's delivered messages (every CLEANUP_INTERVAL_SECONDS). Doing any
+    of it in several workers at once is harmless."""
 
     def __init__(self) -> None:
         super().__init__(name="tasklight-housekeeper", daemon=True)
@@ -260,16 +261,23 @@ class Housekeeper(threading.Thread):
             if time.monotonic() >= self.next_cleanup:
                 self.next_cleanup = time.monotonic() + settings.CLEANUP_INTERVAL_SECONDS
                 try:
-                    events, keys = cleanup()
-                    if events or keys:
-                        logger.info("cleanup: deleted %d expired event(s), %d idempotency key(s)", events, keys)
+                    events, keys, messages = cleanup()
+                    if events or keys or messages:
+                        logger.info(
+                            "cleanup: deleted %d expired event(s), %d idempotency key(s), %d delivered message(s)",
+                            events,
+                            keys,
+                            messages,
+                        )
                 except Exception as exc:
                     logger.warning("cleanup: will try again: %s", exc)
         connection.close()
 
 
-def cleanup() -> tuple[int, int]:
-    return delete_expired_events(), services.delete_expired_idempotency_keys()
+def cleanup() -> tuple[int, int, int]:
+    """Deletes expired events and idempotency keys, and the embedded broker's
+    delivered messages; returns how many of each."""
+    return delete_expired_events(), services.delete_expired_idempotency_keys(), delete_delivered_messages()
 
 
 _housekeeper: Housekeeper | None = None
