@@ -64,29 +64,6 @@ def _tune_embedded_broker(**kwargs: object) -> None:
     sqlalchemy.Transport.polling_interval = settings.EMBEDDED_BROKER_POLLING_INTERVAL
 
 
-def delete_delivered_messages(broker_url: str | None = None) -> int:
-    """Deletes the messages kombu's SQL transport (the embedded broker) has
-    delivered; returns how many. That transport marks a message it hands to a
-    worker invisible and never deletes it (kombu's _get), so its table grows
-    by one row per task for good. The row is not needed again: a worker acks
-    or rejects the message it holds in memory, and a message put back is
-    written as a new row. Nothing to do on any other broker."""
-    url = broker_url or app.conf.broker_url
-    if not url.startswith("sqla+"):
-        return 0
-    connection: Any = app.connection_for_write(url)  # the stubs lack default_channel
-    with connection as conn:
-        channel = conn.default_channel
-        session = channel.session
-        try:
-            delivered = session.query(channel.message_cls).filter(channel.message_cls.visible.is_(False))
-            deleted = delivered.delete(synchronize_session=False)
-            session.commit()
-        finally:
-            session.close()
-    return int(deleted)
-
-
 @worker_process_init.connect  # in each pool process, once started
 @worker_ready.connect  # in the main process, once the pool is up
 def _freeze_start_up_objects(**kwargs: object) -> None:

@@ -142,7 +142,7 @@ def test_the_embedded_brokers_delivered_messages_are_deleted(tmp_path: Path) -> 
     the workers' hourly cleanup deletes them, and only them."""
     from kombu import Connection
 
-    from tasklight.celery import delete_delivered_messages
+    from tasklight.embedded_broker import delete_delivered_messages
 
     url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
     with Connection(url) as conn:
@@ -161,6 +161,6 @@ def test_the_embedded_brokers_delivered_messages_are_deleted(tmp_path: Path) -> 
 
 
 def test_other_brokers_have_no_delivered_messages_to_delete() -> None:
-    from tasklight.celery import delete_delivered_messages
+    from tasklight.embedded_broker import delete_delivered_messages
 
     assert delete_delivered_messages("amqp://guest:guest@127.0.0.1:5672//") == 0

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import uuid
+from collections.abc import Iterable
 from datetime import timedelta
 from typing import Any, cast
 
@@ -208,6 +209,24 @@ def resend_abandoned(*, older_than: float, limit: int = 100) -> int:
         lapsed = now - timedelta(seconds=settings.TASK_LEASE_SECONDS)
         Task.objects.filter(pk__in=sent, status=TaskStatus.RUNNING).update(heartbeat_at=lapsed)
     return len(sent)
+
+
+def sent_queued_tasks() -> list[tuple[uuid.UUID, str]]:
+    """The queued tasks already sent to the broker, oldest first: (id, kind)."""
+    sent = Task.objects.filter(status=TaskStatus.QUEUED, sent_at__isnull=False).order_by("created_at")
+    return list(sent.values_list("id", "kind"))
+
+
+def send_again(tasks: Iterable[tuple[uuid.UUID, str]]) -> int:
+    """Sends these queued tasks to the broker again, in their order; returns
+    how many it took (it stops at the first it refuses: the relay sends the
+    rest). A task sent twice still runs once (start_task)."""
+    sent = 0
+    for task_id, kind in tasks:
+        if not send_to_broker(task_id=task_id, kind=kind, mark_now=True):
+            break
+        sent += 1
+    return sent
 
 
 def _send_claimed(tasks: QuerySet[Task], *, limit: int, **send_options: Any) -> list[uuid.UUID]:

@@ -18,14 +18,14 @@ from typing import Any
 from celery import Task as CeleryTask
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 from django.conf import settings
 from django.db import close_old_connections, connection
 
 from live.publisher import publisher
 from live.services import delete_expired_events
 from tasklight import db
-from tasklight.celery import delete_delivered_messages
+from tasklight.embedded_broker import delete_delivered_messages, waiting_task_ids
 
 from . import services
 from .models import Task
@@ -246,6 +246,8 @@ class Housekeeper(threading.Thread):
         self.next_cleanup = time.monotonic()
 
     def run(self) -> None:
+        if _lost_at_start:
+            self.send_lost_tasks_again()
         while not self.stopping.wait(settings.RELAY_INTERVAL_SECONDS):
             close_old_connections()
             try:
@@ -273,6 +275,13 @@ class Housekeeper(threading.Thread):
                     logger.warning("cleanup: will try again: %s", exc)
         connection.close()
 
+    def send_lost_tasks_again(self) -> None:
+        try:
+            sent = services.send_again(_lost_at_start)
+            logger.warning("relay: sent again %d queued task(s) whose message a stopped worker took with it", sent)
+        except Exception as exc:
+            logger.warning("relay: queued tasks a stopped worker took with it not sent again (next start): %s", exc)
+
 
 def cleanup() -> tuple[int, int, int]:
     """Deletes expired events and idempotency keys, and the embedded broker's
@@ -281,6 +290,31 @@ def cleanup() -> tuple[int, int, int]:
 
 
 _housekeeper: Housekeeper | None = None
+# Found as the worker starts, sent again by its housekeeper.
+_lost_at_start: list[tuple[Any, str]] = []
+
+
+@worker_init.connect
+def find_tasks_a_stopped_worker_took(**kwargs: Any) -> None:
+    """On a broker that never delivers a message again
+    (RESEND_ABANDONED_TASKS), a worker stopped while holding the message of
+    a task still queued (one it was to retry later, say) took it with it:
+    the task would stay queued for good. Before this worker consumes, the
+    queued tasks that were sent and whose messages no longer wait in the
+    broker are those. Read in this order, a task sent meanwhile is waiting.
+    Assumes no other worker consumes from the same broker (make run); if one
+    does, a task it holds is sent twice and still runs once."""
+    if not settings.RESEND_ABANDONED_TASKS:
+        return
+    try:
+        queued = services.sent_queued_tasks()
+        waiting = waiting_task_ids()
+    except Exception as exc:
+        logger.warning("relay: could not look for queued tasks a stopped worker took with it: %s", exc)
+        return
+    finally:
+        connection.close()  # the pool processes, forked after this, must not inherit it
+    _lost_at_start[:] = [(task_id, kind) for task_id, kind in queued if str(task_id) not in waiting]
 
 
 @worker_ready.connect
