@@ -7,11 +7,12 @@ import os
 import signal
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
-from .stack import ROOT, Account, Process, free_port, terminal_for, wait_for
+from .stack import ROOT, Account, Process, free_port, terminal_for, until_all_finished, wait_for
 
 pytestmark = pytest.mark.embedded
 
@@ -107,21 +108,39 @@ def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
     ctrl_c(process)
 
 
-def test_a_task_running_at_ctrl_c_runs_again_at_the_next_make_run(tmp_path: Path) -> None:
+def test_tasks_running_or_waiting_at_ctrl_c_run_at_the_next_make_run(tmp_path: Path) -> None:
     """Ctrl-C ends the worker before its task ends (honcho kills what has not
-    stopped after 5 s), and the embedded broker keeps that message hidden
-    forever: the next `make run` sends the task again once its lease has
-    lapsed three times over (workloads/services.py resend_abandoned)."""
-    quick = {"TASK_LEASE_SECONDS": "2", "CANCEL_POLL_SECONDS": "0.5", "RELAY_INTERVAL_SECONDS": "1"}
+    stopped after 5 s), and the embedded broker never delivers again a
+    message its worker held: the running task's, nor those of the tasks
+    waiting for their owner's cap to free (each held for a retry a second
+    later). The next `make run` sends the running one again once its lease
+    has lapsed three times over (workloads/services.py resend_abandoned),
+    and the waiting ones as it starts (workloads/tasks.py)."""
+    from tasklight.embedded_broker import waiting_task_ids
+
+    quick = {
+        "TASK_LEASE_SECONDS": "2",
+        "CANCEL_POLL_SECONDS": "0.5",
+        "RELAY_INTERVAL_SECONDS": "1",
+        "MAX_RUNNING_TASKS_PER_USER": "1",
+    }
     base_url, process = start_make_run(tmp_path / "data", tmp_path / "first.log", **quick)
     try:
         alice = Account.sign_up(base_url)
-        task = alice.queue("simulate", seconds=6)
+        running, *waiting = (alice.queue("simulate", seconds=4) for _ in range(3))
+
+        def status(task: dict[str, Any]) -> str:
+            return alice.http.get(f"/api/tasks/{task['id']}/").json()["status"]
+
+        wait_for(lambda: status(running) == "running", timeout=30, what="the first task to start")
+        # The waiting tasks' messages are delivered, held by the worker for their retry.
+        broker = f"sqla+sqlite:///{tmp_path / 'data' / 'broker.sqlite3'}"
         wait_for(
-            lambda: alice.http.get(f"/api/tasks/{task['id']}/").json()["status"] == "running",
-            timeout=30,
-            what="the task to start",
+            lambda: not {task["id"] for task in waiting} & waiting_task_ids(broker),
+            timeout=10,
+            what="the waiting tasks' messages to be held by the worker",
         )
+        assert [status(running), *(status(task) for task in waiting)] == ["running", "queued", "queued"]
     finally:
         ctrl_c(process)
 
@@ -129,9 +148,12 @@ def test_a_task_running_at_ctrl_c_runs_again_at_the_next_make_run(tmp_path: Path
     try:
         with alice.socket(base_url) as socket:
             socket.ws.send('{"type": "resume", "after": 0}')
-            events = socket.events_until(terminal_for(task["id"]), timeout=60)
-        assert [e["event"] for e in events] == ["task.queued", "task.started", "task.succeeded"]  # started once
-        assert events[-1]["task"]["result"] == {"slept": 6}
+            ids = [running["id"], *(task["id"] for task in waiting)]
+            events = socket.events_until(until_all_finished(ids), timeout=90)
+        for task_id in ids:
+            own = [e for e in events if e["task"]["id"] == task_id]
+            assert [e["event"] for e in own] == ["task.queued", "task.started", "task.succeeded"]  # started once
+            assert own[-1]["task"]["result"] == {"slept": 4}
         assert "sent again 1 running task(s) whose worker died" in process.log()
     finally:
         ctrl_c(process)
