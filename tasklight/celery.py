@@ -62,6 +62,31 @@ def _tune_embedded_broker(**kwargs: object) -> None:
     from kombu.transport import sqlalchemy
 
     sqlalchemy.Transport.polling_interval = settings.EMBEDDED_BROKER_POLLING_INTERVAL
+    # Celery's loop for a polling transport waits in drain_events() up to 2 s
+    # a call, and once more after a stop is asked: an idle worker took ~7 s
+    # to stop and make run's Ctrl-C ended it with SIGKILL (honcho's, at 5 s).
+    # Each wait is cut short to EMBEDDED_BROKER_STOP_CHECK; the loop only
+    # looks at the stop flag and calls again.
+    drain_events = sqlalchemy.Transport.drain_events
+
+    def drain_events_briefly(self: Any, connection: Any, timeout: float | None = None) -> Any:
+        if timeout is None or timeout > settings.EMBEDDED_BROKER_STOP_CHECK:
+            timeout = settings.EMBEDDED_BROKER_STOP_CHECK
+        return drain_events(self, connection, timeout=timeout)
+
+    sqlalchemy.Transport.drain_events = drain_events_briefly  # type: ignore[method-assign]
+
+
+@worker_process_init.connect
+def _leave_the_workers_process_group(**kwargs: object) -> None:
+    # A process manager that stops a worker by signalling its process group
+    # (honcho and foreman, so make run's Ctrl-C) would end the pool processes
+    # mid-task while the worker waits for its tasks (Celery's warm shutdown),
+    # and Celery logged each as an ERROR. In a group of its own a pool process
+    # is stopped by its worker alone; it still dies with it (Celery has the
+    # kernel SIGKILL it when the worker dies), and billiard ends such a
+    # process's whole group at a time limit.
+    os.setpgid(0, 0)
 
 
 @worker_process_init.connect  # in each pool process, once started

@@ -216,6 +216,9 @@ else:
 CELERY_BROKER_URL = CELERY_BROKER_URL or f"sqla+sqlite:///{DATA_DIR / 'broker.sqlite3'}"
 # kombu's SQL transport polls its table; tasklight/celery.py applies this.
 EMBEDDED_BROKER_POLLING_INTERVAL = 0.05
+# How often a worker on it looks whether it was asked to stop (Celery's 2 s
+# is too slow for make run's Ctrl-C; tasklight/celery.py).
+EMBEDDED_BROKER_STOP_CHECK = 0.25
 CELERY_TASK_DEFAULT_QUEUE = env.str("TASKLIGHT_QUEUE", default="tasklight")
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]

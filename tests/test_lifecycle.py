@@ -162,7 +162,7 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_finishes_once(private
     with alice.socket() as socket:
         task = alice.queue("simulate", seconds=3)
         socket.events_until(lambda e: e["event"] == "task.started")
-        os.killpg(doomed.popen.pid, signal.SIGKILL)  # the whole worker, pool and all
+        os.killpg(doomed.popen.pid, signal.SIGKILL)  # the worker; its pool processes die with it
         doomed.popen.wait(10)
         running.start_worker(concurrency=1)
         events = socket.events_until(terminal_for(task["id"]), timeout=60)
