@@ -173,11 +173,12 @@ def busy_share(before: tuple[float, float], after: tuple[float, float]) -> float
 
 
 def cpu_snapshot(groups: Mapping[str, Proc]) -> dict[str, float]:
-    """CPU seconds used so far by each of our processes (with its whole process
-    group: a worker's pool too) and by each service (children that exited
-    included, through their parent's cutime), and by this harness."""
+    """CPU seconds used so far by each of our processes (with its whole
+    session, which each is started in: a worker's pool processes too, which
+    have process groups of their own) and by each service (children that
+    exited included, through their parent's cutime), and by this harness."""
     totals = dict.fromkeys([*groups, *SERVICES], 0.0)
-    by_pgrp = {proc.pid: name for name, proc in groups.items()}
+    by_session = {proc.pid: name for name, proc in groups.items()}
     by_comm = {comm: name for name, comms in SERVICES.items() for comm in comms}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -188,9 +189,9 @@ def cpu_snapshot(groups: Mapping[str, Proc]) -> dict[str, float]:
             continue
         comm = raw[raw.index("(") + 1 : raw.rindex(")")]
         fields = raw[raw.rindex(")") + 2 :].split()
-        pgrp = int(fields[2])
+        session = int(fields[3])
         used = sum(int(value) for value in fields[11:15]) / _TICK  # utime stime cutime cstime
-        name = by_pgrp.get(pgrp) or by_comm.get(comm)
+        name = by_session.get(session) or by_comm.get(comm)
         if name is not None:
             totals[name] += used
     usage = resource.getrusage(resource.RUSAGE_SELF)
