@@ -26,6 +26,24 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
 # `celery -A tasklight worker`: the settings give a worker's pool processes
 # persistent database connections (tasklight/settings.py).
 _own_metrics_dir: str | None = None
+_METRICS_DIR_PREFIX = "tasklight-worker-metrics-"
+
+
+def _remove_metrics_dirs_of_dead_workers() -> None:
+    """A worker removes its metrics directory as it stops; one killed
+    (SIGKILL) cannot. Each directory is named after its worker's pid."""
+    for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_DIR_PREFIX}*-*"):
+        pid = path.name.removeprefix(_METRICS_DIR_PREFIX).split("-", 1)[0]
+        if not pid.isdigit():
+            continue  # named before the pid was part of the name
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            pass  # another user's process: alive
+
+
 if "worker" in sys.argv[1:]:
     os.environ["TASKLIGHT_PROCESS"] = "worker"
     # Tasks run in forked pool processes: their metrics go to files that the
@@ -36,7 +54,8 @@ if "worker" in sys.argv[1:]:
         for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
             stale.unlink()
     else:
-        _own_metrics_dir = tempfile.mkdtemp(prefix="tasklight-worker-metrics-")
+        _remove_metrics_dirs_of_dead_workers()
+        _own_metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
     if "prometheus_client" in sys.modules:
         # Flower's plugin to Celery's command line imported it already, in

@@ -4,6 +4,11 @@ on the web process's token-protected /metrics and on the worker's own port."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -197,3 +202,25 @@ def test_a_tasks_counters_move_as_it_runs(private_stack: Any) -> None:
     assert run_seconds is not None and 1.5 <= run_seconds < 30
     # 1.5 s or more lands in no bucket below 2.5 s.
     assert sample(worker, "tasklight_task_run_seconds_bucket", kind="simulate", outcome="succeeded", le="1.0") == 0
+
+
+def test_a_worker_removes_the_metrics_directories_of_killed_workers(private_stack: Any) -> None:
+    """A worker removes its own metrics directory as it stops; one killed
+    leaves it behind, and the next worker to start removes it."""
+    temp = Path(tempfile.gettempdir())
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    killed = temp / f"tasklight-worker-metrics-{ended.pid}-left"
+    running_elsewhere = temp / f"tasklight-worker-metrics-{os.getpid()}-kept"
+    killed.mkdir()
+    running_elsewhere.mkdir()
+    try:
+        worker = private_stack().start_worker(concurrency=1)
+        assert not killed.exists()
+        assert running_elsewhere.exists()
+        (own,) = temp.glob(f"tasklight-worker-metrics-{worker.popen.pid}-*")
+        worker.stop()
+        assert not own.exists()
+    finally:
+        shutil.rmtree(killed, ignore_errors=True)
+        shutil.rmtree(running_elsewhere, ignore_errors=True)
