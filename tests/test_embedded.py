@@ -4,6 +4,7 @@ channels-lite. The same journey as test_journey, through the README's command.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -145,9 +146,9 @@ def test_tasks_running_or_waiting_at_ctrl_c_run_at_the_next_make_run(tmp_path: P
     stopped after 5 s), and the embedded broker never delivers again a
     message its worker held: the running task's, nor those of the tasks
     waiting for their owner's cap to free (each held for a retry a second
-    later). The next `make run` sends the running one again once its lease
-    has lapsed three times over (workloads/services.py resend_abandoned),
-    and the waiting ones as it starts (workloads/tasks.py)."""
+    later). The next `make run` sends them all again as it starts
+    (workloads/tasks.py): the running one is taken over once its lease has
+    lapsed and runs from the start."""
     from tasklight.embedded_broker import waiting_task_ids
 
     quick = {
@@ -187,7 +188,7 @@ def test_tasks_running_or_waiting_at_ctrl_c_run_at_the_next_make_run(tmp_path: P
             own = [e for e in events if e["task"]["id"] == task_id]
             assert [e["event"] for e in own] == ["task.queued", "task.started", "task.succeeded"]  # started once
             assert own[-1]["task"]["result"] == {"slept": 12 if task_id == running["id"] else 2}
-        assert "sent again 1 running task(s) whose worker died" in process.log()
+        assert re.search(r"sent again \d queued and 1 running task\(s\) a stopped worker held", process.log())
     finally:
         ctrl_c(process)
 

@@ -217,13 +217,19 @@ def sent_queued_tasks() -> list[tuple[uuid.UUID, str]]:
     return list(sent.values_list("id", "kind"))
 
 
-def send_again(tasks: Iterable[tuple[uuid.UUID, str]]) -> int:
-    """Sends these queued tasks to the broker again, in their order; returns
-    how many it took (it stops at the first it refuses: the relay sends the
-    rest). A task sent twice still runs once (start_task)."""
+def running_tasks() -> list[tuple[uuid.UUID, str]]:
+    """The running tasks, by the age of their lease, oldest first: (id, kind)."""
+    return list(Task.objects.filter(status=TaskStatus.RUNNING).order_by("heartbeat_at").values_list("id", "kind"))
+
+
+def send_again(tasks: Iterable[tuple[uuid.UUID, str]], *, again: bool = False) -> int:
+    """Sends these tasks to the broker again, in their order; returns how
+    many it took (it stops at the first it refuses). A task sent twice still
+    runs once (start_task); with ``again``, as a redelivery, a running one
+    is taken over once its lease has lapsed."""
     sent = 0
     for task_id, kind in tasks:
-        if not send_to_broker(task_id=task_id, kind=kind, mark_now=True):
+        if not send_to_broker(task_id=task_id, kind=kind, again=again, mark_now=True):
             break
         sent += 1
     return sent

@@ -246,8 +246,8 @@ class Housekeeper(threading.Thread):
         self.next_cleanup = time.monotonic()
 
     def run(self) -> None:
-        if _lost_at_start:
-            self.send_lost_tasks_again()
+        if _queued_at_start or _running_at_start:
+            self.send_again_what_a_stopped_worker_took()
         while not self.stopping.wait(settings.RELAY_INTERVAL_SECONDS):
             close_old_connections()
             try:
@@ -275,12 +275,13 @@ class Housekeeper(threading.Thread):
                     logger.warning("cleanup: will try again: %s", exc)
         connection.close()
 
-    def send_lost_tasks_again(self) -> None:
+    def send_again_what_a_stopped_worker_took(self) -> None:
         try:
-            sent = services.send_again(_lost_at_start)
-            logger.warning("relay: sent again %d queued task(s) whose message a stopped worker took with it", sent)
+            queued = services.send_again(_queued_at_start)
+            running = services.send_again(_running_at_start, again=True)
+            logger.warning("relay: sent again %d queued and %d running task(s) a stopped worker held", queued, running)
         except Exception as exc:
-            logger.warning("relay: queued tasks a stopped worker took with it not sent again (next start): %s", exc)
+            logger.warning("relay: tasks a stopped worker held not sent again (the next start will): %s", exc)
 
 
 def cleanup() -> tuple[int, int, int]:
@@ -291,30 +292,34 @@ def cleanup() -> tuple[int, int, int]:
 
 _housekeeper: Housekeeper | None = None
 # Found as the worker starts, sent again by its housekeeper.
-_lost_at_start: list[tuple[Any, str]] = []
+_queued_at_start: list[tuple[Any, str]] = []
+_running_at_start: list[tuple[Any, str]] = []
 
 
 @worker_init.connect
 def find_tasks_a_stopped_worker_took(**kwargs: Any) -> None:
     """On a broker that never delivers a message again
-    (RESEND_ABANDONED_TASKS), a worker stopped while holding the message of
-    a task still queued (one it was to retry later, say) took it with it:
-    the task would stay queued for good. Before this worker consumes, the
-    queued tasks that were sent and whose messages no longer wait in the
-    broker are those. Read in this order, a task sent meanwhile is waiting.
-    Assumes no other worker consumes from the same broker (make run); if one
-    does, a task it holds is sent twice and still runs once."""
+    (RESEND_ABANDONED_TASKS), a worker that stopped took with it the
+    messages it held: those of its running tasks and of queued ones it was
+    to retry later. Before this worker consumes, they are the sent tasks
+    still queued or running whose messages no longer wait in the broker
+    (read in this order, a task sent meanwhile is waiting). The running
+    ones go as redeliveries, taken over once their lease has lapsed: the
+    relay's resend_abandoned would wait three leases. Assumes no other worker
+    consumes from the same broker (make run); if one does, a task it holds
+    is sent twice and still runs once, and a task it runs keeps its lease."""
     if not settings.RESEND_ABANDONED_TASKS:
         return
     try:
-        queued = services.sent_queued_tasks()
+        queued, running = services.sent_queued_tasks(), services.running_tasks()
         waiting = waiting_task_ids()
     except Exception as exc:
-        logger.warning("relay: could not look for queued tasks a stopped worker took with it: %s", exc)
+        logger.warning("relay: could not look for tasks a stopped worker took with it: %s", exc)
         return
     finally:
         connection.close()  # the pool processes, forked after this, must not inherit it
-    _lost_at_start[:] = [(task_id, kind) for task_id, kind in queued if str(task_id) not in waiting]
+    _queued_at_start[:] = [(task_id, kind) for task_id, kind in queued if str(task_id) not in waiting]
+    _running_at_start[:] = [(task_id, kind) for task_id, kind in running if str(task_id) not in waiting]
 
 
 @worker_ready.connect
