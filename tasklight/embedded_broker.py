@@ -4,8 +4,8 @@ That transport marks a message it hands to a worker invisible and never
 deletes it, and never delivers it again: not when its worker dies holding it,
 nor when the worker is stopped before it gives it back. The workers fill both
 gaps from here: their hourly cleanup deletes delivered messages, and a worker
-starting sends again the queued tasks whose message is no longer waiting
-(docs/lifecycle.md). On any other broker there is nothing to do.
+starting sends again the queued and running tasks whose message is no longer
+waiting (workloads/tasks.py, docs/lifecycle.md). On any other broker there is nothing to do.
 
 Its table is read with an engine of our own, disposed of after each use:
 one worker start reads it before the pool processes are forked, which must
@@ -59,6 +59,8 @@ def delete_delivered_messages(broker_url: str | None = None) -> int:
 def waiting_task_ids(broker_url: str | None = None) -> set[str]:
     """The ids of the tasks whose messages wait in the broker, undelivered."""
     url = broker_url or app.conf.broker_url
+    if not is_embedded(url):
+        raise ValueError(f"not the embedded broker: {url.split('://', 1)[0]}://")
     with _broker_database(url) as conn:
         if conn is None:
             return set()

@@ -220,3 +220,21 @@ def test_other_brokers_have_no_delivered_messages_to_delete() -> None:
     from tasklight.embedded_broker import delete_delivered_messages
 
     assert delete_delivered_messages("amqp://guest:guest@127.0.0.1:5672//") == 0
+
+
+def test_the_embedded_broker_tells_whose_messages_wait(tmp_path: Path) -> None:
+    from kombu import Connection
+
+    from tasklight.embedded_broker import waiting_task_ids
+
+    url = f"sqla+sqlite:///{tmp_path / 'broker.sqlite3'}"
+    assert waiting_task_ids(url) == set()  # before kombu made its table
+    with Connection(url) as conn:
+        queue = conn.SimpleQueue("tasklight-test")
+        for task_id in ("first", "second", "third"):
+            queue.put({}, headers={"id": task_id})
+        queue.get(timeout=5).ack()
+        assert waiting_task_ids(url) == {"second", "third"}
+        queue.close()
+    with pytest.raises(ValueError, match="not the embedded broker"):
+        waiting_task_ids("amqp://guest:guest@127.0.0.1:5672//")

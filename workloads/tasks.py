@@ -235,10 +235,11 @@ class CancelWatchdog(threading.Thread):
 class Housekeeper(threading.Thread):
     """In every worker's main process: sends queued tasks that never reached
     the broker (every RELAY_INTERVAL_SECONDS) and, on a broker that does not
-    deliver a dead worker's message again, running tasks abandoned by their
-    worker; deletes expired events and idempotency keys, and the embedded
-    broker's delivered messages (every CLEANUP_INTERVAL_SECONDS). Doing any
-    of it in several workers at once is harmless."""
+    deliver a dead worker's message again, what a stopped worker took with
+    it (once, at start) and running tasks abandoned by their worker;
+    deletes expired events and idempotency keys, and the embedded broker's
+    delivered messages (every CLEANUP_INTERVAL_SECONDS). Doing any of it in
+    several workers at once is harmless."""
 
     def __init__(self) -> None:
         super().__init__(name="tasklight-housekeeper", daemon=True)
