@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import os
 import shutil
@@ -104,8 +105,10 @@ def _leave_the_workers_process_group(**kwargs: object) -> None:
     # and Celery logged each as an ERROR. In a group of its own a pool process
     # is stopped by its worker alone; it still dies with it (Celery has the
     # kernel SIGKILL it when the worker dies), and billiard ends such a
-    # process's whole group at a time limit.
-    os.setpgid(0, 0)
+    # process's whole group at a time limit. (A forked process cannot be a
+    # session leader, the one case where this fails; if it did, the old way.)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
 
 
 @worker_process_init.connect  # in each pool process, once started
