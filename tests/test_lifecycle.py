@@ -170,6 +170,24 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_finishes_once(private
     assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
 
 
+def test_a_worker_stopped_through_its_process_group_lets_its_task_finish(private_stack) -> None:
+    """honcho and foreman stop a process by signalling its whole group: the
+    worker's warm shutdown must not have its pool processes cut off by that
+    same SIGTERM mid-task (and logged as errors)."""
+    running = private_stack()
+    worker = running.start_worker(concurrency=1)
+    alice = Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("simulate", seconds=2)
+        socket.events_until(lambda e: e["event"] == "task.started")
+        worker.stop(signal.SIGTERM, timeout=30)  # to the group, as honcho does; SIGKILL after 30 s
+        assert worker.popen.returncode == 0, worker.log()[-2000:]
+        events = socket.events_until(terminal_for(task["id"]), timeout=10)
+    assert events[-1]["event"] == "task.succeeded"
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
+    assert "ERROR" not in worker.log(), worker.log()[-2000:]
+
+
 def test_tasks_queued_while_the_broker_is_away_are_relayed_once(stack: Any, private_stack) -> None:
     # The web process's broker is a closed port; the worker has the real one.
     # The session stack's worker shares the test database, so its housekeeper
