@@ -85,12 +85,13 @@ def _tune_embedded_broker(**kwargs: object) -> None:
     # Celery's loop for a polling transport waits in drain_events() up to 2 s
     # a call, and once more after a stop is asked: an idle worker took ~7 s
     # to stop and make run's Ctrl-C ended it with SIGKILL (honcho's, at 5 s).
-    # Each wait is cut short to EMBEDDED_BROKER_STOP_CHECK; the loop only
-    # looks at the stop flag and calls again.
+    # Each such wait is cut short to EMBEDDED_BROKER_STOP_CHECK; the loop
+    # only looks at the stop flag and calls again. A caller that waits for
+    # good (no timeout) still does.
     drain_events = sqlalchemy.Transport.drain_events
 
     def drain_events_briefly(self: Any, connection: Any, timeout: float | None = None) -> Any:
-        if timeout is None or timeout > settings.EMBEDDED_BROKER_STOP_CHECK:
+        if timeout is not None and timeout > settings.EMBEDDED_BROKER_STOP_CHECK:
             timeout = settings.EMBEDDED_BROKER_STOP_CHECK
         return drain_events(self, connection, timeout=timeout)
 
