@@ -32,6 +32,7 @@ def test_the_task_and_event_tables_have_exactly_the_indexes_their_queries_use() 
     assert indexes("workloads_task") == {
         "workloads_task_pkey",
         "task_owner_recent",
+        "task_recent",
         "task_owner_running",
         "task_unsent",
         "task_active",
@@ -54,3 +55,11 @@ def test_the_lookups_of_the_dropped_indexes_still_use_an_index(sql: str, index: 
     param: Any = 1 if "retry_of" not in sql else "00000000-0000-0000-0000-000000000000"
     # "Index Scan using X on", "Index Only Scan using X on" or "Bitmap Index Scan on X".
     assert re.search(rf"Index (Only )?Scan (using {index} on|on {index}\b)", plan(sql, [param])), plan(sql, [param])
+
+
+def test_the_admins_task_list_reads_an_index_instead_of_sorting_the_table() -> None:
+    """Its default order, everyone's tasks newest first, and a page of it
+    (docs/operations.md#admin)."""
+    sql = "SELECT id FROM workloads_task ORDER BY created_at DESC, id DESC LIMIT 50"
+    assert re.search(r"Index (Only )?Scan using task_recent on", plan(sql, [])), plan(sql, [])
+    assert "Sort" not in plan(sql, []), plan(sql, [])

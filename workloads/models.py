@@ -53,6 +53,10 @@ class Task(models.Model):
         indexes = [
             # The home page and GET /api/tasks/: one user's tasks, newest first.
             models.Index(fields=["owner", "-created_at", "-id"], name="task_owner_recent"),
+            # The admin's list: everyone's tasks, newest first (or a date
+            # range of them); without it each page sorted the whole table.
+            # ~4 us of PostgreSQL's time and ~280 B of WAL per task (docs/operations.md#admin).
+            models.Index(fields=["-created_at", "-id"], name="task_recent"),
             # The relay looks for queued tasks the broker never accepted.
             models.Index(
                 fields=["created_at"],
