@@ -37,6 +37,9 @@ def _remove_metrics_dirs_of_dead_workers() -> None:
         pid = path.name.removeprefix(_METRICS_DIR_PREFIX).split("-", 1)[0]
         if not pid.isdigit():
             continue  # named before the pid was part of the name
+        if int(pid) == os.getpid():  # a dead worker's whose pid this one was given
+            shutil.rmtree(path, ignore_errors=True)
+            continue
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
