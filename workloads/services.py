@@ -227,23 +227,23 @@ def send_again(tasks: Iterable[tuple[uuid.UUID, str]], *, again: bool = False) -
     many it took (it stops at the first it refuses). A task sent twice still
     runs once (start_task); with ``again``, as a redelivery, a running one
     is taken over once its lease has lapsed."""
-    sent = 0
-    for task_id, kind in tasks:
-        if not send_to_broker(task_id=task_id, kind=kind, again=again, mark_now=True):
-            break
-        sent += 1
-    return sent
+    return len(_send_each(tasks, again=again, mark_now=True))
 
 
 def _send_claimed(tasks: QuerySet[Task], *, limit: int, **send_options: Any) -> list[uuid.UUID]:
     """Sends up to ``limit`` of these tasks, in their order, their rows locked
     by the caller's transaction (skipping those another worker holds, where
-    the database can); stops at the first the broker refuses (next round).
-    Returns the ids sent."""
+    the database can). Returns the ids sent."""
     if connection.features.has_select_for_update_skip_locked:
         tasks = tasks.select_for_update(skip_locked=True)
+    return _send_each(tasks.values_list("id", "kind")[:limit], **send_options)
+
+
+def _send_each(tasks: Iterable[tuple[uuid.UUID, str]], **send_options: Any) -> list[uuid.UUID]:
+    """Sends these (id, kind) pairs in order and stops at the first the
+    broker refuses (the rest wait for the next round); the ids sent."""
     sent = []
-    for task_id, kind in tasks.values_list("id", "kind")[:limit]:
+    for task_id, kind in tasks:
         if not send_to_broker(task_id=task_id, kind=kind, **send_options):
             break
         sent.append(task_id)
