@@ -30,22 +30,25 @@ _own_metrics_dir: str | None = None
 _METRICS_DIR_PREFIX = "tasklight-worker-metrics-"
 
 
+def _runs(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
+
+
 def _remove_metrics_dirs_of_dead_workers() -> None:
     """A worker removes its metrics directory as it stops; one killed
-    (SIGKILL) cannot. Each directory is named after its worker's pid."""
+    (SIGKILL) cannot. Each directory is named after its worker's pid; one
+    named after this worker's own pid is a dead worker's (the pid was reused)."""
     for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_DIR_PREFIX}*-*"):
         pid = path.name.removeprefix(_METRICS_DIR_PREFIX).split("-", 1)[0]
-        if not pid.isdigit():
-            continue  # named before the pid was part of the name
-        if int(pid) == os.getpid():  # a dead worker's whose pid this one was given
+        # A name without a pid is from before the pid was part of it: left.
+        if pid.isdigit() and (int(pid) == os.getpid() or not _runs(int(pid))):
             shutil.rmtree(path, ignore_errors=True)
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            shutil.rmtree(path, ignore_errors=True)
-        except PermissionError:
-            pass  # another user's process: alive
 
 
 if "worker" in sys.argv[1:]:
