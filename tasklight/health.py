@@ -13,6 +13,9 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import connection
 
+from workloads.models import Worker
+from workloads.workers import fleet
+
 from .celery import app as celery_app
 
 logger = logging.getLogger(__name__)
@@ -111,4 +114,24 @@ def check_channel_layer() -> PartStatus:
 
 
 def check_all() -> list[PartStatus]:
+    """What /readyz reports: the parts a web process needs to serve."""
     return [check_database(), check_broker(), check_channel_layer()]
+
+
+def check_workers() -> tuple[PartStatus, list[Worker]]:
+    """Whether any worker consumes this deployment's queue, from the reports
+    of their housekeepers (workloads/workers.py), and those alive. Not part
+    of /readyz: a web process serves and queues tasks without workers."""
+    try:
+        workers = fleet()
+    except Exception as exc:
+        logger.warning("about: workers unknown: %s", exc)
+        return PartStatus("workers", "celery", False, "unknown: the database is unreachable"), []
+    if workers.alive:
+        processes = sum(worker.concurrency for worker in workers.alive)
+        detail = f"{len(workers.alive)} running, {processes} pool process{'es' if processes != 1 else ''}"
+        return PartStatus("workers", "celery", True, detail), workers.alive
+    if workers.last_seen is None:
+        return PartStatus("workers", "celery", False, "none running: queued tasks wait for one"), []
+    since = f"{workers.last_seen:%Y-%m-%d %H:%M:%S} UTC"
+    return PartStatus("workers", "celery", False, f"none seen since {since}: queued tasks wait for one"), []

@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from .health import check_all
+from .health import check_all, check_workers
 
 
 @require_GET
@@ -28,4 +28,5 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def about(request: HttpRequest) -> HttpResponse:
-    return render(request, "about.html", {"parts": check_all()})
+    workers, alive = check_workers()
+    return render(request, "about.html", {"parts": [*check_all(), workers], "workers": alive})

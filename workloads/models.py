@@ -139,3 +139,23 @@ class IdempotencyKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.key} -> {self.task_id}"
+
+
+class Worker(models.Model):
+    """A Celery worker of this deployment, as its housekeeper last reported
+    it (every RELAY_INTERVAL_SECONDS): the "workers" part of the About page.
+    A worker that stops deletes its row; one killed leaves it, seen no more."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=255)  # Celery's node name, e.g. celery@host
+    pid = models.PositiveIntegerField()
+    queue = models.CharField(max_length=255)  # TASKLIGHT_QUEUE, which it consumes
+    concurrency = models.PositiveIntegerField()  # its pool processes
+    started_at = models.DateTimeField()
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        ordering = ["name", "pid"]
+
+    def __str__(self) -> str:
+        return f"{self.name} (pid {self.pid})"

@@ -10,8 +10,10 @@ import logging
 import os
 import random
 import signal
+import socket
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +29,7 @@ from live.services import delete_expired_events
 from tasklight import db
 from tasklight.embedded_broker import delete_delivered_messages, waiting_task_ids
 
-from . import services
+from . import services, workers
 from .models import Task
 from .registry import Cancelled, Run, UnknownWorkload, WorkloadFailed, get_workload
 
@@ -239,18 +241,24 @@ class Housekeeper(threading.Thread):
     it (once, at start) and running tasks abandoned by their worker;
     deletes expired events and idempotency keys, and the embedded broker's
     delivered messages (every CLEANUP_INTERVAL_SECONDS). Doing any of it in
-    several workers at once is harmless."""
+    several workers at once is harmless. Reports the worker alive on each
+    round, and gone as it stops (workloads/workers.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, name: str, concurrency: int) -> None:
         super().__init__(name="tasklight-housekeeper", daemon=True)
         self.stopping = threading.Event()
         self.next_cleanup = time.monotonic()
+        self.worker_id = uuid.uuid4()
+        self.worker_name = name
+        self.concurrency = concurrency
 
     def run(self) -> None:
+        self.report_alive()
         if _queued_at_start or _running_at_start:
             self.send_again_what_a_stopped_worker_took()
         while not self.stopping.wait(settings.RELAY_INTERVAL_SECONDS):
             close_old_connections()
+            self.report_alive()
             try:
                 sent = services.relay_unsent(older_than=settings.RELAY_MIN_AGE_SECONDS)
                 if sent:
@@ -274,7 +282,17 @@ class Housekeeper(threading.Thread):
                         )
                 except Exception as exc:
                     logger.warning("cleanup: will try again: %s", exc)
+        try:
+            workers.report_stopped(self.worker_id)
+        except Exception as exc:
+            logger.warning("workers: could not report this worker stopped (it will count as gone): %s", exc)
         connection.close()
+
+    def report_alive(self) -> None:
+        try:
+            workers.report_alive(self.worker_id, name=self.worker_name, pid=os.getpid(), concurrency=self.concurrency)
+        except Exception as exc:
+            logger.warning("workers: could not report this worker alive, will try again: %s", exc)
 
     def send_again_what_a_stopped_worker_took(self) -> None:
         try:
@@ -292,6 +310,8 @@ def cleanup() -> tuple[int, int, int]:
 
 
 _housekeeper: Housekeeper | None = None
+# How long a stopping worker waits for its housekeeper's round to end.
+HOUSEKEEPER_STOP_SECONDS = 3.0
 # Found as the worker starts, sent again by its housekeeper.
 _queued_at_start: list[tuple[Any, str]] = []
 _running_at_start: list[tuple[Any, str]] = []
@@ -324,9 +344,13 @@ def find_tasks_a_stopped_worker_took(**kwargs: Any) -> None:
 
 
 @worker_ready.connect
-def start_housekeeper(**kwargs: Any) -> None:
+def start_housekeeper(sender: Any = None, **kwargs: Any) -> None:
+    """``sender`` is the worker's consumer: its node name, and its pool's size."""
     global _housekeeper
-    _housekeeper = Housekeeper()
+    _housekeeper = Housekeeper(
+        name=getattr(sender, "hostname", "") or socket.gethostname(),
+        concurrency=int(getattr(getattr(sender, "controller", None), "concurrency", 0) or 1),
+    )
     _housekeeper.start()
 
 
@@ -334,3 +358,5 @@ def start_housekeeper(**kwargs: Any) -> None:
 def stop_housekeeper(**kwargs: Any) -> None:
     if _housekeeper is not None:
         _housekeeper.stopping.set()
+        # It reports the worker gone as it ends (a round under way finishes first).
+        _housekeeper.join(timeout=HOUSEKEEPER_STOP_SECONDS)

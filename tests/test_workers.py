@@ -1,0 +1,97 @@
+"""The About page's "workers" part: which workers consume this deployment's
+queue, from their housekeepers' reports (workloads/workers.py). Real workers
+on RabbitMQ, each test on a queue of its own (private_stack), so the session's
+worker on the shared test database is not counted."""
+
+from __future__ import annotations
+
+import re
+import signal
+from typing import Any
+
+import httpx
+import pytest
+
+from workloads.models import Worker
+
+from .stack import wait_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+
+def workers_part(base_url: str) -> dict[str, Any]:
+    """The About page's row for the workers, and the pids of those it lists."""
+    page = httpx.get(f"{base_url}/about/", timeout=10)
+    assert page.status_code == 200
+    row = re.search(r'<tr data-part="workers">(.*?)</tr>', page.text, re.S)
+    assert row, page.text
+    cells = re.findall(r"<td>(.*?)</td>", row.group(1), re.S)
+    status = re.search(r'data-testid="part-status">(\w+)<', row.group(1))
+    assert status, row.group(1)
+    return {
+        "status": status.group(1),
+        "detail": re.sub(r"\s+", " ", cells[-1]).strip(),
+        "pids": [int(pid) for pid in re.findall(r'data-testid="worker" data-pid="(\d+)"', page.text)],
+    }
+
+
+def test_the_about_page_shows_a_worker_while_it_runs_and_none_once_it_stopped(private_stack) -> None:
+    running = private_stack()
+    before = workers_part(running.base_url)
+    assert (before["status"], before["pids"]) == ("down", [])
+    assert before["detail"] == "none running: queued tasks wait for one"
+
+    worker = running.start_worker(concurrency=1)
+    shown = wait_for(
+        lambda: (part := workers_part(running.base_url))["pids"] == [worker.popen.pid] and part,
+        timeout=10,
+        what="the About page to list the worker",
+    )
+    assert shown["status"] == "ok"
+    assert shown["detail"] == "1 running, 1 pool process"
+    # Its reports go on: still shown after several of its rounds (1 s here).
+    row = Worker.objects.get(pid=worker.popen.pid)
+    wait_for(
+        lambda: Worker.objects.get(pk=row.pk).seen_at > row.seen_at,
+        timeout=10,
+        what="the worker to report again",
+    )
+    assert row.name.startswith("worker-0-") and row.concurrency == 1
+
+    worker.stop(signal.SIGTERM)  # a warm shutdown: it reports itself gone
+    assert worker.popen.returncode == 0, worker.log()[-2000:]
+    after = workers_part(running.base_url)
+    assert (after["status"], after["pids"]) == ("down", [])
+    assert after["detail"] == "none running: queued tasks wait for one"
+    assert not Worker.objects.filter(pid=worker.popen.pid).exists()
+    assert "workers:" not in worker.log(), worker.log()[-2000:]
+
+
+def test_a_killed_worker_counts_as_gone_once_it_misses_its_reports(private_stack) -> None:
+    running = private_stack()
+    worker = running.start_worker(concurrency=2)
+    wait_for(
+        lambda: workers_part(running.base_url)["pids"] == [worker.popen.pid],
+        timeout=10,
+        what="the About page to list the worker",
+    )
+    worker.stop(signal.SIGKILL)  # no chance to report anything
+    last_seen = Worker.objects.get(pid=worker.popen.pid).seen_at
+    # Three missed reports (RELAY_INTERVAL_SECONDS is 1 s here), not before.
+    gone = wait_for(
+        lambda: (part := workers_part(running.base_url))["status"] == "down" and part,
+        timeout=10,
+        what="the killed worker to count as gone",
+    )
+    assert gone["pids"] == []
+    assert gone["detail"] == f"none seen since {last_seen:%Y-%m-%d %H:%M:%S} UTC: queued tasks wait for one"
+
+    # The next worker of the queue is listed alone; the dead one's row stays
+    # (forgotten a day later) and is not counted.
+    second = running.start_worker(concurrency=2)
+    shown = wait_for(
+        lambda: (part := workers_part(running.base_url))["pids"] == [second.popen.pid] and part,
+        timeout=10,
+        what="the About page to list the new worker",
+    )
+    assert (shown["status"], shown["detail"]) == ("ok", "1 running, 2 pool processes")

@@ -1,0 +1,57 @@
+"""Which workers are running: each worker's housekeeper reports it every
+RELAY_INTERVAL_SECONDS (workloads/tasks.py), and the About page reads the
+reports (tasklight/health.py check_workers). Whatever the broker: kombu's SQL
+transport knows no consumers, and asking the workers over the broker
+(Celery's ``inspect ping``) waits out a timeout for the last answer."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.utils import timezone
+
+from .models import Worker
+
+# A report missed this many times over and the worker counts as gone.
+MISSED_REPORTS = 3
+# Rows of workers killed without a chance to delete them go when a worker of
+# the same queue starts this long after they were last seen.
+FORGET_AFTER = timedelta(days=1)
+
+
+def report_alive(worker_id: uuid.UUID, *, name: str, pid: int, concurrency: int) -> None:
+    """This worker is alive now. Its first report makes its row."""
+    now = timezone.now()
+    if Worker.objects.filter(pk=worker_id).update(seen_at=now):
+        return
+    queue = settings.CELERY_TASK_DEFAULT_QUEUE
+    Worker.objects.filter(queue=queue, seen_at__lt=now - FORGET_AFTER).delete()
+    Worker.objects.create(
+        id=worker_id, name=name, pid=pid, queue=queue, concurrency=concurrency, started_at=now, seen_at=now
+    )
+
+
+def report_stopped(worker_id: uuid.UUID) -> None:
+    Worker.objects.filter(pk=worker_id).delete()
+
+
+@dataclass(frozen=True)
+class Fleet:
+    """The workers of this deployment's queue: those seen lately, and when
+    any was last seen (None if none has reported since FORGET_AFTER)."""
+
+    alive: list[Worker]
+    last_seen: datetime | None
+
+
+def fleet() -> Fleet:
+    window = timedelta(seconds=MISSED_REPORTS * settings.RELAY_INTERVAL_SECONDS)
+    workers = list(Worker.objects.filter(queue=settings.CELERY_TASK_DEFAULT_QUEUE))
+    since = timezone.now() - window
+    return Fleet(
+        alive=[worker for worker in workers if worker.seen_at >= since],
+        last_seen=max((worker.seen_at for worker in workers), default=None),
+    )
