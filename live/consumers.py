@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections import Counter
 from typing import Any
@@ -28,7 +29,7 @@ from tasklight import metrics
 from tasklight.db import DATABASE_DOWN
 
 from . import services
-from .events import user_group
+from .events import ANY_SESSION, user_group
 
 logger = logging.getLogger(__name__)
 # One line per terminal event sent on a socket, with its task id: the end of a
@@ -64,12 +65,49 @@ class FrameBudget:
         return True
 
 
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):  # 1e400
+        raise ValueError(f"{text} is out of range")
+    return number
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_frame(text: str) -> Any:
+    """A client's frame: strict JSON (no NaN or Infinity, which Python's json
+    takes and would echo back in a pong, and a browser's JSON.parse refuses).
+    ValueError for anything else, too deep a nesting included."""
+    try:
+        return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     user_id: int
     # This socket has been sent every event in (sent_after, last_sent_id]:
     # from hello on, live or from the table; a resume extends it downwards.
     sent_after: int
     last_sent_id: int
+    # How the socket was signed in: the session's key, or None for a token.
+    session_key: str | None = None
+    # Set once the server has closed it: frames still buffered are dropped,
+    # and nothing more is sent.
+    closing = False
+    # Whether it holds one of its user's socket slots (and the group).
+    counted = False
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """A socket gives its slot back however it ends: a client gone in
+        the middle of a replay makes sending raise, and disconnect() is then
+        never called (Channels calls it only on a websocket.disconnect)."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self.release()
 
     async def connect(self) -> None:
         user = self.scope.get("user")
@@ -84,7 +122,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         _sockets_per_user[user.id] += 1
         metrics.open_sockets.inc()
+        self.counted = True
         self.user_id = user.id
+        # A token's socket has no session in its scope (live/auth.py).
+        self.session_key = getattr(self.scope.get("session"), "session_key", None)
         self.budget = FrameBudget()
         self.group = user_group(user.id)
         # Join before reading the last id, so that nothing committed after
@@ -113,14 +154,35 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await handler(message)
 
     async def disconnect(self, code: int) -> None:
-        if hasattr(self, "group"):
-            _sockets_per_user[self.user_id] -= 1
-            metrics.open_sockets.dec()
-            if _sockets_per_user[self.user_id] <= 0:
-                del _sockets_per_user[self.user_id]
+        await self.release()
+
+    async def release(self) -> None:
+        """Gives back the socket's slot and leaves its user's group, once."""
+        if not self.counted:
+            return
+        self.counted = False
+        _sockets_per_user[self.user_id] -= 1
+        metrics.open_sockets.dec()
+        if _sockets_per_user[self.user_id] <= 0:
+            del _sockets_per_user[self.user_id]
+        try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        except Exception as exc:  # the layer is away: its membership expires with it
+            logger.warning("socket of user %s: could not leave its group: %s", self.user_id, exc)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        await super().close(code=code, reason=reason)
+
+    async def send_json(self, content: Any, close: bool = False) -> None:
+        if not self.closing:
+            await super().send_json(content, close=close)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any) -> None:
+        if self.closing:
+            return
         if hasattr(self, "budget") and not self.budget.spend():
             await self.send_error("too_many_frames", f"At most {settings.WS_FRAME_RATE:g} frames per second.")
             await self.close(code=CLOSE_TOO_MANY)
@@ -129,7 +191,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_error("binary_not_supported", "Frames must be JSON text.")
             return
         try:
-            content = json.loads(text_data)
+            content = parse_frame(text_data)
         except ValueError:
             await self.send_error("invalid_json", "The frame is not valid JSON.")
             return
@@ -205,7 +267,10 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 )
             except services.CursorExpired as expired:
                 # The client reloads its state over REST and continues from here.
-                self.sent_after = self.last_sent_id = max(expired.newest, self.last_sent_id)
+                if up_to is None:
+                    self.sent_after = self.last_sent_id = max(expired.newest, self.last_sent_id)
+                else:  # the older ones are gone; what the socket has had, it keeps
+                    self.last_sent_id = max(expired.newest, self.last_sent_id)
                 metrics.socket_resyncs.inc()
                 await self.send_json({"type": "resync", "last_event_id": expired.newest})
                 return False
@@ -250,6 +315,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def live_inbox(self, message: dict[str, Any]) -> None:
         await self.send_json(message["frame"])
+
+    async def live_signed_out(self, message: dict[str, Any]) -> None:
+        """The credential this socket was opened with no longer holds
+        (live/signals.py): a log-out of its session, its user's token
+        revoked, or the user deactivated or deleted."""
+        by_token = self.session_key is None
+        if message["token"] if by_token else message["session"] in (self.session_key, ANY_SESSION):
+            await self.close(code=CLOSE_UNAUTHENTICATED)
 
 
 def log_delivery(frame: Any) -> None:

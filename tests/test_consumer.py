@@ -14,7 +14,7 @@ from django.db import OperationalError
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
-from live import services
+from live import consumers, services
 from live.consumers import CLOSE_UNAUTHENTICATED
 from live.events import user_group
 from live.models import Event, EventStream
@@ -155,6 +155,13 @@ async def test_ping_is_answered_with_pong(open_socket, alice: User) -> None:
         ({"text_data": '{"type": "subscribe"}'}, "unknown_type"),
         ({"text_data": '{"type": "resume", "after": "x"}'}, "invalid_resume"),
         ({"text_data": '{"type": "resume", "after": 99}'}, "invalid_resume"),
+        # Python's json takes these; JSON has none of them (a pong would echo NaN).
+        ({"text_data": '{"type": "ping", "id": NaN}'}, "invalid_json"),
+        ({"text_data": '{"type": "ping", "id": -Infinity}'}, "invalid_json"),
+        ({"text_data": '{"type": "ping", "id": 1e400}'}, "invalid_json"),
+        # 20 KB, under the frame limit, deeper than Python's recursion limit.
+        ({"text_data": "[" * 20000}, "invalid_json"),
+        ({"text_data": '{"type": "ping", "id": ' + "[" * 20000 + "]" * 20000 + "}"}, "invalid_json"),
     ],
 )
 async def test_a_bad_frame_gets_an_error_and_the_socket_stays_open(open_socket, alice: User, frame, code) -> None:
@@ -307,6 +314,56 @@ async def test_a_flood_of_frames_closes_the_socket_with_4429(open_socket, alice:
     assert [(await socket.receive_json_from())["id"] for _ in range(5)] == [0, 1, 2, 3, 4]
     assert (await socket.receive_json_from())["code"] == "too_many_frames"
     assert await socket.receive_output() == {"type": "websocket.close", "code": 4429}
+    # Frames the client sent before it heard of the close get nothing: the
+    # server sends no frame after its close (uvicorn raises on one).
+    await socket.send_json_to({"type": "ping", "id": "late"})
+    await push(alice, await store_event(alice, 1))
+    assert await socket.receive_nothing(timeout=0.3)
+
+
+async def test_a_socket_gives_its_slot_back_when_it_ends_with_an_error(
+    open_socket, alice: User, settings, monkeypatch
+) -> None:
+    """A client gone in the middle of a replay makes sending raise; Channels
+    then never calls disconnect(). The slot must come back all the same, or a
+    few reloads during replays lock the user out of /ws/."""
+    settings.MAX_SOCKETS_PER_USER = 1
+    await store_event(alice, 1)
+    # Not open_socket's: this one ends with the error, and is not closed again.
+    socket = WebsocketCommunicator(application, "/ws/", headers=[await sync_to_async(token_header)(alice)])
+    assert (await socket.connect(timeout=5))[0]
+    await socket.receive_json_from()
+    assert consumers._sockets_per_user[alice.id] == 1
+
+    def gone(**kwargs: Any) -> Any:
+        raise ConnectionResetError("the client went away")
+
+    monkeypatch.setattr(services, "events_after", gone)
+    await socket.send_json_to({"type": "resume", "after": 0})
+    with pytest.raises(ConnectionResetError):
+        await socket.receive_output()
+    assert alice.id not in consumers._sockets_per_user
+    monkeypatch.undo()
+    again, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    assert (await again.receive_json_from())["type"] == "hello"
+
+
+async def test_a_resume_after_a_resync_does_not_send_again_what_the_socket_had(open_socket, alice: User) -> None:
+    """Events 1-3 are past retention; 4-6 reach the socket live. A resume
+    from 1 answers resync; one from 3 then has nothing to send."""
+    for n in (1, 2, 3):
+        await store_event(alice, n)
+    await sync_to_async(Event.objects.filter(user=alice).delete)()
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    assert (await socket.receive_json_from())["last_event_id"] == 3
+    for n in (4, 5, 6):
+        await push(alice, await store_event(alice, n))
+        assert (await socket.receive_json_from())["id"] == n
+    await socket.send_json_to({"type": "resume", "after": 1})
+    assert await socket.receive_json_from() == {"type": "resync", "last_event_id": 6}
+    await socket.send_json_to({"type": "resume", "after": 3})
+    await socket.send_json_to({"type": "ping", "id": "end"})
+    assert await socket.receive_json_from() == {"type": "pong", "id": "end"}
 
 
 async def test_sockets_per_user_are_capped_and_others_are_unaffected(

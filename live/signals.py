@@ -1,0 +1,46 @@
+"""Sockets live as long as the credential they were opened with: a log-out
+ends the sockets of that session, a revoked token those opened with it, and a
+deactivated or deleted user every one of theirs (closed with 4401, DESIGN.md
+§5). Each is told over the channel layer, on every web process, once the
+change has committed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import User
+from django.contrib.auth.signals import user_logged_out
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.dispatch import receiver
+from rest_framework.authtoken.models import Token
+
+from .events import ANY_SESSION, signed_out, user_group
+from .publisher import publisher
+
+
+def _tell_sockets(user_id: int, message: dict[str, Any]) -> None:
+    transaction.on_commit(lambda: publisher.push(user_group(user_id), message))
+
+
+@receiver(user_logged_out)
+def _session_ended(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    if user is not None and user.pk is not None and session_key:
+        _tell_sockets(user.pk, signed_out(session=session_key))
+
+
+@receiver(post_delete, sender=Token)
+def _token_revoked(sender: Any, instance: Token, **kwargs: Any) -> None:
+    _tell_sockets(instance.user_id, signed_out(token=True))
+
+
+@receiver(post_save, sender=User)
+def _user_deactivated(sender: Any, instance: User, created: bool = False, **kwargs: Any) -> None:
+    if not created and not instance.is_active:
+        _tell_sockets(instance.pk, signed_out(session=ANY_SESSION, token=True))
+
+
+@receiver(post_delete, sender=User)
+def _user_deleted(sender: Any, instance: User, **kwargs: Any) -> None:
+    _tell_sockets(instance.pk, signed_out(session=ANY_SESSION, token=True))

@@ -1,0 +1,107 @@
+"""A socket lives as long as its credential (live/signals.py): log out, and
+that session's sockets close with 4401; revoke the token, and the token's
+do; deactivate the user, and all of them do. On the session's stack: uvicorn,
+Redis, PostgreSQL; every other socket of the user stays open."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import httpx
+import pytest
+from django.contrib.auth.models import User
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import ClientConnection, connect
+
+from .stack import PASSWORD
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+
+def browser(base_url: str, username: str) -> httpx.Client:
+    """Signed in with a session cookie, as the page is."""
+    http = httpx.Client(base_url=base_url, timeout=10)
+    response = http.post("/api/auth/login/", json={"username": username, "password": PASSWORD})
+    assert response.status_code == 200, response.text
+    return http
+
+
+@contextmanager
+def socket(base_url: str, headers: dict[str, str]) -> Iterator[ClientConnection]:
+    with connect(base_url.replace("http", "ws", 1) + "/ws/", additional_headers=headers, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+        yield ws
+
+
+def session_socket(base_url: str, http: httpx.Client) -> Any:
+    return socket(base_url, {"Cookie": f"sessionid={http.cookies['sessionid']}", "Origin": base_url})
+
+
+def token_socket(base_url: str, token: str) -> Any:
+    return socket(base_url, {"Authorization": f"Token {token}"})
+
+
+def closed_with(ws: ClientConnection) -> int | None:
+    """Waits (10 s at most) for the server to close the socket; its close
+    code (None if it sent no close frame)."""
+    frame = None
+    try:
+        while True:
+            ws.recv(timeout=10)  # TimeoutError if it stays open
+    except ConnectionClosed as closed:
+        frame = closed.rcvd
+    return frame.code if frame is not None else None
+
+
+def still_open(ws: ClientConnection) -> bool:
+    ws.send('{"type": "ping", "id": "still"}')
+    return '"still"' in ws.recv(timeout=10)
+
+
+@pytest.fixture
+def user(stack: Any) -> tuple[str, str]:
+    """A user with an API token: (username, token)."""
+    username = f"user-{uuid.uuid4().hex[:10]}"
+    http = httpx.Client(base_url=stack.base_url, timeout=10)
+    assert http.post("/api/auth/signup/", json={"username": username, "password": PASSWORD}).status_code == 201
+    token = http.post("/api/auth/token/", json={"username": username, "password": PASSWORD}).json()["token"]
+    return username, token
+
+
+def test_logging_out_closes_that_sessions_sockets_only(stack: Any, user: tuple[str, str]) -> None:
+    username, token = user
+    leaving, staying = browser(stack.base_url, username), browser(stack.base_url, username)
+    with (
+        session_socket(stack.base_url, leaving) as leaving_ws,
+        session_socket(stack.base_url, staying) as staying_ws,
+        token_socket(stack.base_url, token) as token_ws,
+    ):
+        response = leaving.post("/api/auth/logout/", headers={"X-CSRFToken": leaving.cookies["csrftoken"]})
+        assert response.status_code == 204, response.text
+        assert closed_with(leaving_ws) == 4401
+        assert still_open(staying_ws) and still_open(token_ws)
+
+
+def test_revoking_the_token_closes_the_sockets_opened_with_it(stack: Any, user: tuple[str, str]) -> None:
+    username, token = user
+    http = browser(stack.base_url, username)
+    with session_socket(stack.base_url, http) as session_ws, token_socket(stack.base_url, token) as token_ws:
+        response = httpx.delete(f"{stack.base_url}/api/auth/token/", headers={"Authorization": f"Token {token}"})
+        assert response.status_code == 204, response.text
+        assert closed_with(token_ws) == 4401
+        assert still_open(session_ws)
+
+
+def test_deactivating_the_user_closes_every_socket_of_theirs(stack: Any, user: tuple[str, str]) -> None:
+    username, token = user
+    http = browser(stack.base_url, username)
+    with session_socket(stack.base_url, http) as session_ws, token_socket(stack.base_url, token) as token_ws:
+        account = User.objects.get(username=username)
+        account.is_active = False
+        account.save()  # as the admin does
+        assert closed_with(session_ws) == 4401
+        assert closed_with(token_ws) == 4401
