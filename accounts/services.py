@@ -16,7 +16,10 @@ class SignupError(Exception):
 
 
 def create_account(*, username: str, password: str) -> User:
-    """Creates a user after Django's username and password validators agree."""
+    """Creates a user after Django's username and password validators agree.
+    The name is checked as it is stored, NFKC-normalised: a full-width "RITA"
+    is "RITA", taken if "rita" is."""
+    username = User.normalize_username(username)
     candidate = User(username=username)
     fields: dict[str, list[str]] = {}
     try:

@@ -33,6 +33,7 @@ from contextlib import closing
 from typing import IO, Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
+from django.conf import settings
 from django.core import signals
 from django.core.exceptions import RequestAborted
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix
@@ -43,6 +44,36 @@ from django.urls import set_script_prefix
 # Idle request threads kept for reuse; a burst above this starts more, which
 # are shut down when it ends.
 IDLE_THREADS_KEPT = 64
+
+
+class BodyRead:
+    """Django reads a request's whole body before any middleware runs, and
+    takes its size from Content-Length alone. Through this ``receive`` it
+    stops one chunk past API_MAX_BODY_BYTES (the rest is never read), and the
+    request then says how much came: a Content-Length of that size, where the
+    client sent none (a chunked body, which DRF took for an empty one) or the
+    body was cut short. BodySizeLimitMiddleware answers 413 from it."""
+
+    def __init__(self, receive: Any) -> None:
+        self._receive = receive
+        self.size = 0
+        self.cut_short = False
+
+    async def receive(self) -> dict[str, Any]:
+        message: dict[str, Any] = await self._receive()
+        if message["type"] == "http.request":
+            self.size += len(message.get("body", b""))
+            if self.size > settings.API_MAX_BODY_BYTES and message.get("more_body", False):
+                self.cut_short = True
+                message = {**message, "more_body": False}
+        return message
+
+    def with_content_length(self, scope: dict[str, Any]) -> dict[str, Any]:
+        headers = scope.get("headers", [])
+        if not self.cut_short and (self.size == 0 or any(name == b"content-length" for name, _ in headers)):
+            return scope
+        headers = [(name, value) for name, value in headers if name != b"content-length"]
+        return {**scope, "headers": [*headers, (b"content-length", str(self.size).encode())]}
 
 
 class SyncChainASGIHandler(ASGIHandler):
@@ -65,10 +96,12 @@ class SyncChainASGIHandler(ASGIHandler):
                 executor.shutdown(wait=False)
 
     async def handle(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        read = BodyRead(receive)
         try:
-            body_file = await self.read_body(receive)
+            body_file = await self.read_body(read.receive)
         except RequestAborted:
             return
+        scope = read.with_content_length(scope)
         with closing(body_file):
             set_script_prefix(get_script_prefix(scope))
             response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)

@@ -79,6 +79,8 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
         message = messages[0] if messages else "The request is not valid."
         response.data = error_body("invalid", message, fields)
     elif isinstance(exc, exceptions.APIException):
+        if isinstance(exc, exceptions.UnsupportedMediaType):
+            response.status_code = 400  # DESIGN.md §4: every bad request but a body too large
         code = exc.get_codes()
         response.data = error_body(code if isinstance(code, str) else "error", str(exc.detail))
     return response

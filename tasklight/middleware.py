@@ -6,6 +6,7 @@ from collections.abc import Callable
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import is_valid_path
 
 from . import logs
 from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, error_body
@@ -32,6 +33,24 @@ class RequestIdMiddleware:
             logs.request_id.reset(token)
         response["X-Request-ID"] = request_id
         return response
+
+
+class ApiTrailingSlashMiddleware:
+    """``/api/tasks`` is served as ``/api/tasks/``. Django's APPEND_SLASH
+    would redirect it with a 301, which clients follow with a GET: a POST
+    that queues nothing and answers 200 with the list (with DEBUG on, a 500
+    for a POST). Pages keep the redirect."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        path = request.path_info
+        slashless = path.startswith("/api/") and not path.endswith("/")
+        if slashless and not is_valid_path(path) and is_valid_path(f"{path}/"):
+            request.path_info = f"{path}/"
+            request.path = f"{request.path}/"
+        return self.get_response(request)
 
 
 class BodySizeLimitMiddleware:

@@ -30,10 +30,12 @@ def test_signup_creates_the_account_and_signs_in(anonymous: APIClient) -> None:
     assert anonymous.get("/api/auth/me/").json() == {"id": carol.id, "username": "carol"}
 
 
-def test_signup_refuses_a_duplicate_username(anonymous: APIClient, alice: User) -> None:
-    response = anonymous.post("/api/auth/signup/", {"username": "Alice", "password": PASSWORD}, format="json")
+# Full-width letters: NFKC makes them "Alice" and "alice".
+@pytest.mark.parametrize("username", ["Alice", "\uff21lice", "\uff41\uff4c\uff49\uff43\uff45"])
+def test_signup_refuses_a_duplicate_username(anonymous: APIClient, alice: User, username: str) -> None:
+    response = anonymous.post("/api/auth/signup/", {"username": username, "password": PASSWORD}, format="json")
     error = assert_error(response, 400, "invalid")
-    assert "username" in error["fields"]
+    assert error["fields"]["username"] == ["A user with that username already exists."]
     assert User.objects.count() == 1
 
 

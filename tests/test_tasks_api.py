@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
 
 import pytest
@@ -73,6 +75,9 @@ def test_queueing_fills_in_default_parameters(alice_api: APIClient) -> None:
         ({"kind": "text_stats", "params": {}}, "params.text"),
         ({"kind": "text_stats", "params": {"text": 42}}, "params.text"),
         ({"kind": "text_stats", "params": {"text": "x" * (1024 * 1024 + 1)}}, "params.text"),
+        # A number, as the schema says: not a bool, not a numeric string.
+        ({"kind": "simulate", "params": {"seconds": True}}, "params.seconds"),
+        ({"kind": "simulate", "params": {"seconds": "5"}}, "params.seconds"),
     ],
 )
 def test_bad_input_is_a_400_with_field_errors_and_stores_nothing(alice_api: APIClient, body: dict, field: str) -> None:
@@ -80,6 +85,29 @@ def test_bad_input_is_a_400_with_field_errors_and_stores_nothing(alice_api: APIC
     assert field in error["fields"], error
     assert not Task.objects.exists()
     assert not Event.objects.exists()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        r"a\u0000b",  # PostgreSQL's jsonb refuses it: was a 500
+        r"\ud800",  # unpaired: SQLite stored it, then every list of the user's tasks was a 500
+        r"\udc00 and \ud83d\ude00",  # a pair is fine, a lone low one is not
+    ],
+)
+def test_text_that_cannot_be_stored_is_a_400(alice_api: APIClient, text: str) -> None:
+    body = json.dumps({"kind": "text_stats", "params": {"text": "TEXT"}}).replace("TEXT", text)
+    error = assert_error(alice_api.post("/api/tasks/", body, content_type="application/json"), 400, "invalid")
+    assert error["fields"] == {"params.text": ["Must be text without NUL characters or unpaired surrogates."]}
+    assert not Task.objects.exists()
+    assert alice_api.get("/api/tasks/").status_code == 200
+
+
+def test_text_with_a_surrogate_pair_is_stored(alice_api: APIClient) -> None:
+    body = r'{"kind": "text_stats", "params": {"text": "smile \ud83d\ude00"}}'
+    response = alice_api.post("/api/tasks/", body, content_type="application/json")
+    assert response.status_code == 202, response.content
+    assert response.json()["params"] == {"text": "smile \U0001f600"}
 
 
 @pytest.mark.parametrize("body", ["{not json", "[1, 2]", '"simulate"', "null"])
@@ -205,3 +233,42 @@ def test_healthz_says_the_process_is_alive(anonymous: APIClient) -> None:
 
 def test_unknown_api_paths_answer_json_404(anonymous: APIClient) -> None:
     assert_error(anonymous.get("/api/nothing-here/"), 404, "not_found")
+
+
+def test_a_path_without_its_trailing_slash_is_served_not_redirected(alice_api: APIClient) -> None:
+    """APPEND_SLASH answered a POST with a 301 that clients follow as a GET:
+    the list, a 200, and no task queued (with DEBUG on, a 500)."""
+    response = alice_api.post("/api/tasks", {"kind": "simulate", "params": {}}, format="json")
+    assert response.status_code == 202, response.content
+    task_id = response.json()["id"]
+    assert Task.objects.filter(pk=task_id).exists()
+    assert alice_api.post(f"/api/tasks/{task_id}/cancel").status_code == 202
+    assert alice_api.get(f"/api/tasks/{task_id}").json()["status"] == "cancelled"
+    assert_error(alice_api.post("/api/nothing-here"), 404, "not_found")
+
+
+def test_a_task_id_in_upper_case_is_the_same_task(alice_api: APIClient) -> None:
+    task_id = queue(alice_api).json()["id"]
+    response = alice_api.get(f"/api/tasks/{task_id.upper()}/")
+    assert response.status_code == 200
+    assert response.json()["id"] == task_id
+
+
+@pytest.mark.parametrize("position", ["p=garbage", "p=2026-13-45T00:00:00Z", "r=1&p=x", "o=5&p=12"])
+def test_a_forged_cursor_is_a_400(alice_api: APIClient, position: str) -> None:
+    queue(alice_api)
+    cursor = base64.b64encode(position.encode()).decode()
+    error = assert_error(alice_api.get("/api/tasks/", {"cursor": cursor}), 400, "invalid")
+    assert error["fields"] == {"cursor": ["The cursor is not valid."]}
+
+
+def test_a_body_nested_too_deeply_is_a_400(alice_api: APIClient) -> None:
+    body = '{"kind": "simulate", "params": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    assert_error(alice_api.post("/api/tasks/", body, content_type="application/json"), 400, "parse_error")
+    assert not Task.objects.exists()
+
+
+def test_a_body_that_is_not_json_is_a_400(alice_api: APIClient) -> None:
+    response = alice_api.post("/api/tasks/", "kind=simulate", content_type="application/x-www-form-urlencoded")
+    assert_error(response, 400, "unsupported_media_type")
+    assert not Task.objects.exists()

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, NotFound, ValidationError
@@ -110,10 +111,15 @@ class NewestFirst(CursorPagination):
         return page_size(request, default=20)
 
     def decode_cursor(self, request: Request) -> Any:
+        """DRF checks the cursor's encoding; its position, a created_at, is
+        checked here too, or a forged one fails the query (a 500)."""
         try:
-            return super().decode_cursor(request)
+            cursor = super().decode_cursor(request)
+            if cursor is not None and cursor.position is not None and parse_datetime(str(cursor.position)) is None:
+                raise ValueError(cursor.position)
         except Exception:
             raise ValidationError({"cursor": ["The cursor is not valid."]}) from None
+        return cursor
 
     def get_paginated_response(self, data: Any) -> Response:
         return Response({"results": data, "next": self.get_next_link()})

@@ -20,7 +20,7 @@ class Params(BaseModel):
 
 class SimulateParams(Params):
     seconds: Annotated[
-        float, Field(ge=0, le=3600, allow_inf_nan=False, description="How long to work, in seconds.")
+        float, Field(ge=0, le=3600, allow_inf_nan=False, strict=True, description="How long to work, in seconds.")
     ] = 2
     fail: Annotated[StrictBool, Field(description="Fail at the end, with a readable error.")] = False
 

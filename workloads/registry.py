@@ -21,7 +21,7 @@ import inspect
 import threading
 import time
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -108,8 +108,13 @@ class Workload:
             raise InvalidParams(fields) from None
 
     def normalise(self, raw: Any) -> dict[str, Any]:
-        """The parameters as stored: validated, with defaults filled in."""
-        return self.parse(raw).model_dump(mode="json")
+        """The parameters as stored: validated, with defaults filled in, and
+        every string storable (no NUL, no unpaired surrogate)."""
+        params = self.parse(raw).model_dump(mode="json")
+        fields = {where: [UNSTORABLE_TEXT] for where in _unstorable_strings(params, "")}
+        if fields:
+            raise InvalidParams(fields)
+        return params
 
     def run(self, params: dict[str, Any], run: Run) -> Any:
         return self.function(self.parse(params), run)
@@ -121,6 +126,34 @@ class Workload:
             "description": self.description,
             "params": self.params_model.model_json_schema(),
         }
+
+
+# JSON may spell both ("\u0000", "\ud800"); PostgreSQL refuses the first in
+# jsonb, and the second, which SQLite stores, cannot be written out as UTF-8
+# again: every later answer that holds the task would fail.
+UNSTORABLE_TEXT = "Must be text without NUL characters or unpaired surrogates."
+
+
+def _unstorable_strings(value: Any, where: str) -> Iterator[str]:
+    """The paths of the strings in ``value`` (keys too) that cannot be
+    stored, as parse() names fields ("" for the whole)."""
+    if isinstance(value, str):
+        if "\x00" in value or (not value.isascii() and not _encodes(value)):
+            yield where or "params"
+    elif isinstance(value, dict | list):
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            inner = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str):
+                yield from _unstorable_strings(key, inner)
+            yield from _unstorable_strings(item, inner)
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 _registry: dict[str, Workload] = {}
