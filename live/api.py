@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasklight.pagination import LIMIT_SCHEMA, page_size
+from tasklight.pagination import LIMIT_SCHEMA, page_size, whole_number
 from workloads.api import TaskSerializer
 
 from . import services
@@ -41,11 +41,8 @@ class EventListView(APIView):
         responses={200: EventPageSerializer},
     )
     def get(self, request: Request) -> Response:
-        try:
-            after = int(request.query_params.get("after", "0"))
-        except ValueError:
-            after = -1
-        if after < 0:
+        after = whole_number(request.query_params.get("after", "0"))
+        if after is None:
             raise ValidationError({"after": ["Must be a non-negative whole number."]})
         limit = page_size(request, default=500)
         user_id: int = request.user.pk  # type: ignore[assignment]  # IsAuthenticated

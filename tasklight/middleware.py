@@ -35,11 +35,12 @@ class RequestIdMiddleware:
         return response
 
 
-class ApiTrailingSlashMiddleware:
+class ApiPathMiddleware:
     """``/api/tasks`` is served as ``/api/tasks/``. Django's APPEND_SLASH
     would redirect it with a 301, which clients follow with a GET: a POST
     that queues nothing and answers 200 with the list (with DEBUG on, a 500
-    for a POST). Pages keep the redirect."""
+    for a POST). Pages keep the redirect. And with DEBUG on (make run), an
+    unknown /api/ path is a JSON 404 as in production, not Django's page."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -50,7 +51,14 @@ class ApiTrailingSlashMiddleware:
         if slashless and not is_valid_path(path) and is_valid_path(f"{path}/"):
             request.path_info = f"{path}/"
             request.path = f"{request.path}/"
-        return self.get_response(request)
+        response = self.get_response(request)
+        if response.status_code == 404 and settings.DEBUG and path.startswith("/api/") and _is_html(response):
+            return JsonResponse(error_body("not_found", "Not found."), status=404)
+        return response
+
+
+def _is_html(response: HttpResponse) -> bool:
+    return str(response.get("Content-Type", "")).startswith("text/html")
 
 
 class BodySizeLimitMiddleware:

@@ -67,7 +67,7 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     # Before CommonMiddleware's APPEND_SLASH redirect.
-    "tasklight.middleware.ApiTrailingSlashMiddleware",
+    "tasklight.middleware.ApiPathMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -269,8 +269,8 @@ RELAY_INTERVAL_SECONDS = env.float("RELAY_INTERVAL_SECONDS", default=5.0)
 RELAY_MIN_AGE_SECONDS = env.float("RELAY_MIN_AGE_SECONDS", default=5.0)
 # kombu's SQL transport (the embedded broker) never delivers again a message
 # whose worker died: it stays hidden, and its task "running". With it, the
-# relay also re-sends running tasks whose lease lapsed three leases ago
-# (docs/lifecycle.md). RabbitMQ delivers such messages again by itself.
+# relay also re-sends running tasks whose lease was last renewed more than
+# three leases ago (docs/lifecycle.md). RabbitMQ delivers such messages again.
 RESEND_ABANDONED_TASKS = CELERY_BROKER_URL.startswith("sqla+")
 # Keep publishing to a down broker short: the relay sends the task later.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2

@@ -173,9 +173,20 @@ def test_the_list_shows_each_task_as_its_own_page_does(alice_api: APIClient, ali
     assert listed[0]["error"] == "It broke." and listed[2]["progress"] == 40
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=501", "limit=ten", "cursor=garbage"])
+# int() would take the last three (10, 7, and Arabic-Indic 10).
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=501", "limit=ten", "cursor=garbage", "limit=1_0", "limit=%207", "limit=%D9%A1%D9%A0"]
+)
 def test_bad_paging_is_a_400(alice_api: APIClient, query: str) -> None:
     assert_error(alice_api.get(f"/api/tasks/?{query}"), 400, "invalid")
+    if query.startswith("limit="):  # the events' list reads it the same way
+        assert_error(alice_api.get(f"/api/events/?{query}"), 400, "invalid")
+
+
+@pytest.mark.parametrize("after", ["-1", "x", "1.0", "1_0", "%201", "%D9%A1"])
+def test_a_bad_after_is_a_400(alice_api: APIClient, after: str) -> None:
+    error = assert_error(alice_api.get(f"/api/events/?after={after}"), 400, "invalid")
+    assert "after" in error["fields"]
 
 
 def test_the_list_shows_only_the_users_own_tasks(alice_api: APIClient, bob_api: APIClient) -> None:
@@ -272,3 +283,12 @@ def test_a_body_that_is_not_json_is_a_400(alice_api: APIClient) -> None:
     response = alice_api.post("/api/tasks/", "kind=simulate", content_type="application/x-www-form-urlencoded")
     assert_error(response, 400, "unsupported_media_type")
     assert not Task.objects.exists()
+
+
+def test_an_unknown_api_path_is_a_json_404_with_debug_on_too(alice_api: APIClient, settings) -> None:
+    """make run has DEBUG on: Django then answers a path it cannot resolve
+    with its HTML page, whatever handler404 says."""
+    settings.DEBUG = True
+    assert_error(alice_api.get("/api/nope/"), 404, "not_found")
+    assert_error(alice_api.get("/api/tasks/not-a-uuid/"), 404, "not_found")
+    assert alice_api.get("/nope/")["Content-Type"].startswith("text/html")  # pages keep it

@@ -1,5 +1,6 @@
 """Workloads that only the tests install (WORKLOAD_MODULES=tests.workloads_for_tests):
-one written by the recipe in docs/adding-a-workload.md, and two that misbehave."""
+one written by the recipe in docs/adding-a-workload.md (trimmed), two that
+misbehave, one that reports progress fast and one that names its database."""
 
 from __future__ import annotations
 
