@@ -10,6 +10,7 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
 
 from . import throttles
 
@@ -30,17 +31,27 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         return cleaned
 
 
+def safe_next(request: HttpRequest) -> str:
+    """Where to go once signed in: ``next`` if it is a path of this site (as
+    Django's LoginView checks it), else ""."""
+    target = str(request.POST.get("next") or request.GET.get("next") or "")
+    allowed = url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure())
+    return target if allowed else ""
+
+
 def signup(request: HttpRequest) -> HttpResponse:
+    next_url = safe_next(request)
     if request.user.is_authenticated:
-        return redirect("home")
+        return redirect(next_url or "home")
     form: UserCreationForm[User] = UserCreationForm(request.POST or None)
+    context = {"form": form, "next": next_url}
     if request.method == "POST":
         address = str(request.META.get("REMOTE_ADDR") or "unknown")
         if throttles.signup_wait(address=address) is not None:
             form.add_error(None, "Too many sign-ups from this address; try again later.")
-            return render(request, "registration/signup.html", {"form": form}, status=429)
+            return render(request, "registration/signup.html", context, status=429)
     if request.method == "POST" and form.is_valid():
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
-        return redirect("home")
-    return render(request, "registration/signup.html", {"form": form})
+        return redirect(next_url or "home")
+    return render(request, "registration/signup.html", context)

@@ -288,3 +288,82 @@ def test_a_page_whose_missed_events_expired_reloads_its_tasks_and_goes_on_live(s
     later = page.locator(f'[data-testid="task-row"]:not([data-task-id="{missed_id}"])')
     expect(later).to_have_attribute("data-status", "succeeded", timeout=30_000)
     expect(page.get_by_test_id("notification").filter(has_text="simulate succeeded")).to_have_count(1)
+
+
+def test_a_tab_left_open_after_a_log_out_in_another_reloads_signed_out(stack: Any, browser: Browser) -> None:
+    """The socket of the stale tab is closed with 4401 (live/signals.py); the
+    page reloads itself instead of going on showing a name, a form and a
+    bell that no longer work."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    first, second = context.new_page(), context.new_page()
+    first.goto(stack.base_url + "/signup/")
+    username = sign_up(first)
+    second.goto(stack.base_url + "/")
+    expect(second.get_by_test_id("connection-status")).to_have_text("connected")
+    first.get_by_role("button", name="Log out").click()
+    expect(first.get_by_role("link", name="Log in").first).to_be_visible()
+    expect(second.get_by_test_id("nav-username")).to_have_count(0, timeout=10_000)
+    expect(second.get_by_role("link", name="Log in").first).to_be_visible()
+    assert username not in second.content()
+    context.close()
+
+
+def test_a_form_from_an_out_of_date_page_gets_the_sites_page_not_djangos(stack: Any, browser: Browser) -> None:
+    """The log-in page open in a second tab; signing up in the first rotates
+    the CSRF token, so the second tab's form is refused (a 403): with the
+    site's own page, which says who is signed in, not Django's bare one."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    first, second = context.new_page(), context.new_page()
+    messages: list[str] = []
+    second.on("console", lambda message: messages.append(message.text))
+    first.goto(stack.base_url + "/signup/")
+    second.goto(stack.base_url + "/login/")
+    username = sign_up(first)
+    second.fill("input[name=username]", username)
+    second.fill("input[name=password]", PASSWORD)
+    with second.expect_navigation() as navigation:
+        second.locator("form button[type=submit]").last.click()
+    assert navigation.value is not None and navigation.value.status == 403
+    expect(second.get_by_test_id("csrf-failure")).to_contain_text("out of date")
+    expect(second.get_by_test_id("nav-username")).to_have_text(username)
+    assert not [text for text in messages if "Content Security Policy" in text], messages
+    context.close()
+
+
+def test_on_a_narrow_screen_a_long_username_leaves_the_bell_on_screen(stack: Any, browser: Browser) -> None:
+    context = browser.new_context(viewport={"width": 375, "height": 740})
+    page = context.new_page()
+    page.goto(stack.base_url + "/signup/")
+    username = f"firstname.lastname.{uuid.uuid4().hex[:12]}"
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password1]", PASSWORD)
+    page.fill("input[name=password2]", PASSWORD)
+    page.locator("form button[type=submit]").last.click()
+    expect(page.get_by_test_id("nav-username")).to_have_attribute("title", username)
+    for testid in ("inbox-bell", "nav-username"):
+        box = page.get_by_test_id(testid).bounding_box()
+        assert box is not None and box["x"] >= 0 and box["x"] + box["width"] <= 375, (testid, box)
+    page.get_by_test_id("inbox-bell").click()  # reachable: it opens its panel
+    expect(page.get_by_test_id("inbox-panel")).to_be_visible()
+    context.close()
+
+
+def test_the_bell_counts_unread_notifications_on_every_page(stack: Any, page: Page) -> None:
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+    page.locator("input[name=seconds]").fill("0")
+    page.get_by_test_id("queue-task").click()
+    expect(page.get_by_test_id("inbox-unread")).to_have_text("1", timeout=30_000)
+    page.goto(stack.base_url + "/about/")
+    expect(page.get_by_test_id("inbox-unread")).to_have_text("1")
+    expect(page.get_by_test_id("inbox-bell")).to_have_attribute("aria-label", "Notifications, 1 unread")
+
+
+def test_the_keyboard_focus_stays_on_the_queue_button(stack: Any, page: Page) -> None:
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+    page.locator("input[name=seconds]").fill("0")
+    page.get_by_test_id("queue-task").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_text("Queued.")).to_be_visible()
+    expect(page.get_by_test_id("queue-task")).to_be_focused()

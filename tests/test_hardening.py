@@ -183,3 +183,16 @@ def test_bob_can_neither_read_change_cancel_retry_nor_list_alices_tasks(
     assert alice_api.get("/api/notifications/").json()["read_up_to"] == 0
     assert Task.objects.filter(status="queued").count() == 1
     assert Event.objects.filter(user=alice).count() == 2
+
+
+@pytest.mark.parametrize(
+    ("next_url", "lands_on"),
+    [("/about/", "/about/"), ("https://evil.example/", "/"), ("//evil.example/", "/"), ("", "/")],
+)
+def test_sign_up_goes_to_next_when_it_is_a_path_of_this_site(client: Client, next_url: str, lands_on: str) -> None:
+    page = client.get("/signup/", {"next": next_url})
+    assert (f'name="next" value="{next_url}"' in page.content.decode()) == (lands_on != "/")
+    body = {"username": "carol", "password1": PASSWORD, "password2": PASSWORD, "next": next_url}
+    response = client.post("/signup/", body)
+    assert response.status_code == 302 and response["Location"] == lands_on
+    assert client.get("/api/auth/me/").json()["username"] == "carol"

@@ -103,6 +103,11 @@ def test_text_that_cannot_be_stored_is_a_400(alice_api: APIClient, text: str) ->
     assert alice_api.get("/api/tasks/").status_code == 200
 
 
+def test_a_workloads_own_check_reads_as_it_wrote_it(alice_api: APIClient) -> None:
+    error = assert_error(queue(alice_api, "text_stats", text="x" * (1024 * 1024 + 1)), 400, "invalid")
+    assert error["fields"] == {"params.text": ["The text is longer than 1048576 bytes of UTF-8."]}  # no "Value error, "
+
+
 def test_text_with_a_surrogate_pair_is_stored(alice_api: APIClient) -> None:
     body = r'{"kind": "text_stats", "params": {"text": "smile \ud83d\ude00"}}'
     response = alice_api.post("/api/tasks/", body, content_type="application/json")

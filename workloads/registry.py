@@ -104,7 +104,8 @@ class Workload:
             fields: dict[str, list[str]] = {}
             for error in exc.errors(include_url=False):
                 where = ".".join(str(part) for part in error["loc"]) or "params"
-                fields.setdefault(where, []).append(error["msg"])
+                # A validator's own ValueError comes as "Value error, <its message>".
+                fields.setdefault(where, []).append(error["msg"].removeprefix("Value error, "))
             raise InvalidParams(fields) from None
 
     def normalise(self, raw: Any) -> dict[str, Any]:

@@ -386,6 +386,9 @@
     api.onInboxFrame = function (frame) { applyState(frame); };
 
     renderCount();
+    // A page without the live task list (About) has no socket to say hello:
+    // its count comes from one GET.
+    if (!document.getElementById('task-list')) load();
     return api;
   })();
 
@@ -486,6 +489,10 @@
 
   function renderActions(row, status) {
     var p = row.parts;
+    // A keyboard user's focus on the row's button survives it being disabled
+    // (Cancelling...) and swapped (Cancel -> Retry): it comes back to the
+    // button shown, unless it went elsewhere meanwhile.
+    if (p.actions.contains(document.activeElement)) row.keepFocus = true;
     var active = status === 'queued' || status === 'running';
     if (!active) { row.cancelPending = false; row.cancelRequested = false; }
     var wanted = active ? p.cancel : (TERMINAL[status] ? p.retry : null);
@@ -502,6 +509,11 @@
     if (cancelling) p.cancel.setAttribute('aria-busy', 'true'); else p.cancel.removeAttribute('aria-busy');
     p.retry.disabled = row.retryPending;
     if (row.retryPending) p.retry.setAttribute('aria-busy', 'true'); else p.retry.removeAttribute('aria-busy');
+    if (row.keepFocus && wanted && !wanted.disabled) {
+      row.keepFocus = false;
+      var focused = document.activeElement;
+      if (focused === document.body || focused === null || p.actions.contains(focused)) wanted.focus();
+    }
   }
 
   function renderRow(row) {
@@ -949,6 +961,9 @@
       showErrors({ message: 'Some parameters are not valid.', fields: collected.errors });
       return;
     }
+    // Disabled while the request runs, the button loses the focus: a
+    // keyboard user gets it back (unless the focus went elsewhere meanwhile).
+    var hadFocus = submitButton !== null && document.activeElement === submitButton;
     if (submitButton) submitButton.disabled = true;
     try {
       var response = await fetch(tasksUrl, {
@@ -977,6 +992,7 @@
       showErrors({ message: 'Could not reach the server. Check your connection and try again.' });
     } finally {
       if (submitButton) submitButton.disabled = false;
+      if (hadFocus && document.activeElement === document.body) submitButton.focus();
     }
   }
 
@@ -1055,11 +1071,25 @@
       if (close.code === CLOSE_UNAUTHENTICATED) {
         stopped = true;
         setConnection('signed-out', 'signed out');
+        reloadSignedOut();
         return;
       }
       scheduleReconnect();
     };
     ws.onerror = function () { /* a close event follows */ };
+  }
+
+  // The session ended (a log-out in another tab, say): the page, its form
+  // and its name in the bar are stale. Reloaded, it shows whoever is signed
+  // in now, or the log-in links. Once a minute at most, in case the socket
+  // is refused while pages are not (a proxy dropping cookies on WebSockets).
+  function reloadSignedOut() {
+    var key = 'tasklight.reloadedSignedOut';
+    var last = 0;
+    try { last = parseInt(sessionStorage.getItem(key), 10) || 0; } catch (err) { /* storage off */ }
+    if (Date.now() - last < 60000) return;
+    try { sessionStorage.setItem(key, String(Date.now())); } catch (err) { return; }
+    location.reload();
   }
 
   // Gives up on the current socket now (a dead connection may take minutes
