@@ -20,7 +20,7 @@ from live.models import Event
 from live.services import delete_expired_events
 from workloads.models import Task
 
-from .stack import PASSWORD, ROOT, wait_for
+from .stack import PASSWORD, ROOT, Account, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -367,3 +367,28 @@ def test_the_keyboard_focus_stays_on_the_queue_button(stack: Any, page: Page) ->
     page.keyboard.press("Enter")
     expect(page.get_by_text("Queued.")).to_be_visible()
     expect(page.get_by_test_id("queue-task")).to_be_focused()
+
+
+def test_older_tasks_are_shown_on_demand_below_the_recent_ones(stack: Any, page: Page) -> None:
+    alice = Account.sign_up(stack.base_url)
+    queued = [alice.queue("simulate", seconds=0)["id"] for _ in range(45)]
+    page.goto(stack.base_url + "/login/")
+    page.fill("input[name=username]", alice.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.locator("form button[type=submit]").last.click()
+    rows = page.get_by_test_id("task-row")
+    expect(rows).to_have_count(20)
+    older = page.get_by_test_id("older-tasks")
+    older.click()
+    expect(rows).to_have_count(40)
+    older.click()
+    expect(rows).to_have_count(45)
+    expect(older).to_be_hidden()
+    shown = [row.get_attribute("data-task-id") for row in rows.all()]
+    assert shown == list(reversed(queued))  # newest first, each once
+
+
+def test_the_older_tasks_button_is_not_shown_without_older_tasks(stack: Any, page: Page) -> None:
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+    expect(page.get_by_test_id("older-tasks")).to_be_hidden()

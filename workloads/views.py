@@ -17,13 +17,15 @@ def home(request: HttpRequest) -> HttpResponse:
     # The event id is read before the tasks: the page reflects at least that
     # event, and its socket resumes from it, so nothing slips in between.
     event_id = last_event_id(request.user.pk)
-    tasks = [task.as_json() for task in Task.objects.filter(owner=request.user)[:RECENT_TASKS_ON_PAGE]]
+    # One more than shown: whether "Show older tasks" has any to show.
+    tasks = [task.as_json() for task in Task.objects.filter(owner=request.user)[: RECENT_TASKS_ON_PAGE + 1]]
     return render(
         request,
         "home.html",
         {
             "last_event_id": event_id,
-            "tasks": tasks,
+            "tasks": tasks[:RECENT_TASKS_ON_PAGE],
+            "has_older_tasks": len(tasks) > RECENT_TASKS_ON_PAGE,
             "workload_schemas": [workload.describe() for workload in all_workloads()],
         },
     )

@@ -18,7 +18,8 @@
 
   var TERMINAL = { succeeded: true, failed: true, cancelled: true };
   var RANK = { queued: 0, running: 1, succeeded: 2, failed: 2, cancelled: 2 };
-  var MAX_ROWS = 50;
+  var MAX_ROWS = 50; // newest rows kept; more once older ones are asked for
+  var OLDER_PAGE = 20;
   var TOAST_MS = 8000;
   var MAX_TOASTS = 5;
   var PING_EVERY_MS = 25000;
@@ -588,10 +589,13 @@
   }
 
   function trimRows() {
-    while (taskList.children.length > MAX_ROWS) {
+    while (taskList.children.length > Math.max(MAX_ROWS, olderShown)) {
       var last = taskList.lastElementChild;
       rows.delete(last.dataset.taskId);
       taskList.removeChild(last);
+      // What follows the rows shown has changed: found again on the next click.
+      olderNext = null;
+      if (olderButton) olderButton.hidden = false;
     }
   }
 
@@ -703,8 +707,52 @@
     if (rowIsCurrent(row)) renderRow(row);
   }
 
+  var olderButton = document.getElementById('older-tasks');
+  var olderNext = null; // the next page's URL; null: not known yet; '': none
+  var olderShown = 0; // rows to keep once older ones were loaded (trimRows)
+
   readJSONScript('initial-tasks', []).forEach(function (task) { upsert(task, { append: true }); });
   updateEmptyState();
+
+  // "Show older tasks": pages of the REST list, from below the oldest row
+  // shown. The first click asks for as many as are shown to learn the
+  // cursor that follows them; later clicks follow `next`.
+  async function fetchTasks(url) {
+    var response = await fetch(url, { credentials: 'same-origin', headers: { 'Accept': 'application/json' } });
+    if (!response.ok) throw new Error('GET ' + url + ' answered ' + response.status);
+    return response.json();
+  }
+
+  function withLimit(url, limit) {
+    var parsed = new URL(url, location.href);
+    parsed.searchParams.set('limit', String(limit));
+    return parsed.pathname + parsed.search;
+  }
+
+  async function showOlder() {
+    olderButton.disabled = true;
+    olderButton.setAttribute('aria-busy', 'true');
+    try {
+      if (olderNext === null) {
+        var first = await fetchTasks(withLimit(tasksUrl, Math.max(1, Math.min(500, taskList.children.length))));
+        olderNext = first && first.next ? withLimit(first.next, OLDER_PAGE) : '';
+      }
+      var body = olderNext ? await fetchTasks(olderNext) : { results: [], next: null };
+      var results = body && Array.isArray(body.results) ? body.results : [];
+      olderShown = taskList.children.length + results.length;
+      results.forEach(function (task) { upsert(task, { append: true }); });
+      olderNext = body && body.next ? withLimit(body.next, OLDER_PAGE) : '';
+      olderButton.hidden = !olderNext;
+    } catch (err) {
+      console.warn('tasklight: could not load older tasks', err);
+      toast('Could not load older tasks. Try again.', 'error');
+    } finally {
+      olderButton.disabled = false;
+      olderButton.removeAttribute('aria-busy');
+    }
+  }
+
+  if (olderButton) olderButton.addEventListener('click', showOlder);
 
   // Times like "12:03:04" become "Nov 28 12:03:04" when the day changes.
   setInterval(function () { rows.forEach(renderRow); }, 60000);
