@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-from urllib.parse import quote, urlsplit, urlunsplit
+from typing import Any, TypeGuard
+from urllib.parse import quote, urljoin, urlsplit, urlunsplit
 
 import httpx
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
@@ -17,25 +17,39 @@ HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # The server pings every client every 20 s; the client's own keepalive notices
 # a dead connection within 40 s even if the server's pings stop arriving.
 WS_OPEN_TIMEOUT = 10.0
+LOG_IN_AGAIN = "Log in again: tasklight login"
 
 
 def normalise_server(address: str) -> str:
     """``http://host:port[/prefix]`` with no trailing slash; anything else is a usage error."""
-    parts = urlsplit(address.strip())
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise CliError(f"the server address must start with http:// or https:// (got {address!r})", Exit.USAGE)
+    address = address.strip()
+    try:
+        parts = urlsplit(address)  # a ValueError for "http://[::1"
+        parts.port  # noqa: B018  # parsed when read: a ValueError for "abc", "8000x" or 99999
+        httpx.URL(address)  # what httpx would refuse at the first request: control characters, bad host names
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise CliError(f"not a valid server address: {address!r} ({exc})", Exit.USAGE) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise CliError(
+            f"the server address must be http://HOST[:PORT] or https://HOST[:PORT] (got {address!r})", Exit.USAGE
+        )
     return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
-def error_message(response: httpx.Response) -> str:
-    """The API's ``{error: {message, fields}}`` on one line, or the HTTP status."""
+def is_task(value: Any) -> TypeGuard[dict[str, Any]]:
+    """A task as the API shows it, as far as the CLI reads one."""
+    return isinstance(value, dict) and all(isinstance(value.get(key), str) for key in ("id", "kind", "status"))
+
+
+def api_error(response: httpx.Response) -> str | None:
+    """The API's ``{error: {message, fields}}`` on one line; None if the body is not one."""
     try:
         body = response.json()
     except ValueError:
-        body = None
+        return None
     error = body.get("error") if isinstance(body, dict) else None
     if not isinstance(error, dict) or not isinstance(error.get("message"), str):
-        return f"the server answered {response.status_code} {response.reason_phrase}".rstrip()
+        return None
     message = error["message"].rstrip()
     fields = error.get("fields")
     if isinstance(fields, dict) and fields:
@@ -48,9 +62,11 @@ def error_message(response: httpx.Response) -> str:
 
 
 class Api:
-    def __init__(self, server: str, token: str | None = None) -> None:
+    def __init__(self, server: str, token: str | None = None, *, refused_advice: str = LOG_IN_AGAIN) -> None:
         self.server = server
         self.token = token
+        # What to do when the server refuses the token: log in again, unless it comes from TASKLIGHT_TOKEN.
+        self.refused_advice = refused_advice
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if token:
             headers["Authorization"] = f"Token {token}"
@@ -68,46 +84,89 @@ class Api:
     def unreachable(self, exc: BaseException) -> CliError:
         return CliError(f"cannot reach {self.server} ({describe_connection_error(exc)})", Exit.UNREACHABLE)
 
+    def not_tasklight(self) -> CliError:
+        """A server that answers, but not as Tasklight does: an HTML page, JSON of another shape."""
+        return CliError(
+            f"the server at {self.server} did not answer as Tasklight does; is it the right address?",
+            Exit.UNREACHABLE,
+        )
+
+    def redirected(self, asked: str, url: str, location: str) -> CliError:
+        """A server address that redirects (to https://, say) is the wrong address. The
+        redirect is not followed: a token is only sent to the address it was issued for."""
+        target = urljoin(url, location)
+        parts = urlsplit(target)
+        if not parts.path.endswith(asked):
+            return CliError(f"the server at {self.server} redirects to {target}; is it the right address?", Exit.USAGE)
+        scheme = {"ws": "http", "wss": "https"}.get(parts.scheme, parts.scheme)
+        server = urlunsplit((scheme, parts.netloc, parts.path.removesuffix(asked), "", ""))
+        return CliError(f"the server at {self.server} redirects to {target}: use --server {server}", Exit.USAGE)
+
     def request(self, method: str, path: str, *, expect: int, json: Any = None) -> Any:
         try:
             response = self.http.request(method, path, json=json)
         except httpx.TransportError as exc:
             raise self.unreachable(exc) from None
         if response.status_code == expect:
-            return response.json() if response.content else None
-        message = error_message(response)
+            if not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise self.not_tasklight() from None
+        if response.is_redirect:
+            raise self.redirected(path.partition("?")[0], str(response.request.url), response.headers["Location"])
+        message = api_error(response)
+        if response.status_code >= 500:
+            # A proxy's error page as well: the server is down, whatever answered for it.
+            message = message or f"the server answered {response.status_code} {response.reason_phrase}".rstrip()
+            raise CliError(f"{self.server}: {message}", Exit.UNREACHABLE)
+        if message is None:
+            raise self.not_tasklight()
         if response.status_code in (401, 403):
             if self.token is None:
                 raise CliError(message, Exit.AUTH)
-            raise CliError(f"{message} Log in again: tasklight login", Exit.AUTH)
-        if response.status_code >= 500:
-            raise CliError(f"{self.server}: {message}", Exit.UNREACHABLE)
-        raise CliError(message, Exit.REFUSED)
+            raise CliError(f"{message} {self.refused_advice}", Exit.AUTH)
+        raise CliError(message, Exit.REFUSED, status=response.status_code)
+
+    def task_in(self, body: Any) -> dict[str, Any]:
+        if not is_task(body):
+            raise self.not_tasklight()
+        return body
 
     # Endpoints
 
     def issue_token(self, username: str, password: str) -> str:
-        body = self.request("POST", "/api/auth/token/", expect=200, json={"username": username, "password": password})
+        try:
+            body = self.request(
+                "POST", "/api/auth/token/", expect=200, json={"username": username, "password": password}
+            )
+        except CliError as error:
+            if error.status == 400:  # the username or password refused; too many attempts (429) stays a refusal
+                raise CliError(error.message, Exit.AUTH) from None
+            raise
+        if not isinstance(body, dict) or not isinstance(body.get("token"), str) or not body["token"]:
+            raise self.not_tasklight()
         return str(body["token"])
 
     def revoke_token(self) -> None:
         self.request("DELETE", "/api/auth/token/", expect=204)
 
     def submit(self, kind: str, params: dict[str, Any]) -> dict[str, Any]:
-        task: dict[str, Any] = self.request("POST", "/api/tasks/", expect=202, json={"kind": kind, "params": params})
-        return task
+        return self.task_in(self.request("POST", "/api/tasks/", expect=202, json={"kind": kind, "params": params}))
 
     def task(self, task_id: str) -> dict[str, Any]:
-        task: dict[str, Any] = self.request("GET", f"/api/tasks/{quote(task_id, safe='')}/", expect=200)
-        return task
+        return self.task_in(self.request("GET", f"/api/tasks/{quote(task_id, safe='')}/", expect=200))
 
     def tasks(self, limit: int) -> list[dict[str, Any]]:
         page = self.request("GET", f"/api/tasks/?limit={limit}", expect=200)
-        return list(page["results"])
+        results = page.get("results") if isinstance(page, dict) else None
+        if not isinstance(results, list):
+            raise self.not_tasklight()
+        return [self.task_in(task) for task in results]
 
     def cancel(self, task_id: str) -> dict[str, Any]:
-        task: dict[str, Any] = self.request("POST", f"/api/tasks/{quote(task_id, safe='')}/cancel/", expect=202)
-        return task
+        return self.task_in(self.request("POST", f"/api/tasks/{quote(task_id, safe='')}/cancel/", expect=202))
 
     def open_socket(self) -> ClientConnection:
         """The /ws/ socket, authenticated by the token header (no Origin: not a browser)."""
@@ -125,9 +184,15 @@ class Api:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
+            if status not in (401, 403) and status < 500:
+                raise self.not_tasklight() from None
             code = Exit.AUTH if status in (401, 403) else Exit.UNREACHABLE
             raise CliError(f"{url}: the WebSocket handshake was refused (HTTP {status})", code) from None
         except InvalidURI as exc:
+            # websockets follows a redirect (without the token, to another host) unless it
+            # leads out of ws:// and wss://, as a redirect to https:// does.
+            if isinstance(exc.__context__, InvalidStatus):
+                raise self.redirected("/ws/", url, exc.uri) from None
             raise CliError(f"{url}: {exc}", Exit.USAGE) from None
         except (OSError, TimeoutError, InvalidHandshake) as exc:
             raise self.unreachable(exc) from None

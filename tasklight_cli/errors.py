@@ -11,20 +11,23 @@ from enum import IntEnum
 class Exit(IntEnum):
     OK = 0
     TASK_FAILED = 1  # the task ended failed or cancelled
-    USAGE = 2  # bad arguments (argparse uses 2 as well)
-    UNREACHABLE = 3  # no answer from the server, a server error (5xx), or the socket lost for good
+    USAGE = 2  # bad arguments (argparse uses 2 as well), or a server address that redirects elsewhere
+    UNREACHABLE = 3  # no answer, a server error (5xx), an answer not Tasklight's, or the socket lost for good
     AUTH = 4  # not logged in, or the token was refused
     REFUSED = 5  # the API refused the request (400, 404, 409, 413, 422, 429)
     INTERRUPTED = 130  # Ctrl-C, as shells report SIGINT
+    BROKEN_PIPE = 141  # stdout closed early (`| head`), as shells report SIGPIPE
 
 
 class CliError(Exception):
-    """Printed as ``tasklight: <message>`` on one line; the process exits with ``code``."""
+    """Printed as ``tasklight: <message>`` on one line; the process exits with ``code``.
+    ``status`` is the HTTP status when the API refused a request."""
 
-    def __init__(self, message: str, code: Exit) -> None:
+    def __init__(self, message: str, code: Exit, *, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.status = status
 
 
 def describe_connection_error(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ from typing import Any, TextIO
 
 from websockets.exceptions import ConnectionClosed
 
-from .api import Api
+from .api import Api, is_task
 from .errors import CliError, Exit, describe_connection_error
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -71,10 +71,23 @@ class ProgressBar:
         self.drawn = False
 
 
+def parse_frame(api: Api, raw: str | bytes) -> dict[str, Any]:
+    try:
+        frame = json.loads(raw)
+    except ValueError:
+        frame = None
+    if not isinstance(frame, dict):
+        raise CliError(
+            f"{api.server}/ws/ did not answer as Tasklight does: a frame that is not a JSON object", Exit.UNREACHABLE
+        )
+    return frame
+
+
 def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> dict[str, Any]:
     """Subscribes, calls ``start`` (which queues or reads the task), and returns
     the task once it has finished. ``start`` runs only once; on a reconnect
-    the task is read again over REST."""
+    the task is read again over REST. The caller says the task goes on when
+    this raises after ``start``."""
     task: dict[str, Any] | None = None
     lost_since: float | None = None
     delay = 0.5
@@ -82,7 +95,7 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
     while True:
         try:
             with api.open_socket() as socket:
-                hello = json.loads(socket.recv(timeout=PING_EVERY))
+                hello = parse_frame(api, socket.recv(timeout=PING_EVERY))
                 if hello.get("type") == "error":
                     raise CliError(f"{api.server}/ws/: {hello.get('message')}", Exit.REFUSED)
                 if hello.get("type") != "hello":
@@ -98,11 +111,11 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
                     except TimeoutError:
                         socket.send(json.dumps({"type": "ping", "id": next(pings)}))
                         continue
-                    frame = json.loads(raw)
+                    frame = parse_frame(api, raw)
                     kind = frame.get("type")
                     if kind in ("event", "progress"):
-                        seen = frame.get("task") or {}
-                        if seen.get("id") != task["id"]:
+                        seen = frame.get("task")
+                        if not is_task(seen) or seen["id"] != task["id"]:
                             continue  # another of the user's tasks
                         task = seen
                         bar.update(task)
@@ -116,9 +129,7 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
         except ConnectionClosed as closed:
             code = closed.rcvd.code if closed.rcvd is not None else None
             if code == CLOSE_UNAUTHENTICATED:
-                raise CliError(
-                    "the server refused the token on /ws/. Log in again: tasklight login", Exit.AUTH
-                ) from None
+                raise CliError(f"the server refused the token on /ws/. {api.refused_advice}", Exit.AUTH) from None
             if code == CLOSE_TOO_MANY:
                 raise CliError("the server refused another socket: too many open for this user", Exit.REFUSED) from None
             reason = f"connection closed ({code})" if code is not None else "connection lost"
@@ -127,6 +138,8 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
             if task is None or error.code != Exit.UNREACHABLE:
                 raise
             reason = error.message
+        except BrokenPipeError:
+            raise  # our own stdout or stderr closed (`| head`), not the connection
         except (OSError, TimeoutError) as exc:
             if task is None:
                 raise api.unreachable(exc) from None
@@ -136,9 +149,6 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
         now = time.monotonic()
         lost_since = lost_since or now
         if now - lost_since > RECONNECT_FOR:
-            raise CliError(
-                f"lost the connection to {api.server} ({reason}); the task goes on: tasklight wait {task['id']}",
-                Exit.UNREACHABLE,
-            )
+            raise CliError(f"lost the connection to {api.server} ({reason})", Exit.UNREACHABLE)
         time.sleep(delay)  # back off before reconnecting
         delay = min(delay * 2, 8.0)

@@ -7,6 +7,8 @@ import getpass
 import json
 import os
 import sys
+import uuid
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -31,20 +33,49 @@ def signed_in_api(args: argparse.Namespace) -> Api:
         credentials = config.servers.get(server)
         if credentials is None:
             raise CliError(f"not logged in to {server}: run `tasklight login` (or set TASKLIGHT_TOKEN)", Exit.AUTH)
-        token = credentials.token
-    return Api(server, token)
+        return Api(server, credentials.token)
+    # Logging in again stores a token, which this variable overrides: it cannot help.
+    return Api(server, token, refused_advice="TASKLIGHT_TOKEN is refused: unset it or replace it.")
 
 
-def parse_param(text: str) -> tuple[str, Any]:
+def sendable(value: Any) -> bool:
+    """Whether httpx can send ``value`` as JSON. NaN, Infinity and 1e400 (inf) parse
+    as Python floats but are not JSON; a lone surrogate (from bytes in the command
+    line that are not UTF-8, or a JSON escape) cannot be encoded as UTF-8."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
+
+
+def utf8(value: str) -> str:
+    """An argument that can be sent: not bytes of another encoding (a lone surrogate in Python)."""
+    if not sendable(value):
+        raise argparse.ArgumentTypeError(f"not valid UTF-8: {value!r}")
+    return value
+
+
+def parse_param(param: str) -> tuple[str, Any]:
     """``k=v``: the value as JSON when it parses (2, true, [1,2], "quoted"), else the string itself."""
-    name, equals, raw = text.partition("=")
+    name, equals, raw = utf8(param).partition("=")
     if not equals or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {param!r}")
     try:
         value = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python reads
+        return name.strip(), raw
+    return name.strip(), value if sendable(value) else raw
+
+
+def task_id(value: str) -> str:
+    """A task id is a UUID: anything else would make another URL (``.`` is the list of tasks)."""
+    try:
+        return str(uuid.UUID(value))
     except ValueError:
-        value = raw
-    return name.strip(), value
+        raise argparse.ArgumentTypeError(
+            f"expected a task id (a UUID, as `tasklight list` shows), got {value!r}"
+        ) from None
 
 
 def page_size(text: str) -> int:
@@ -60,6 +91,15 @@ def page_size(text: str) -> int:
 # Commands
 
 
+def ask(prompt: Callable[[str], str], question: str, what: str) -> str:
+    """The answer to a prompt at the terminal; Ctrl-D (end of input) is no answer."""
+    try:
+        return prompt(question)
+    except EOFError:
+        print(file=sys.stderr)  # end the prompt's line
+        raise CliError(f"no {what} given", Exit.USAGE) from None
+
+
 def login(args: argparse.Namespace) -> int:
     config = Config.load()
     server = server_address(args, config)
@@ -67,20 +107,17 @@ def login(args: argparse.Namespace) -> int:
     if not username:
         if not sys.stdin.isatty():
             raise CliError("no terminal to ask for the username: pass --username", Exit.USAGE)
-        username = input("Username: ").strip()
+        username = ask(input, "Username: ", "username").strip()
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\r\n")
     else:
-        password = getpass.getpass(f"Password for {username} on {server}: ")
+        if not sys.stdin.isatty():
+            raise CliError("no terminal to ask for the password: pass --password-stdin", Exit.USAGE)
+        password = ask(getpass.getpass, f"Password for {username} on {server}: ", "password")
     if not password:
         raise CliError("no password given", Exit.USAGE)
     with Api(server) as api:
-        try:
-            token = api.issue_token(username, password)
-        except CliError as error:
-            if error.code == Exit.REFUSED:  # wrong credentials, or too many attempts
-                raise CliError(error.message, Exit.AUTH) from None
-            raise
+        token = api.issue_token(username, password)
     config.servers[server] = Credentials(username=username, token=token)
     config.default_server = server
     config.save()
@@ -97,22 +134,30 @@ def logout(args: argparse.Namespace) -> int:
     if credentials is None:
         print(f"Not logged in to {server}.", file=sys.stderr)
         return Exit.OK
+    outcome = ""
     if args.revoke:
         # Revoking ends the user's token everywhere: every script and machine using it.
         with Api(server, credentials.token) as api:
-            api.revoke_token()
+            try:
+                api.revoke_token()
+                outcome = " and revoked the token"
+            except CliError as error:
+                if error.code != Exit.AUTH:
+                    raise
+                # The server no longer takes the token: it was revoked already (elsewhere).
+                outcome = "; the server had already revoked the token"
     del config.servers[server]
     if config.default_server == server:
         config.default_server = None
     config.save()
-    print(f"Logged out of {server}{' and revoked the token' if args.revoke else ''}.")
+    print(f"Logged out of {server}{outcome}.")
     return Exit.OK
 
 
 def finished(task: dict[str, Any]) -> int:
     """Prints a finished task's outcome: the result on stdout, or the error on stderr."""
     if task["status"] == "succeeded":
-        print(json.dumps(task.get("result"), indent=2))
+        print(json.dumps(task.get("result"), indent=2, ensure_ascii=False))
         return Exit.OK
     reason = task.get("error") or task["status"]
     print(f"tasklight: task {task['id']} {task['status']}: {' '.join(str(reason).split())}", file=sys.stderr)
@@ -134,6 +179,12 @@ def run_following(api: Api, start: Any) -> int:
         if task:
             print(f"tasklight: stopped waiting; the task goes on: tasklight wait {task['id']}", file=sys.stderr)
         return Exit.INTERRUPTED
+    except CliError as error:
+        if not task:
+            raise
+        # Whatever ended the wait, the task exists and runs on: say how to find it again.
+        goes_on = f"Stopped waiting; the task goes on: tasklight wait {task['id']}"
+        raise CliError(f"{error.message.rstrip('.')}. {goes_on}", error.code) from None
     finally:
         bar.close()
     return finished(final)
@@ -167,7 +218,7 @@ def list_tasks(args: argparse.Namespace) -> int:
     with signed_in_api(args) as api:
         tasks = api.tasks(args.limit)
     if args.json:
-        print(json.dumps(tasks, indent=2))
+        print(json.dumps(tasks, indent=2, ensure_ascii=False))
         return Exit.OK
     if not tasks:
         print("No tasks yet.", file=sys.stderr)
@@ -204,7 +255,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     command = commands.add_parser("login", help="get an API token with your username and password, and keep it")
-    command.add_argument("--username", "-u")
+    command.add_argument("--username", "-u", type=utf8)
     command.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     command.set_defaults(run=login)
 
@@ -213,7 +264,7 @@ def parser() -> argparse.ArgumentParser:
     command.set_defaults(run=logout)
 
     command = commands.add_parser("submit", help="queue a task; with --wait, follow it to its end")
-    command.add_argument("kind", metavar="KIND", help="a workload name, e.g. simulate, primes, text_stats")
+    command.add_argument("kind", metavar="KIND", type=utf8, help="a workload name, e.g. simulate, primes, text_stats")
     command.add_argument(
         "--param",
         "-p",
@@ -221,7 +272,8 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         type=parse_param,
         default=[],
-        help='a parameter; VALUE is read as JSON when it parses (2, true, "text"), else as a string. Repeatable.',
+        help='a parameter; VALUE is read as JSON when it parses (2, true, "text"), else as a string '
+        "(NaN and Infinity too). Repeatable.",
     )
     command.add_argument(
         "--wait",
@@ -232,7 +284,7 @@ def parser() -> argparse.ArgumentParser:
     command.set_defaults(run=submit)
 
     command = commands.add_parser("wait", help="follow a task already queued to its end, like submit --wait")
-    command.add_argument("id", metavar="ID")
+    command.add_argument("id", metavar="ID", type=task_id)
     command.set_defaults(run=wait)
 
     command = commands.add_parser("list", help="your recent tasks, newest first")
@@ -243,7 +295,7 @@ def parser() -> argparse.ArgumentParser:
     command.set_defaults(run=list_tasks)
 
     command = commands.add_parser("cancel", help="cancel a queued or running task")
-    command.add_argument("id", metavar="ID")
+    command.add_argument("id", metavar="ID", type=task_id)
     command.set_defaults(run=cancel)
     return top
 
@@ -251,7 +303,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        code = int(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`tasklight list | head -1`): stop quietly, as Unix tools do,
+        # and point both streams at /dev/null so that nothing else tries to write to the pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, sys.stderr.fileno())
+        return int(Exit.BROKEN_PIPE)
     except CliError as error:
         print(f"tasklight: {error.message}", file=sys.stderr)
         return int(error.code)

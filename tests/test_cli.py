@@ -3,13 +3,18 @@ against a real web process and worker, with a config directory of its own."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
 import re
+import select
 import stat
 import subprocess
 import sys
+import termios
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -192,14 +197,233 @@ def test_against_a_stopped_server_it_exits_non_zero_with_a_one_line_reason(
 @pytest.mark.stack
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("command", [["list"], ["submit", "simulate", "--wait"]])
-def test_a_refused_token_says_to_log_in_again(stack: Any, command: list[str], tmp_path: Path) -> None:
+def test_a_refused_token_says_to_log_in_again(tasklight: Run, account: Account, command: list[str]) -> None:
+    revoked = account.http.delete("/api/auth/token/")  # elsewhere: another machine's `logout --revoke`
+    assert revoked.status_code == 204
+
+    result = tasklight(*command)
+
+    assert result.returncode == 4
+    [line] = stderr_lines(result)
+    assert line.endswith("Log in again: tasklight login")
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("command", [["list"], ["submit", "simulate", "--wait"]])
+def test_a_refused_tasklight_token_variable_says_to_unset_or_replace_it(
+    stack: Any, command: list[str], tmp_path: Path
+) -> None:
+    """Logging in again cannot help: the variable overrides the stored token."""
     run = runner(tmp_path / "config", TASKLIGHT_URL=stack.base_url, TASKLIGHT_TOKEN="not-a-token")
 
     result = run(*command)
 
     assert result.returncode == 4
     [line] = stderr_lines(result)
-    assert line.endswith("Log in again: tasklight login")
+    assert line.endswith("TASKLIGHT_TOKEN is refused: unset it or replace it.")
+    assert "tasklight login" not in line
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_logout_revoke_forgets_a_token_already_revoked_elsewhere(
+    stack: Any, tasklight: Run, account: Account, tmp_path: Path
+) -> None:
+    assert account.http.delete("/api/auth/token/").status_code == 204
+
+    result = tasklight("logout", "--revoke")
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"Logged out of {stack.base_url}; the server had already revoked the token.\n"
+    config = json.loads((tmp_path / "config" / "tasklight" / "config.json").read_text())
+    assert config["servers"] == {}
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_too_many_failed_log_ins_is_a_refusal_not_a_wrong_password(
+    stack: Any, account: Account, tmp_path: Path
+) -> None:
+    run = runner(tmp_path / "config", TASKLIGHT_URL=stack.base_url)
+    log_in = ("login", "--username", account.username, "--password-stdin")
+    for _ in range(5):  # LOGIN_FAILURES_PER_ACCOUNT
+        assert run(*log_in, stdin="not-the-password\n").returncode == 4
+
+    result = run(*log_in, stdin=f"{PASSWORD}\n")
+
+    assert result.returncode == 5
+    [line] = stderr_lines(result)
+    assert line.startswith("tasklight: Too many failed log-ins; try again later.")
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("value", ["NaN", "Infinity", "-Infinity", "1e400"])
+def test_a_parameter_that_only_python_reads_as_a_number_is_sent_as_text(tasklight: Run, value: str) -> None:
+    result = tasklight("submit", "text_stats", "-p", f"text={value}", "--wait")
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["words"] == 1
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_the_result_is_printed_in_its_own_letters(tasklight: Run) -> None:
+    result = tasklight("submit", "text_stats", "-p", "text=café au lait, café noir", "--wait")
+
+    assert result.returncode == 0, result.stderr
+    assert '"café"' in result.stdout
+    assert json.loads(result.stdout)["top_words"][0] == ["café", 2]
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_token_revoked_while_waiting_says_the_task_goes_on(tasklight: Run, account: Account, tmp_path: Path) -> None:
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        waiting = subprocess.Popen(
+            [str(TASKLIGHT), "submit", "simulate", "--param", "seconds=5", "--wait"],
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "config"), "TASKLIGHT_URL": account.base_url},
+        )
+    try:
+        wait_for(lambda: "% running" in stderr_path.read_text(), timeout=30, what="the task to run")
+        task_id = account.http.get("/api/tasks/").json()["results"][0]["id"]
+        assert account.http.delete("/api/auth/token/").status_code == 204  # its socket closes with 4401
+        waiting.communicate(timeout=30)
+    finally:
+        waiting.kill()
+
+    assert waiting.returncode == 4
+    assert stderr_path.read_text().splitlines()[-1] == (
+        "tasklight: the server refused the token on /ws/. Log in again: tasklight login. "
+        f"Stopped waiting; the task goes on: tasklight wait {task_id}"
+    )
+
+
+@pytest.mark.parametrize(
+    "server",
+    [
+        "http://[::1",
+        "http://127.0.0.1:abc",
+        "http://127.0.0.1:8794x",
+        "http://127.0.0.1:99999",
+        "http://:8000",
+        "127.0.0.1:8000",
+    ],
+)
+@pytest.mark.parametrize("command", [["list"], ["login", "--username", "alice", "--password-stdin"]])
+def test_a_bad_server_address_is_a_usage_error(server: str, command: list[str], tmp_path: Path) -> None:
+    run = runner(tmp_path / "config", TASKLIGHT_TOKEN="some-token")
+
+    result = run("--server", server, *command, stdin="a password\n")
+
+    assert result.returncode == 2
+    [line] = stderr_lines(result)
+    assert line.startswith("tasklight: ") and repr(server) in line
+
+
+@pytest.mark.parametrize("command", ["wait", "cancel"])
+@pytest.mark.parametrize("task_id", [".", "..", "3f1c", "3f1c/../..", ""])
+def test_a_task_id_must_be_a_uuid(command: str, task_id: str, tmp_path: Path) -> None:
+    # Nothing listens there: the id is refused before any request.
+    run = runner(tmp_path / "config", TASKLIGHT_URL=f"http://127.0.0.1:{free_port()}", TASKLIGHT_TOKEN="some-token")
+
+    result = run(command, task_id)
+
+    assert result.returncode == 2
+    assert stderr_lines(result)[-1] == (
+        f"tasklight {command}: error: argument ID: expected a task id (a UUID, as `tasklight list` shows), "
+        f"got {task_id!r}"
+    )
+
+
+def test_a_parameter_of_bytes_that_are_not_utf8_is_a_usage_error(tmp_path: Path) -> None:
+    environment = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "TASKLIGHT_TOKEN": "some-token"}
+
+    result = subprocess.run(
+        [os.fsencode(TASKLIGHT), b"submit", b"text_stats", b"-p", b"text=caf\xe9"],  # Latin-1, not UTF-8
+        capture_output=True,
+        env=environment,
+        timeout=30,
+    )
+
+    assert result.returncode == 2
+    assert (
+        result.stderr.decode()
+        .splitlines()[-1]
+        .startswith("tasklight submit: error: argument --param/-p: not valid UTF-8: ")
+    )
+
+
+def test_login_with_no_terminal_and_no_password_stdin_says_so(tmp_path: Path) -> None:
+    run = runner(tmp_path / "config", TASKLIGHT_URL=f"http://127.0.0.1:{free_port()}")
+
+    result = run("login", "--username", "alice", stdin="")
+
+    assert result.returncode == 2
+    assert stderr_lines(result) == ["tasklight: no terminal to ask for the password: pass --password-stdin"]
+
+
+@pytest.mark.parametrize(
+    ("command", "prompt", "what"),
+    [(["login"], "Username: ", "username"), (["login", "--username", "alice"], "Password for alice", "password")],
+)
+def test_ctrl_d_at_a_login_prompt_is_no_answer(command: list[str], prompt: str, what: str, tmp_path: Path) -> None:
+    output = at_a_terminal(
+        [str(TASKLIGHT), "--server", f"http://127.0.0.1:{free_port()}", *command],
+        {**os.environ, "XDG_CONFIG_HOME": str(tmp_path)},
+        answers={prompt: b"\x04"},  # Ctrl-D: end of input
+    )
+
+    assert output.returncode == 2
+    assert output.text.splitlines()[-1] == f"tasklight: no {what} given"
+    assert "Traceback" not in output.text
+
+
+@dataclass
+class TerminalOutput:
+    returncode: int
+    text: str
+
+
+def at_a_terminal(command: list[str], env: dict[str, str], answers: dict[str, bytes]) -> TerminalOutput:
+    """Runs ``command`` with a pseudo-terminal as its controlling terminal
+    (getpass reads /dev/tty), typing each answer once its prompt shows."""
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        command,
+        stdin=terminal,
+        stdout=terminal,
+        stderr=terminal,
+        env=env,
+        start_new_session=True,
+        # The new session takes the pseudo-terminal (its stdin) as its controlling terminal.
+        preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    os.close(terminal)
+    seen = b""
+    pending = dict(answers)
+    try:
+        while True:
+            ready, _, _ = select.select([controller], [], [], 30)
+            assert ready, f"no output within 30 s: {seen!r}"
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # EIO: every copy of the terminal is closed, the command ended
+                break
+            if not chunk:
+                break
+            seen += chunk
+            for prompt in [prompt for prompt in pending if prompt.encode() in seen]:
+                os.write(controller, pending.pop(prompt))
+        return TerminalOutput(process.wait(timeout=30), seen.decode(errors="replace").replace("\r", ""))
+    finally:
+        process.kill()
+        os.close(controller)
 
 
 @pytest.mark.stack

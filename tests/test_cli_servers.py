@@ -1,0 +1,250 @@
+"""The `tasklight` command against servers that misbehave in ways a real
+Tasklight cannot be made to (docs/cli.md, "Errors and exit codes"): a web
+server that is not Tasklight, one that redirects, and a /ws/ that ends the
+wait. Each is a small server in a thread of this process; the command is the
+installed script, as in tests/test_cli.py."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.http11 import Request, Response
+from websockets.sync.server import ServerConnection, serve
+
+from .test_cli import TASKLIGHT, runner
+
+TASK_ID = "3f1c2a4e-9b7d-4c1e-8f2a-5d6e7f8a9b0c"
+RUNNING = {"id": TASK_ID, "kind": "simulate", "status": "running", "progress": 40, "created_at": None}
+HELLO = {"type": "hello", "user": "alice", "last_event_id": 0, "unread": 0, "read_up_to": 0}
+
+# (status, headers, body) for any method and path.
+Answer = tuple[int, dict[str, str], bytes]
+# Given the path and the request's body.
+Answering = Callable[[str, bytes], Answer]
+
+
+@pytest.fixture
+def web_server() -> Iterator[Callable[[Answering], str]]:
+    """Starts a web server that answers every request with ``answer(path, body)``; returns its address."""
+    servers: list[http.server.ThreadingHTTPServer] = []
+
+    def start(answer: Answering) -> str:
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # as a real web server speaks: the WebSocket handshake needs it
+
+            def respond(self) -> None:
+                request_body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                status, headers, body = answer(self.path, request_body)
+                self.send_response(status)
+                for name, value in {**headers, "Content-Length": str(len(body))}.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_DELETE = respond
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def html_page(path: str, body: bytes) -> Answer:
+    return 200, {"Content-Type": "text/html"}, b"<!doctype html><title>Welcome to nginx!</title>"
+
+
+def other_json(path: str, body: bytes) -> Answer:
+    return 200, {"Content-Type": "application/json"}, b'{"hello": "world"}'
+
+
+def moved_to_https(path: str, body: bytes) -> Answer:
+    return 301, {"Location": f"https://tasklight.example.com{path}"}, b""
+
+
+def task_list(path: str, body: bytes) -> Answer:
+    tasks = [{**RUNNING, "id": f"{TASK_ID[:-1]}{n}", "result": {"word": "café"}} for n in range(10)]
+    return 200, {"Content-Type": "application/json"}, json.dumps({"results": tasks}).encode()
+
+
+COMMANDS = [
+    pytest.param(["list"], "", id="list"),
+    pytest.param(["list", "--json"], "", id="list-json"),
+    pytest.param(["login", "--username", "alice", "--password-stdin"], "a password\n", id="login"),
+    pytest.param(["submit", "simulate"], "", id="submit"),
+    pytest.param(["submit", "simulate", "--wait"], "", id="submit-wait"),
+    pytest.param(["wait", TASK_ID], "", id="wait"),
+    pytest.param(["cancel", TASK_ID], "", id="cancel"),
+]
+
+
+@pytest.mark.parametrize("answer", [html_page, other_json])
+@pytest.mark.parametrize(("command", "stdin"), COMMANDS)
+def test_a_server_that_is_not_tasklight_is_named_in_one_line(
+    web_server: Any, answer: Answering, command: list[str], stdin: str, tmp_path: Path
+) -> None:
+    server = web_server(answer)
+    run = runner(tmp_path / "config", TASKLIGHT_URL=server, TASKLIGHT_TOKEN="some-token")
+
+    result = run(*command, stdin=stdin)
+
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines() == [
+        f"tasklight: the server at {server} did not answer as Tasklight does; is it the right address?"
+    ]
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize(
+    ("command", "stdin", "asked"),
+    [
+        (["list"], "", "/api/tasks/?limit=20"),
+        (["login", "--username", "alice", "--password-stdin"], "a password\n", "/api/auth/token/"),
+        (["submit", "simulate"], "", "/api/tasks/"),
+        (["submit", "simulate", "--wait"], "", "/ws/"),  # the socket is opened first
+    ],
+)
+def test_a_redirecting_server_says_which_address_to_use(
+    web_server: Any, command: list[str], stdin: str, asked: str, tmp_path: Path
+) -> None:
+    server = web_server(moved_to_https)
+    run = runner(tmp_path / "config", TASKLIGHT_URL=server, TASKLIGHT_TOKEN="some-token")
+
+    result = run(*command, stdin=stdin)
+
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == [
+        f"tasklight: the server at {server} redirects to https://tasklight.example.com{asked}: "
+        "use --server https://tasklight.example.com"
+    ]
+
+
+@pytest.mark.parametrize("command", [["list"], ["list", "--json"]])
+def test_a_closed_stdout_ends_the_command_quietly(web_server: Any, command: list[str], tmp_path: Path) -> None:
+    server = web_server(task_list)
+    reading_end, writing_end = os.pipe()
+    os.close(reading_end)  # as `| head -1` does once it has its line
+    try:
+        result = subprocess.run(
+            [str(TASKLIGHT), *command],
+            stdout=writing_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "TASKLIGHT_URL": server, "TASKLIGHT_TOKEN": "t"},
+            timeout=30,
+        )
+    finally:
+        os.close(writing_end)
+
+    assert result.returncode == 141
+    assert result.stderr == ""
+
+
+def test_list_json_prints_text_as_it_is(web_server: Any, tmp_path: Path) -> None:
+    server = web_server(task_list)
+    run = runner(tmp_path / "config", TASKLIGHT_URL=server, TASKLIGHT_TOKEN="some-token")
+
+    result = run("list", "--json")
+
+    assert result.returncode == 0, result.stderr
+    assert '"word": "café"' in result.stdout
+    assert json.loads(result.stdout)[0]["result"] == {"word": "café"}
+
+
+class FakeTasklight:
+    """GET /api/tasks/<id>/ answers RUNNING; each /ws/ connection plays the next
+    of ``sockets``: a function given the connection once it is open."""
+
+    def __init__(self, sockets: list[Callable[[ServerConnection], None]]) -> None:
+        self.sockets = iter(sockets)
+
+    def answer(self, connection: ServerConnection, request: Request) -> Response | None:
+        if request.path == "/ws/":
+            return None  # the handshake goes on
+        if request.path == f"/api/tasks/{TASK_ID}/":
+            return connection.respond(200, json.dumps(RUNNING))
+        return connection.respond(404, json.dumps({"error": {"code": "not_found", "message": "Not found."}}))
+
+    def play(self, connection: ServerConnection) -> None:
+        next(self.sockets)(connection)
+
+
+def hello_then_close(code: int, reason: str) -> Callable[[ServerConnection], None]:
+    def play(connection: ServerConnection) -> None:
+        connection.send(json.dumps(HELLO))
+        connection.close(code, reason)
+
+    return play
+
+
+def error_frame(connection: ServerConnection) -> None:
+    connection.send(json.dumps({"type": "error", "code": "too_many_sockets", "message": "Too many sockets."}))
+    connection.close(4429, "too many sockets")
+
+
+@pytest.mark.parametrize(
+    ("sockets", "code", "reason"),
+    [
+        pytest.param(
+            [hello_then_close(4401, "token revoked")],
+            4,
+            "the server refused the token on /ws/. TASKLIGHT_TOKEN is refused",
+            id="token-revoked",
+        ),
+        pytest.param(
+            [hello_then_close(4429, "too many sockets")],
+            5,
+            "the server refused another socket: too many open for this user",
+            id="too-many-sockets",
+        ),
+        # Dropped, then refused on the reconnect: the first frame is an error.
+        pytest.param([hello_then_close(1011, "restarting"), error_frame], 5, "Too many sockets", id="error-frame"),
+    ],
+)
+def test_whatever_ends_the_wait_it_says_the_task_goes_on(
+    sockets: list[Callable[[ServerConnection], None]], code: int, reason: str, tmp_path: Path
+) -> None:
+    fake = FakeTasklight(sockets)
+    with serve(fake.play, "127.0.0.1", 0, process_request=fake.answer) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        address = f"http://127.0.0.1:{server.socket.getsockname()[1]}"
+        run = runner(tmp_path / "config", TASKLIGHT_URL=address, TASKLIGHT_TOKEN="some-token")
+
+        result = run("wait", TASK_ID)
+
+    assert result.returncode == code
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("tasklight: ") and reason in last
+    assert last.endswith(f". Stopped waiting; the task goes on: tasklight wait {TASK_ID}")
+
+
+def test_a_parameter_nested_deeper_than_python_reads_is_sent_as_text(web_server: Any, tmp_path: Path) -> None:
+    """Not JSON that Python can read, so a string, as any other value that is not JSON."""
+    received: list[Any] = []
+
+    def accepted(path: str, body: bytes) -> Answer:
+        received.append(json.loads(body))
+        return 202, {"Content-Type": "application/json"}, json.dumps(RUNNING).encode()
+
+    server = web_server(accepted)
+    run = runner(tmp_path / "config", TASKLIGHT_URL=server, TASKLIGHT_TOKEN="some-token")
+
+    result = run("submit", "text_stats", "-p", "text=" + "[" * 100_000)
+
+    assert result.returncode == 0, result.stderr
+    assert received == [{"kind": "text_stats", "params": {"text": "[" * 100_000}}]
