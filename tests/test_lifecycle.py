@@ -207,3 +207,15 @@ def test_tasks_queued_while_the_broker_is_away_are_relayed_once(stack: Any, priv
     # The web never reached a broker: every task was sent, once, by a relay.
     assert Task.objects.filter(pk__in=[t["id"] for t in queued], sent_at__isnull=True).count() == 0
     assert "relay: sent" in running.logs() + stack.logs()
+
+
+def test_a_soft_time_limit_in_the_middle_of_a_query_fails_the_task_once(stack: Any) -> None:
+    """The limit strikes inside pg_sleep: the failure must be written, not
+    taken for the database being down (a retry that ran the task again)."""
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("sleeps_in_the_database", seconds=5)
+        events = socket.events_until(terminal_for(task["id"]), timeout=30)
+    assert events[-1]["event"] == "task.failed"
+    assert events[-1]["task"]["error"] == "The task ran longer than its time limit of 1 s."
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.failed"]

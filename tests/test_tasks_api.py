@@ -297,3 +297,11 @@ def test_an_unknown_api_path_is_a_json_404_with_debug_on_too(alice_api: APIClien
     assert_error(alice_api.get("/api/nope/"), 404, "not_found")
     assert_error(alice_api.get("/api/tasks/not-a-uuid/"), 404, "not_found")
     assert alice_api.get("/nope/")["Content-Type"].startswith("text/html")  # pages keep it
+
+
+def test_a_queued_task_has_made_no_progress_yet(alice_api: APIClient) -> None:
+    """progress is 0-100 (DESIGN.md §4), never null: 0 until it starts."""
+    task = queue(alice_api, seconds=1).json()
+    assert task["progress"] == 0
+    assert alice_api.get(f"/api/tasks/{task['id']}/").json()["progress"] == 0
+    assert alice_api.get("/api/tasks/").json()["results"][0]["progress"] == 0

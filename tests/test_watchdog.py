@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.utils import timezone
 
 from workloads import services
@@ -77,3 +78,31 @@ def test_a_task_unwatched_before_its_first_poll_is_not_touched(alice: User, watc
         what="the second task's lease renewed",
     )
     assert Task.objects.get(pk=first.pk).heartbeat_at == first.heartbeat_at
+
+
+def test_a_broken_database_connection_does_not_end_the_watch(alice: User, watchdog: CancelWatchdog) -> None:
+    """PostgreSQL restarted, or the watchdog's backend ended: it follows the
+    task on a new connection. It gave up before, so the cancel was ignored
+    and the lease lapsed while the task ran (then another worker ran it too)."""
+    task = running_task(alice)
+    cancel = threading.Event()
+    watchdog.watch(str(task.id), cancel)
+    wait_for(
+        lambda: Task.objects.get(pk=task.pk).heartbeat_at > task.heartbeat_at,
+        timeout=10,
+        what="the watchdog's first poll",
+    )
+    with connection.cursor() as cursor:  # this process's other connections: the watchdog's
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = current_setting('application_name') AND pid <> pg_backend_pid()"
+        )
+        assert cursor.fetchall(), "no connection of the watchdog's to end"
+    renewed = Task.objects.get(pk=task.pk).heartbeat_at
+    wait_for(
+        lambda: Task.objects.get(pk=task.pk).heartbeat_at > renewed,
+        timeout=10,
+        what="the lease renewed on a new connection",
+    )
+    Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())  # as cancel_task does
+    assert cancel.wait(10), "the cancel request was not passed on"

@@ -1,5 +1,5 @@
 """Workloads that only the tests install (WORKLOAD_MODULES=tests.workloads_for_tests):
-one written by the recipe in docs/adding-a-workload.md (trimmed), two that
+one written by the recipe in docs/adding-a-workload.md (trimmed), three that
 misbehave, one that reports progress fast and one that names its database."""
 
 from __future__ import annotations
@@ -40,6 +40,18 @@ def ignores_time_limit(params: SecondsParams, run: Run) -> dict[str, Any]:
             time.sleep(0.05)
         except SoftTimeLimitExceeded:
             continue
+    return {"ran": params.seconds}
+
+
+@workload(title="Sleeps in the database", soft_time_limit=1, time_limit=10)
+def sleeps_in_the_database(params: SecondsParams, run: Run) -> dict[str, Any]:
+    """Waits in PostgreSQL (pg_sleep): its soft time limit strikes in the middle of a query."""
+    from django.db import connection
+
+    deadline = time.monotonic() + params.seconds
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_sleep(0.5)")
     return {"ran": params.seconds}
 
 

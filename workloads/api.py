@@ -48,7 +48,7 @@ class TaskSerializer(serializers.Serializer[Task]):
     kind = serializers.CharField()
     params = serializers.JSONField()
     status = serializers.ChoiceField(choices=TaskStatus.choices)
-    progress = serializers.IntegerField(min_value=0, max_value=100, allow_null=True)
+    progress = serializers.IntegerField(min_value=0, max_value=100)
     result = serializers.JSONField(allow_null=True)
     error = serializers.CharField(allow_null=True)
     created_at = serializers.DateTimeField()

@@ -111,7 +111,8 @@ def task_json(values: Mapping[str, Any]) -> dict[str, Any]:
         "kind": values["kind"],
         "params": values["params"],
         "status": values["status"],
-        "progress": values["progress"],
+        # 0-100 (DESIGN.md §4): a task that never started has made none.
+        "progress": values["progress"] or 0,
         "result": values["result"],
         "error": values["error"] or None,
         "created_at": _iso(values["created_at"]),

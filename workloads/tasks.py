@@ -107,6 +107,11 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
     except WorkloadFailed as exc:
         ended = services.fail_task(task_id=task_id, error=str(exc), running=task)
     except SoftTimeLimitExceeded:
+        # The limit may strike in the middle of a query, which psycopg leaves
+        # in progress on the connection ("another command is already in
+        # progress"): the failure is written on a new one. Else it was taken
+        # for the database being down, retried, and the task ran again.
+        connection.close()
         limit = workload.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT
         ended = services.fail_task(
             task_id=task_id, error=f"The task ran longer than its time limit of {limit:g} s.", running=task
@@ -210,7 +215,19 @@ class CancelWatchdog(threading.Thread):
 
     def _follow(self, watch: Watch) -> None:
         while self._still(watch, settings.CANCEL_POLL_SECONDS):
-            if services.renew_lease(task_id=watch.task_id):
+            try:
+                cancel_requested = services.renew_lease(task_id=watch.task_id)
+            except db.DATABASE_DOWN as exc:
+                # Its connection broke (PostgreSQL restarted, the backend was
+                # ended): look again on a new one. Giving up on the task would
+                # ignore its cancel and let its lease lapse, and another worker
+                # would run it a second time.
+                logger.warning(
+                    "cancel watchdog of task %s: database unavailable, will look again: %s", watch.task_id, exc
+                )
+                connection.close()
+                continue
+            if cancel_requested:
                 watch.cancel.set()
                 break
         else:
