@@ -9,6 +9,10 @@ from django.contrib.auth.models import User
 
 from tasklight.admin_paging import LargeTableAdminMixin
 
+from .views import ThrottledAdminAuthenticationForm
+
+# The admin's log-in page counts failures as the site's does (docs/security.md).
+admin.site.login_form = ThrottledAdminAuthenticationForm
 admin.site.unregister(User)
 
 

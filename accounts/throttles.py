@@ -17,6 +17,7 @@ at once at 3/hour made 8 accounts (tests/test_rate_limit.py).
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 
 from django.conf import settings
 from django.core.cache import cache
@@ -40,7 +41,10 @@ def _give_back(key: str) -> None:
 
 
 def _login_keys(username: str, address: str) -> tuple[str, str]:
-    return f"login-failures:user:{username.strip().lower()}", f"login-failures:address:{address}"
+    # As the log-in form finds the account: NFKC first (its UsernameField),
+    # so that "carol" spelt with a full-width c counts against carol, not apart.
+    account = unicodedata.normalize("NFKC", username).strip().casefold()
+    return f"login-failures:user:{account}", f"login-failures:address:{address}"
 
 
 def login_attempt(*, username: str, address: str) -> int | None:

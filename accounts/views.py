@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.admin.forms import AdminAuthenticationForm
 from django.contrib.auth import login
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 from django.contrib.auth.models import User
@@ -15,8 +16,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from . import throttles
 
 
-class ThrottledAuthenticationForm(AuthenticationForm):
-    """Django's log-in form, with the API's limit on failed attempts."""
+class LoginThrottle(AuthenticationForm):
+    """The API's limit on failed log-ins, for Django's log-in forms."""
 
     def clean(self) -> dict[str, Any]:
         username = str(self.data.get("username", ""))
@@ -31,12 +32,22 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         return cleaned
 
 
+class ThrottledAuthenticationForm(LoginThrottle):
+    """The log-in page's form."""
+
+
+class ThrottledAdminAuthenticationForm(LoginThrottle, AdminAuthenticationForm):
+    """The admin's log-in form (staff only), under the same limit: its own
+    page was a way around it, for the accounts most worth guessing."""
+
+
 def safe_next(request: HttpRequest) -> str:
     """Where to go once signed in: ``next`` if it is a path of this site (as
-    Django's LoginView checks it), else ""."""
+    Django's LoginView checks it), else "". A path: redirect() would take
+    "whatever" for the name of a view (a 500 when there is none)."""
     target = str(request.POST.get("next") or request.GET.get("next") or "")
     allowed = url_has_allowed_host_and_scheme(target, {request.get_host()}, require_https=request.is_secure())
-    return target if allowed else ""
+    return target if allowed and target.startswith("/") else ""
 
 
 def signup(request: HttpRequest) -> HttpResponse:

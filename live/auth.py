@@ -4,34 +4,67 @@ A handshake with an ``Authorization: Token …`` header is authenticated by the
 token alone, cookies ignored, as in the REST API. A handshake with no Origin
 header comes from a non-browser client and is accepted only with a token: a
 browser always sends Origin, so a cookie without one proves nothing. A
-handshake whose Origin is not in ALLOWED_HOSTS is refused outright.
+handshake whose Origin is not this site's own (or a trusted one) is refused
+outright, token or not.
 """
 
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import ParseResult
 
 from channels.auth import AuthMiddlewareStack
 from channels.db import database_sync_to_async
-from channels.security.websocket import OriginValidator
+from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
+from django.http.request import split_domain_port, validate_host
 from rest_framework.exceptions import AuthenticationFailed
 
 from accounts.authentication import CachedTokenAuthentication
 
 
-class BrowserOriginValidator(OriginValidator):
-    """Refuses foreign Origins; lets a missing Origin through to token auth."""
+class BrowserOriginValidator:
+    """Refuses foreign Origins; lets a missing Origin through to token auth.
+
+    An Origin is this site's own, as Django's CSRF check has it for a POST:
+    the scheme (http for ws, https for wss), host and port the browser
+    connected to, that host in ALLOWED_HOSTS; or one of CSRF_TRUSTED_ORIGINS.
+    Channels' OriginValidator matched the host name alone, so a page on
+    another port or scheme of the same host (another app, a dev server, http
+    beside https) could open a signed-in user's socket and read their events."""
 
     def __init__(self, application: Any) -> None:
-        super().__init__(application, settings.ALLOWED_HOSTS)
+        self.application = application
 
-    def valid_origin(self, parsed_origin: ParseResult | None) -> bool:
-        if parsed_origin is None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        headers = dict(scope.get("headers", []))
+        origin = headers.get(b"origin")
+        if origin is not None and not self.is_own(origin, headers, secure=self.is_secure(scope, headers)):
+            return await WebsocketDenier()(scope, receive, send)
+        return await self.application(scope, receive, send)
+
+    @staticmethod
+    def is_secure(scope: Any, headers: dict[bytes, bytes]) -> bool:
+        """As Django's request.is_secure(): wss, or the TLS proxy's header
+        named by SECURE_PROXY_SSL_HEADER (uvicorn sets wss from it only for
+        the proxies in FORWARDED_ALLOW_IPS; Django believes it from any)."""
+        if scope.get("scheme") == "wss":
             return True
-        return self.validate_origin(parsed_origin)
+        if not settings.SECURE_PROXY_SSL_HEADER:
+            return False
+        name, value = settings.SECURE_PROXY_SSL_HEADER
+        header = name.removeprefix("HTTP_").lower().replace("_", "-").encode("latin1")
+        return headers.get(header, b"").decode("latin1").split(",")[0].strip() == value
+
+    @staticmethod
+    def is_own(origin: bytes, headers: dict[bytes, bytes], *, secure: bool) -> bool:
+        origin_text = origin.decode("latin1").strip().lower()
+        if origin_text in {trusted.lower() for trusted in settings.CSRF_TRUSTED_ORIGINS}:
+            return True
+        host = headers.get(b"host", b"").decode("latin1").strip().lower()
+        domain, _port = split_domain_port(host)
+        own = f"{'https' if secure else 'http'}://{host}"
+        return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS) and origin_text == own
 
 
 @database_sync_to_async

@@ -25,8 +25,13 @@ def _tell_sockets(user_id: int, message: dict[str, Any]) -> None:
 
 @receiver(user_logged_out)
 def _session_ended(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
-    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    session: Any = getattr(request, "session", None)
+    session_key = getattr(session, "session_key", None)
     if user is not None and user.pk is not None and session_key:
+        # logout() deletes the session only after this signal. Deleted now, a
+        # page that reloads as its socket closes finds it gone; else it could
+        # load signed in still and open a socket again (its second flush is harmless).
+        session.flush()
         _tell_sockets(user.pk, signed_out(session=session_key))
 
 

@@ -302,7 +302,7 @@ def test_a_tab_left_open_after_a_log_out_in_another_reloads_signed_out(stack: An
     expect(second.get_by_test_id("connection-status")).to_have_text("connected")
     first.get_by_role("button", name="Log out").click()
     expect(first.get_by_role("link", name="Log in").first).to_be_visible()
-    expect(second.get_by_test_id("nav-username")).to_have_count(0, timeout=10_000)
+    expect(second.get_by_test_id("nav-username")).to_have_count(0, timeout=20_000)
     expect(second.get_by_role("link", name="Log in").first).to_be_visible()
     assert username not in second.content()
     context.close()

@@ -22,7 +22,9 @@ from tasklight.asgi import application
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
+# What a browser on http://localhost sends: its page's origin, and the host.
 ORIGIN = (b"origin", b"http://localhost")
+HOST = (b"host", b"localhost")
 
 
 @pytest.fixture(autouse=True)
@@ -90,7 +92,7 @@ async def test_a_token_opens_the_socket_and_hello_names_the_user(open_socket, al
 
 async def test_the_session_cookie_opens_the_socket_from_an_allowed_origin(open_socket, alice: User) -> None:
     await store_event(alice, 1)
-    socket, connected, _ = await open_socket(ORIGIN, await sync_to_async(session_cookie)(alice))
+    socket, connected, _ = await open_socket(ORIGIN, HOST, await sync_to_async(session_cookie)(alice))
     assert connected
     assert await socket.receive_json_from() == {
         "type": "hello",
@@ -109,11 +111,11 @@ async def test_a_session_cookie_without_an_origin_is_not_enough(open_socket, ali
 @pytest.mark.parametrize(
     "headers",
     [
-        [ORIGIN],
+        [ORIGIN, HOST],
         [],
         [(b"authorization", b"Token no-such-token")],
         [(b"authorization", b"Bearer something")],
-        [ORIGIN, (b"cookie", b"sessionid=forged")],
+        [ORIGIN, HOST, (b"cookie", b"sessionid=forged")],
     ],
 )
 async def test_anonymous_sockets_are_closed_with_4401(open_socket, headers: list) -> None:
@@ -136,6 +138,32 @@ async def test_a_revoked_token_no_longer_opens_a_socket(open_socket, alice: User
 async def test_a_foreign_origin_is_refused_at_the_handshake(open_socket, alice: User) -> None:
     _, connected, _ = await open_socket((b"origin", b"http://evil.example"), await sync_to_async(token_header)(alice))
     assert not connected
+
+
+@pytest.mark.parametrize(
+    "origin",
+    [
+        b"http://localhost:9999",  # another port of the same host: another app, a dev server
+        b"https://localhost",  # the page came over https, the socket over plain ws
+        b"http://localhost.evil.example",
+        b"null",
+    ],
+)
+async def test_only_the_sites_own_origin_opens_a_cookie_socket(open_socket, alice: User, origin: bytes) -> None:
+    """The host name alone was checked: a page on another port of the host
+    read a signed-in user's events (it needs no more than their cookie,
+    which the browser sends along)."""
+    cookie = await sync_to_async(session_cookie)(alice)
+    _, connected, _ = await open_socket((b"origin", origin), (b"host", b"localhost"), cookie)
+    assert not connected
+
+
+async def test_a_trusted_origin_opens_a_cookie_socket(open_socket, alice: User, settings) -> None:
+    settings.CSRF_TRUSTED_ORIGINS = ["https://tasklight.example.com"]
+    cookie = await sync_to_async(session_cookie)(alice)
+    socket, connected, _ = await open_socket((b"origin", b"https://Tasklight.example.com"), HOST, cookie)
+    assert connected
+    assert (await socket.receive_json_from())["type"] == "hello"
 
 
 async def test_ping_is_answered_with_pong(open_socket, alice: User) -> None:
@@ -176,7 +204,7 @@ async def test_a_bad_frame_gets_an_error_and_the_socket_stays_open(open_socket, 
 
 async def test_events_reach_every_socket_of_the_owner_and_nobody_else(open_socket, alice: User, bob: User) -> None:
     first, _, _ = await open_socket(await sync_to_async(token_header)(alice))
-    second, _, _ = await open_socket(ORIGIN, await sync_to_async(session_cookie)(alice))
+    second, _, _ = await open_socket(ORIGIN, HOST, await sync_to_async(session_cookie)(alice))
     bobs, _, _ = await open_socket(await sync_to_async(token_header)(bob))
     for socket in (first, second, bobs):
         await socket.receive_json_from()
@@ -421,3 +449,16 @@ async def test_the_database_away_does_not_cost_the_socket(open_socket, alice: Us
     monkeypatch.setattr(services, "events_after", database_down)
     await socket.send_json_to({"type": "resume", "after": 0})
     assert await socket.receive_output() == {"type": "websocket.close", "code": 1013}
+
+
+async def test_behind_a_tls_proxy_the_https_origin_is_the_sites_own(open_socket, alice: User, settings) -> None:
+    """As Django's is_secure(): the proxy's X-Forwarded-Proto counts where
+    SECURE_PROXY_SSL_HEADER says so (production settings, HTTPS on)."""
+    settings.SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    cookie = await sync_to_async(session_cookie)(alice)
+    proxied = (b"x-forwarded-proto", b"https")
+    socket, connected, _ = await open_socket((b"origin", b"https://localhost"), HOST, proxied, cookie)
+    assert connected
+    assert (await socket.receive_json_from())["type"] == "hello"
+    _, plain, _ = await open_socket((b"origin", b"http://localhost"), HOST, proxied, cookie)
+    assert not plain  # the page was https: an http origin is another one

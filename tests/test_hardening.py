@@ -103,6 +103,29 @@ def test_the_login_page_is_throttled_too(client: Client, alice: User) -> None:
     assert "_auth_user_id" not in client.session
 
 
+def test_look_alike_spellings_of_a_name_share_its_failures(client: Client, alice: User) -> None:
+    """The log-in form NFKC-normalises the name it looks up: alice with a
+    full-width a signs in as alice, so it must count as alice too."""
+    for n, spelling in enumerate(["alice", "\uff41lice", "\u24d0lice", "ALICE", "\uff21\uff2c\uff29\uff23\uff25"]):
+        client.post("/login/", {"username": spelling, "password": f"wrong-{n}"})
+    response = client.post("/login/", {"username": "\uff41lice", "password": PASSWORD})
+    assert b"Too many failed log-ins" in response.content
+    assert "_auth_user_id" not in client.session
+
+
+def test_the_admins_log_in_page_is_throttled_too(client: Client, alice: User) -> None:
+    """Staff accounts are the ones most worth guessing: the admin's own
+    log-in page was a way around the limit."""
+    alice.is_staff = True
+    alice.save()
+    for n in range(5):
+        client.post("/admin/login/", {"username": "alice", "password": f"wrong-{n}"})
+    response = client.post("/admin/login/?next=/admin/", {"username": "alice", "password": PASSWORD})
+    assert response.status_code == 200
+    assert b"Too many failed log-ins" in response.content
+    assert "_auth_user_id" not in client.session
+
+
 def test_a_log_in_page_post_without_a_password_does_not_reset_the_count(client: Client, alice: User) -> None:
     """Django's form checks no credentials when a field is empty: that is no
     successful log-in, and must not clear the account's failures."""
@@ -187,7 +210,14 @@ def test_bob_can_neither_read_change_cancel_retry_nor_list_alices_tasks(
 
 @pytest.mark.parametrize(
     ("next_url", "lands_on"),
-    [("/about/", "/about/"), ("https://evil.example/", "/"), ("//evil.example/", "/"), ("", "/")],
+    [
+        ("/about/", "/about/"),
+        ("https://evil.example/", "/"),
+        ("//evil.example/", "/"),
+        ("", "/"),
+        ("whatever", "/"),  # redirect() took it for a view's name: a 500
+        ("about", "/"),
+    ],
 )
 def test_sign_up_goes_to_next_when_it_is_a_path_of_this_site(client: Client, next_url: str, lands_on: str) -> None:
     page = client.get("/signup/", {"next": next_url})
@@ -196,3 +226,4 @@ def test_sign_up_goes_to_next_when_it_is_a_path_of_this_site(client: Client, nex
     response = client.post("/signup/", body)
     assert response.status_code == 302 and response["Location"] == lands_on
     assert client.get("/api/auth/me/").json()["username"] == "carol"
+    assert client.get("/signup/", {"next": next_url})["Location"] == lands_on  # signed in already
