@@ -50,7 +50,7 @@ migrate: install
 # The ASGI server and one worker together on $(PORT); Ctrl-C stops both.
 run: migrate
 	@echo "Tasklight on http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
-	HOST=$${HOST:-127.0.0.1} honcho start --port $(PORT) web worker
+	HOST=$${HOST:-127.0.0.1} TASKLIGHT_STOP_WITH_PARENT=1 honcho start --port $(PORT) web worker
 
 test: install-dev
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)

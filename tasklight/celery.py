@@ -22,8 +22,12 @@ from celery.signals import (
 )
 
 from . import logs
+from .parent import stop_with_parent
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
+# Under make run, the web process and the worker (both import this module
+# first) end with honcho (tasklight/parent.py).
+stop_with_parent()
 # `celery -A tasklight worker`: the settings give a worker's pool processes
 # persistent database connections (tasklight/settings.py).
 _own_metrics_dir: str | None = None

@@ -83,7 +83,7 @@ def procfile_command(process_type: str) -> str:
     for line in (ROOT / "Procfile").read_text().splitlines():
         name, _, command = line.partition(":")
         if name.strip() == process_type:
-            return command.strip()
+            return command.strip().removeprefix("exec ")
     raise KeyError(process_type)
 
 

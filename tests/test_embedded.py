@@ -141,6 +141,22 @@ def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
     assert not errors, errors
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGHUP])
+def test_make_run_killed_or_its_terminal_closed_leaves_nothing_running(tmp_path: Path, sig: int) -> None:
+    """honcho starts its processes in sessions of their own and handles only
+    SIGINT and SIGTERM: with make and honcho killed (or hung up on, as a
+    closed terminal does), the web process and the worker ran on, holding
+    the port for the next make run (tasklight/parent.py)."""
+    base_url, process = start_make_run(tmp_path / "data", tmp_path / "make-run.log")
+    started = descendants(process.popen.pid)
+    assert len(started) >= 5, started
+    os.killpg(process.popen.pid, sig)  # make's group: make and honcho, not the processes it started
+    process.popen.wait(30)
+    wait_for(lambda: not any(alive(pid) for pid in started), timeout=15, what="every process of make run to end")
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{base_url}/healthz", timeout=2)
+
+
 def test_tasks_running_or_waiting_at_ctrl_c_run_at_the_next_make_run(tmp_path: Path) -> None:
     """Ctrl-C ends the worker before its task ends (honcho kills what has not
     stopped after 5 s), and the embedded broker never delivers again a
