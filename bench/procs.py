@@ -263,6 +263,8 @@ def procfile_command(kind: str, **values: str) -> list[str]:
     command = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: values.get(m[1], m[2]), command)
     command = re.sub(r"\$(\w+)", lambda m: values[m[1]], command)
     words = shlex.split(command)
+    if words[0] == "exec":  # the shell's; the harness starts the program itself
+        words = words[1:]
     if (BIN / words[0]).exists():
         words[0] = str(BIN / words[0])
     return words
