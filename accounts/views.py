@@ -16,8 +16,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from . import throttles
 
 
-class LoginThrottle(AuthenticationForm):
-    """The API's limit on failed log-ins, for Django's log-in forms."""
+class ThrottledAuthenticationForm(AuthenticationForm):
+    """Django's log-in form, with the API's limit on failed attempts."""
 
     def clean(self) -> dict[str, Any]:
         username = str(self.data.get("username", ""))
@@ -32,11 +32,7 @@ class LoginThrottle(AuthenticationForm):
         return cleaned
 
 
-class ThrottledAuthenticationForm(LoginThrottle):
-    """The log-in page's form."""
-
-
-class ThrottledAdminAuthenticationForm(LoginThrottle, AdminAuthenticationForm):
+class ThrottledAdminAuthenticationForm(ThrottledAuthenticationForm, AdminAuthenticationForm):
     """The admin's log-in form (staff only), under the same limit: its own
     page was a way around it, for the accounts most worth guessing."""
 

@@ -4,12 +4,12 @@ import logging
 from collections.abc import Callable
 
 from django.conf import settings
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import is_valid_path
 
 from . import logs
-from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, error_body
+from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, error_body, not_found
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class ApiPathMiddleware:
             request.path = f"{request.path}/"
         response = self.get_response(request)
         if response.status_code == 404 and settings.DEBUG and path.startswith("/api/") and _is_html(response):
-            return JsonResponse(error_body("not_found", "Not found."), status=404)
+            return not_found(request, Http404())  # what handler404 answers with DEBUG off
         return response
 
 
