@@ -138,3 +138,25 @@ def test_queueing_too_fast_is_a_429_with_retry_after(alice_api: APIClient, bob_a
     # Reading is not limited, and bob has a budget of his own.
     assert alice_api.get("/api/tasks/").status_code == 200
     assert queue(bob_api).status_code == 202
+
+
+def test_a_repeat_of_a_used_idempotency_key_is_answered_past_the_limit(alice_api: APIClient, settings) -> None:
+    """DESIGN §4: a repeat answers 202 with the same task. A client repeats a
+    POST whose answer it lost; being at the limit must not turn that into a
+    429, since the repeat queues nothing. A new key is still refused."""
+    settings.TASK_RATE_LIMIT = "2/min"
+    for user in User.objects.all():
+        rate_limits.clear("queue", user.pk, settings.TASK_RATE_LIMIT)
+    first = alice_api.post("/api/tasks/", {"kind": "simulate"}, format="json", HTTP_IDEMPOTENCY_KEY="lost")
+    assert queue(alice_api).status_code == 202
+    assert_error(queue(alice_api), 429, "throttled")
+    again = alice_api.post("/api/tasks/", {"kind": "simulate"}, format="json", HTTP_IDEMPOTENCY_KEY="lost")
+    assert again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    changed = alice_api.post(
+        "/api/tasks/", {"kind": "simulate", "params": {"seconds": 9}}, format="json", HTTP_IDEMPOTENCY_KEY="lost"
+    )
+    assert_error(changed, 422, "idempotency_mismatch")
+    fresh = alice_api.post("/api/tasks/", {"kind": "simulate"}, format="json", HTTP_IDEMPOTENCY_KEY="new")
+    assert_error(fresh, 429, "throttled")
+    assert Task.objects.filter(owner__username="alice").count() == 2

@@ -80,7 +80,22 @@ class QueueRateThrottle(BaseThrottle):
 
     def allow_request(self, request: Request, view: APIView) -> bool:
         self.retry_after = rate_limits.hit("queue", str(request.user.pk), settings.TASK_RATE_LIMIT)
+        if self.retry_after is not None and self.repeats_a_request(request):
+            self.retry_after = None
         return self.retry_after is None
+
+    @staticmethod
+    def repeats_a_request(request: Request) -> bool:
+        """A POST whose Idempotency-Key this user already used (within 24 h)
+        queues nothing new: it answers the first request's task (or 422), as
+        DESIGN §4 says, even past the limit. Looked up only past the limit."""
+        key = request.headers.get("Idempotency-Key")
+        return (
+            request.method == "POST"
+            and key is not None
+            and IDEMPOTENCY_KEY.match(key) is not None
+            and services.idempotency_key_in_use(owner_id=request.user.pk, key=key)  # type: ignore[arg-type]  # IsAuthenticated
+        )
 
     def wait(self) -> float | None:
         return self.retry_after

@@ -250,6 +250,12 @@ def _send_each(tasks: Iterable[tuple[uuid.UUID, str]], **send_options: Any) -> l
     return sent
 
 
+def idempotency_key_in_use(*, owner_id: int, key: str) -> bool:
+    """Whether this owner's ``key`` names a task of the last 24 h."""
+    cutoff = timezone.now() - IDEMPOTENCY_WINDOW
+    return IdempotencyKey.objects.filter(owner_id=owner_id, key=key, created_at__gte=cutoff).exists()
+
+
 def delete_expired_idempotency_keys() -> int:
     cutoff = timezone.now() - IDEMPOTENCY_WINDOW
     return IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()[0]
