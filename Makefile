@@ -47,9 +47,16 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 migrate: install
 	$(PY) manage.py migrate_all --noinput
 
+# The port make run serves on: honcho gives a PORT in .env precedence over
+# the environment and the command line, so the banner reads it there too.
+ENV_PORT = sed -n -E 's/^[[:space:]]*(export[[:space:]]+)?PORT[[:space:]]*=[[:space:]]*["'"'"']?([^"'"'"'[:space:]\#]*).*/\2/p' .env 2>/dev/null | tail -n 1
+
 # The ASGI server and one worker together on $(PORT); Ctrl-C stops both.
 run: migrate
-	@echo "Tasklight on http://127.0.0.1:$(PORT)/  (Ctrl-C stops it)"
+	@port=$$($(ENV_PORT)); port=$${port:-$(PORT)}; \
+	if ! [[ "$$port" =~ ^[0-9]{1,5}$$ ]] || (( 10#$$port < 1 || 10#$$port > 65535 )); then \
+	  echo "PORT must be a number from 1 to 65535, not '$$port'." >&2; exit 2; fi; \
+	echo "Tasklight on http://127.0.0.1:$$((10#$$port))/  (Ctrl-C stops it)"
 	HOST=$${HOST:-127.0.0.1} TASKLIGHT_STOP_WITH_PARENT=1 honcho start --port $(PORT) web worker
 
 test: install-dev

@@ -157,6 +157,21 @@ def test_make_run_killed_or_its_terminal_closed_leaves_nothing_running(tmp_path:
         httpx.get(f"{base_url}/healthz", timeout=2)
 
 
+@pytest.mark.parametrize("port", ["0", "70000", "eighty"])
+def test_make_run_refuses_a_port_that_is_not_one(tmp_path: Path, port: str) -> None:
+    """Port 0 served on a random port while the banner said :0; 70000 ended
+    in a traceback from the socket. A clear line and nothing started now."""
+    env = {key: value for key, value in os.environ.items() if key not in CONFIGURATION}
+    env.update(TASKLIGHT_DATA_DIR=str(tmp_path / "data"))
+    done = subprocess.run(
+        ["make", "-s", "run", f"PORT={port}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"PORT must be a number from 1 to 65535, not '{port}'." in done.stderr
+    assert "Tasklight on" not in done.stdout
+    assert "honcho" not in done.stdout + done.stderr
+
+
 def test_tasks_running_or_waiting_at_ctrl_c_run_at_the_next_make_run(tmp_path: Path) -> None:
     """Ctrl-C ends the worker before its task ends (honcho kills what has not
     stopped after 5 s), and the embedded broker never delivers again a
