@@ -13,6 +13,7 @@ the socket by the next heartbeat at the latest, even if no later event comes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
+from django.utils import timezone
 
 from tasklight import metrics
 from tasklight.db import DATABASE_DOWN
@@ -43,6 +45,8 @@ CLOSE_TOO_MANY = 4429
 # The database did not answer (docs/events.md): reconnect and resume later.
 CLOSE_TRY_AGAIN = 1013
 REPLAY_BATCH = 500
+# A session's expiry that could not be read is looked up again this much later.
+SESSION_RECHECK_SECONDS = 60
 
 # Sockets per user in this process (each web process counts its own).
 _sockets_per_user: Counter[int] = Counter()
@@ -99,6 +103,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     closing = False
     # Whether it holds one of its user's socket slots (and the group).
     counted = False
+    # A session's socket closes when the session expires (its timer).
+    session_timer: asyncio.TimerHandle | None = None
+    session_check: asyncio.Task[None] | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         """A socket gives its slot back however it ends: a client gone in
@@ -140,6 +147,33 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             return
         self.sent_after = self.last_sent_id
         await self.send_json({"type": "hello", "user": user.username, "last_event_id": self.last_sent_id, **inbox})
+        if self.session_key is not None:
+            await self.watch_session()
+
+    async def watch_session(self) -> None:
+        """Closes a session's socket with 4401 once its session has expired
+        or is gone (a log-out tells the socket at once: live/signals.py; an
+        expiry tells nobody). Looked up again when due: a session saved
+        meanwhile lasts longer, and the socket with it."""
+        assert self.session_key is not None
+        delay: float
+        try:
+            expires_at = await database_sync_to_async(services.session_expires_at)(self.session_key)
+        except DATABASE_DOWN as exc:
+            logger.warning("socket of user %s: session not checked, the database is unavailable: %s", self.user_id, exc)
+            delay = SESSION_RECHECK_SECONDS
+        else:
+            if expires_at is None or expires_at <= timezone.now():
+                await self.close(code=CLOSE_UNAUTHENTICATED)
+                return
+            delay = (expires_at - timezone.now()).total_seconds() + 1
+        if self.closing or not self.counted:
+            return
+        self.session_timer = asyncio.get_running_loop().call_later(delay, self.session_due)
+
+    def session_due(self) -> None:
+        self.session_check = asyncio.get_running_loop().create_task(self.watch_session())
+        self.session_check.add_done_callback(log_failure)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' own dispatch, without its ``aclose_old_connections()``
@@ -158,6 +192,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def release(self) -> None:
         """Gives back the socket's slot and leaves its user's group, once."""
+        if self.session_timer is not None:
+            self.session_timer.cancel()
+            self.session_timer = None
         if not self.counted:
             return
         self.counted = False
@@ -323,6 +360,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         by_token = self.session_key is None
         if message["token"] if by_token else message["session"] in (self.session_key, ANY_SESSION):
             await self.close(code=CLOSE_UNAUTHENTICATED)
+
+
+def log_failure(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        logger.warning("socket's session check failed: %r", exc)
 
 
 def log_delivery(frame: Any) -> None:

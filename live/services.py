@@ -10,10 +10,11 @@ statement (a worker ending its task, on PostgreSQL).
 from __future__ import annotations
 
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 from django.conf import settings
+from django.contrib.sessions.models import Session
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -205,6 +206,12 @@ def hello_state(user_id: int) -> tuple[int, InboxState]:
     row = EventStream.objects.filter(user_id=user_id).values_list("last_event_id", "read_up_to").first()
     newest, read_up_to = row or (0, 0)
     return newest, inbox_state(user_id, read_up_to)
+
+
+def session_expires_at(session_key: str) -> datetime | None:
+    """When the stored session ends; None if it is gone (logged out, or
+    deleted by ``clearsessions``). Sessions are Django's database ones."""
+    return Session.objects.filter(session_key=session_key).values_list("expire_date", flat=True).first()
 
 
 def notifications(*, user_id: int, limit: int) -> list[Event]:

@@ -1,8 +1,9 @@
 """Sockets live as long as the credential they were opened with: a log-out
-ends the sockets of that session, a revoked token those opened with it, and a
-deactivated or deleted user every one of theirs (closed with 4401, DESIGN.md
-§5). Each is told over the channel layer, on every web process, once the
-change has committed."""
+ends the sockets of that session, a revoked token those opened with it, a new
+password those opened with any session, and a deactivated or deleted user
+every one of theirs (closed with 4401, DESIGN.md §5). A session that merely
+expires closes its sockets itself (live/consumers.py). Each is told over the
+channel layer, on every web process, once the change has committed."""
 
 from __future__ import annotations
 
@@ -41,9 +42,16 @@ def _token_revoked(sender: Any, instance: Token, **kwargs: Any) -> None:
 
 
 @receiver(post_save, sender=User)
-def _user_deactivated(sender: Any, instance: User, created: bool = False, **kwargs: Any) -> None:
-    if not created and not instance.is_active:
+def _user_changed(sender: Any, instance: User, created: bool = False, **kwargs: Any) -> None:
+    if created:
+        return
+    if not instance.is_active:
         _tell_sockets(instance.pk, signed_out(session=ANY_SESSION, token=True))
+    elif getattr(instance, "_password", None) is not None:
+        # A new password (set_password(), then save(), which clears _password
+        # after this signal) ends every session (Django checks the session's
+        # password hash on each request); tokens hold, as DRF has them.
+        _tell_sockets(instance.pk, signed_out(session=ANY_SESSION))
 
 
 @receiver(post_delete, sender=User)

@@ -1,6 +1,7 @@
 """A socket lives as long as its credential (live/signals.py): log out, and
 that session's sockets close with 4401; revoke the token, and the token's
-do; deactivate the user, and all of them do. On the session's stack: uvicorn,
+do; a new password closes the user's session sockets, an expired session
+its own; deactivate the user, and all of them do. On the session's stack: uvicorn,
 Redis, PostgreSQL; every other socket of the user stays open."""
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
+from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
@@ -105,3 +109,43 @@ def test_deactivating_the_user_closes_every_socket_of_theirs(stack: Any, user: t
         account.save()  # as the admin does
         assert closed_with(session_ws) == 4401
         assert closed_with(token_ws) == 4401
+
+
+def test_a_new_password_closes_the_users_session_sockets(stack: Any, user: tuple[str, str]) -> None:
+    """Django ends every session of a user whose password changed (the
+    session keeps the old password's hash); their sockets with them. A token
+    holds, as in the REST API."""
+    username, token = user
+    http = browser(stack.base_url, username)
+    with session_socket(stack.base_url, http) as session_ws, token_socket(stack.base_url, token) as token_ws:
+        account = User.objects.get(username=username)
+        account.set_password("a-new-password-" + uuid.uuid4().hex)
+        account.save()  # as the admin's password form and `manage.py changepassword` do
+        assert closed_with(session_ws) == 4401
+        assert still_open(token_ws)
+        assert http.get("/api/tasks/").status_code in (401, 403)
+
+
+def test_a_session_that_expires_closes_its_sockets(stack: Any, user: tuple[str, str]) -> None:
+    """Nothing tells a socket that its session expired: it looks when the
+    session is due to, and again later if the session was saved meanwhile
+    with a later expiry (a socket of that session stays open)."""
+    username, _token = user
+    expiring, extended = browser(stack.base_url, username), browser(stack.base_url, username)
+    # The extended one is due first, so it has been looked at again by the
+    # time the other closes.
+    for http, seconds in ((extended, 2), (expiring, 4)):
+        Session.objects.filter(session_key=http.cookies["sessionid"]).update(
+            expire_date=timezone.now() + timedelta(seconds=seconds)
+        )
+    with (
+        session_socket(stack.base_url, expiring) as expiring_ws,
+        session_socket(stack.base_url, extended) as extended_ws,
+    ):
+        Session.objects.filter(session_key=extended.cookies["sessionid"]).update(
+            expire_date=timezone.now() + timedelta(hours=1)
+        )
+        assert closed_with(expiring_ws) == 4401  # within 10 s: due after 4 s
+        assert still_open(extended_ws)  # looked at again after 2 s: due in an hour now
+    assert expiring.get("/api/tasks/").status_code in (401, 403)
+    assert extended.get("/api/tasks/").status_code == 200
