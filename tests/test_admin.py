@@ -13,6 +13,8 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from live.models import Event, EventStream
 from tasklight import admin_paging
@@ -211,3 +213,34 @@ def test_the_cancel_action_stops_a_task_running_on_a_real_worker(stack: Any, adm
     assert (stopped.status, stopped.error) == (TaskStatus.CANCELLED, "Cancelled by its owner.")
     kinds = list(Event.objects.filter(task__id=task_id).order_by("sequence").values_list("kind", flat=True))
     assert kinds == ["task.queued", "task.started", "task.cancelled"]
+
+
+TOKENS = "/admin/accounts/apitoken/"
+
+
+@pytest.mark.django_db
+def test_the_token_pages_name_who_holds_one_never_the_token(admin_client: Client, client: Client, alice: User) -> None:
+    """DRF's own token admin listed every key: staff allowed to look could
+    then act as any user through the API."""
+    key = Token.objects.create(user=alice).key
+    viewer = User.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(*Permission.objects.filter(codename="view_apitoken"))
+    client.force_login(viewer)
+    for staff in (admin_client, client):
+        for url in (TOKENS, f"{TOKENS}{alice.pk}/change/"):
+            page = staff.get(url)
+            assert page.status_code == 200, url
+            assert "alice" in page.content.decode() and key not in page.content.decode(), url
+        assert staff.get(f"{TOKENS}add/").status_code == 403
+        assert staff.get("/admin/authtoken/tokenproxy/").status_code == 404  # DRF's own
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_token_in_the_admin_revokes_it_at_once(admin_client: Client, alice: User) -> None:
+    key = Token.objects.create(user=alice).key
+    api = APIClient(HTTP_AUTHORIZATION=f"Token {key}")
+    assert api.get("/api/auth/me/").status_code == 200  # now in the shared token cache
+    response = admin_client.post(f"{TOKENS}{alice.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302, response.content[:500]
+    assert not Token.objects.filter(user=alice).exists()
+    assert api.get("/api/auth/me/").status_code == 401
