@@ -118,6 +118,9 @@ def check_all() -> list[PartStatus]:
     return [check_database(), check_broker(), check_channel_layer()]
 
 
+UNKNOWN_WORKERS = PartStatus("workers", "celery", False, "unknown: the database is unreachable")
+
+
 def check_workers() -> tuple[PartStatus, list[Worker]]:
     """Whether any worker consumes this deployment's queue, from the reports
     of their housekeepers (workloads/workers.py), and those alive. Not part
@@ -126,7 +129,7 @@ def check_workers() -> tuple[PartStatus, list[Worker]]:
         workers = fleet()
     except Exception as exc:
         logger.warning("about: workers unknown: %s", exc)
-        return PartStatus("workers", "celery", False, "unknown: the database is unreachable"), []
+        return UNKNOWN_WORKERS, []
     if workers.alive:
         processes = sum(worker.concurrency for worker in workers.alive)
         detail = f"{len(workers.alive)} running, {processes} pool process{'es' if processes != 1 else ''}"

@@ -35,6 +35,31 @@ class RequestIdMiddleware:
         return response
 
 
+class ProbeMiddleware:
+    """``/healthz``, ``/readyz`` and ``/metrics`` answer whoever asks them
+    directly: a load balancer's or Kubernetes' probe and Prometheus come to a
+    process by its address, not by the public host name, and over plain
+    HTTP. Below this, Django refuses a Host outside ALLOWED_HOSTS (400, and
+    an ERROR line per probe) and HTTPS redirects to https (a 301, which
+    many probes count as healthy, whatever the process's state). None of
+    the three builds a URL from the Host; /metrics keeps its bearer token."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+        from .metrics import metrics_view
+        from .views import healthz, readyz
+
+        self.probes: dict[str, Callable[[HttpRequest], HttpResponse]] = {
+            "/healthz": healthz,
+            "/readyz": readyz,
+            "/metrics": metrics_view,
+        }
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        probe = self.probes.get(request.path_info)
+        return probe(request) if probe is not None else self.get_response(request)
+
+
 class ApiPathMiddleware:
     """``/api/tasks`` is served as ``/api/tasks/``. Django's APPEND_SLASH
     would redirect it with a 301, which clients follow with a GET: a POST

@@ -62,6 +62,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: every line logged while handling a request carries its id.
     "tasklight.middleware.RequestIdMiddleware",
+    # Probes and scrapes by a process's own address, over plain HTTP.
+    "tasklight.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

@@ -4,18 +4,18 @@ from dataclasses import asdict
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_GET
+from django.views.decorators.http import require_safe
 
-from .health import check_all, check_workers
+from .health import UNKNOWN_WORKERS, check_all, check_workers
 
 
-@require_GET
+@require_safe
 def healthz(request: HttpRequest) -> JsonResponse:
     """The process is alive and serving; nothing else is checked."""
     return JsonResponse({"status": "ok"})
 
 
-@require_GET
+@require_safe
 def readyz(request: HttpRequest) -> JsonResponse:
     parts = check_all()
     down = [part.name for part in parts if not part.ok]
@@ -28,5 +28,9 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 
 def about(request: HttpRequest) -> HttpResponse:
-    workers, alive = check_workers()
-    return render(request, "about.html", {"parts": [*check_all(), workers], "workers": alive})
+    parts = check_all()
+    database = next(part for part in parts if part.name == "database")
+    # The workers are known from the database: while it is down, asking would
+    # wait the pool's 10 s for a connection.
+    workers, alive = check_workers() if database.ok else (UNKNOWN_WORKERS, [])
+    return render(request, "about.html", {"parts": [*parts, workers], "workers": alive})

@@ -88,5 +88,11 @@ def test_flower_shows_the_worker_and_follows_a_task_by_its_id(private_stack: Any
             assert (info["name"], info["worker"]) == ("tasklight.run_task", hostname)
             # The Celery task id is the Tasklight task id.
             assert task_id in api.get("/api/tasks", params={"workername": hostname}).json()
+            # Flower's own Prometheus metrics: its registry is the one our
+            # metrics module fills on import, without the web's task count
+            # (which queried from Flower's event loop: a 500 every scrape).
+            scraped = api.get("/metrics")
+            assert scraped.status_code == 200, scraped.text[:500]
+            assert "flower_" in scraped.text and "tasklight_tasks{" not in scraped.text
     finally:
         flower.stop()

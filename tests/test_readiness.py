@@ -22,6 +22,9 @@ PARTS = {"database": "DATABASE_URL", "broker": "CELERY_BROKER_URL", "channel_lay
 # A check answers within its own timeout; the pool's wait for a connection is
 # the longest of them (DATABASE_POOL_TIMEOUT below).
 READYZ_TIMEOUT = 10
+# Prometheus gives up on a scrape after 10 s by default.
+SCRAPE_TIMEOUT = 9
+METRICS_TOKEN = "readiness-test-metrics-token"
 
 
 @pytest.fixture
@@ -76,6 +79,7 @@ def start_behind(private_stack, proxies: dict[str, TcpProxy]) -> Any:
         ),
         CELERY_BROKER_URL=proxies["broker"].url_for(os.environ["CELERY_BROKER_URL"]),
         CHANNEL_LAYER_URL=proxies["channel_layer"].url_for(os.environ["CHANNEL_LAYER_URL"]),
+        METRICS_TOKEN=METRICS_TOKEN,
     )
 
 
@@ -96,6 +100,8 @@ def check_each_part(base_url: str, proxies: dict[str, TcpProxy]) -> None:
             states = {entry["name"]: entry["ok"] for entry in body["parts"]}
             assert states == {name: name != part for name in PARTS}, body
             assert healthz(base_url) == 200, "liveness must not depend on the services"
+            if part == "database":
+                without_the_database(base_url)
         finally:
             proxy.resume()
         # Back without a restart: the pool, the broker connection and the
@@ -103,3 +109,33 @@ def check_each_part(base_url: str, proxies: dict[str, TcpProxy]) -> None:
         body = wait_for(lambda: ready(base_url), timeout=30, what=f"/readyz 200 with {part} back")
         assert body["down"] == []
         assert healthz(base_url) == 200
+
+
+def without_the_database(base_url: str) -> None:
+    """/metrics and the About page answer without waiting for the pool's
+    10 s: the scrape keeps every series but the task count, the page says
+    the workers are unknown."""
+    scraped = httpx.get(
+        f"{base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=SCRAPE_TIMEOUT
+    )
+    assert scraped.status_code == 200
+    assert "tasklight_open_sockets" in scraped.text and "tasklight_tasks{" not in scraped.text
+    about = httpx.get(f"{base_url}/about/", timeout=SCRAPE_TIMEOUT)
+    assert about.status_code == 200 and "unknown: the database is unreachable" in about.text
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+def test_probes_answer_by_the_processs_own_address_over_plain_http(client: Any, settings: Any, path: str) -> None:
+    """A probe or a scrape comes to web1:8000 over HTTP: Django's Host check
+    answered 400 (an ERROR line each time) and HTTPS a 301 to https, which
+    many probes count as healthy. Pages keep both."""
+    settings.ALLOWED_HOSTS = ["tasklight.example.com"]
+    settings.SECURE_SSL_REDIRECT = True
+    settings.METRICS_TOKEN = METRICS_TOKEN
+    headers = {"HTTP_HOST": "web1:8000", "HTTP_AUTHORIZATION": f"Bearer {METRICS_TOKEN}"}
+    assert client.get(path, **headers).status_code in (200, 503)
+    assert client.head(path, **headers).status_code in (200, 503)
+    assert client.post(path, **headers).status_code == 405
+    assert client.get("/about/", **headers).status_code == 400
+    assert client.get("/about/", HTTP_HOST="tasklight.example.com").status_code == 301
