@@ -19,6 +19,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from django.utils.translation import gettext_lazy as _
@@ -65,12 +66,22 @@ class CachedTokenAuthentication(TokenAuthentication):
             raise exceptions.AuthenticationFailed(_("Invalid token.")) from None
 
 
+def forget(keys: list[str]) -> None:
+    """Drops these tokens from the cache now, and again once the change that
+    calls this has committed: in between, a request that misses the cache
+    reads the row as it was before the change (an admin's save and a
+    deletion are transactions) and would cache that for TOKEN_CACHE_SECONDS."""
+    names = [cache_key(key) for key in keys]
+    if names:
+        cache.delete_many(names)
+        transaction.on_commit(lambda: cache.delete_many(names))
+
+
 @receiver(post_delete, sender=Token)
 def forget_deleted_token(sender: Any, instance: Token, **kwargs: Any) -> None:
-    cache.delete(cache_key(instance.key))
+    forget([instance.key])
 
 
 @receiver(post_save, sender=get_user_model())
 def forget_tokens_of_saved_user(sender: Any, instance: Any, **kwargs: Any) -> None:
-    for key in Token.objects.filter(user_id=instance.pk).values_list("key", flat=True):
-        cache.delete(cache_key(key))
+    forget(list(Token.objects.filter(user_id=instance.pk).values_list("key", flat=True)))

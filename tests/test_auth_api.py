@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from django.contrib.auth.models import User
 from rest_framework.authtoken.models import Token
@@ -206,3 +208,34 @@ def test_the_cache_holds_no_password_hash(alice: User) -> None:
     assert cached is not None and cached.user.username == "alice"
     assert alice.password.encode() not in pickle.dumps(cached)
     assert cached.user.password == alice.password  # loaded on demand, from the database
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("change", ["deactivate", "revoke"])
+def test_a_request_racing_the_change_does_not_cache_the_old_token(alice: User, change: str) -> None:
+    """The cache entry was dropped when the change was made, inside its
+    transaction: a request in between (another thread or web process) read
+    the row as committed still, cached it, and the token worked on for
+    TOKEN_CACHE_SECONDS. It is dropped again once the change commits."""
+    from django.db import connections, transaction
+
+    from accounts.authentication import CachedTokenAuthentication
+
+    key = Token.objects.create(user=alice).key
+
+    def racing_request() -> None:
+        try:
+            CachedTokenAuthentication().authenticate_credentials(key)  # caches what is committed
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        if change == "deactivate":
+            alice.is_active = False
+            alice.save()
+        else:
+            Token.objects.filter(key=key).delete()
+        racer = threading.Thread(target=racing_request)
+        racer.start()
+        racer.join(10)
+    assert APIClient(HTTP_AUTHORIZATION=f"Token {key}").get("/api/auth/me/").status_code == 401
