@@ -1,5 +1,6 @@
 """Sockets live as long as the credential they were opened with: a log-out
-ends the sockets of that session, a revoked token those opened with it, a new
+(or a log-in as someone else in the same browser) ends the sockets of that
+session, a revoked token those opened with it, a new
 password those opened with any session, and a deactivated or deleted user
 every one of theirs (closed with 4401, DESIGN.md §5). A session that merely
 expires closes its sockets itself (live/consumers.py). Each is told over the
@@ -24,16 +25,21 @@ def _tell_sockets(user_id: int, message: dict[str, Any]) -> None:
     transaction.on_commit(lambda: publisher.push(user_group(user_id), message))
 
 
+def session_ended(*, user_id: int, session_key: str) -> None:
+    """Called by the session store (accounts/sessions.py) as a session that
+    held ``user_id`` is flushed: a log-out, or a log-in as someone else."""
+    _tell_sockets(user_id, signed_out(session=session_key))
+
+
 @receiver(user_logged_out)
-def _session_ended(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
+def _logged_out(sender: Any, request: Any = None, **kwargs: Any) -> None:
+    # logout() deletes the session only after this signal. Deleted now (its
+    # sockets are told: session_ended), a page that reloads as its socket
+    # closes finds it gone; else it could load signed in still and open a
+    # socket again. logout()'s own flush then finds nothing to end.
     session: Any = getattr(request, "session", None)
-    session_key = getattr(session, "session_key", None)
-    if user is not None and user.pk is not None and session_key:
-        # logout() deletes the session only after this signal. Deleted now, a
-        # page that reloads as its socket closes finds it gone; else it could
-        # load signed in still and open a socket again (its second flush is harmless).
+    if session is not None:
         session.flush()
-        _tell_sockets(user.pk, signed_out(session=session_key))
 
 
 @receiver(post_delete, sender=Token)

@@ -42,7 +42,9 @@ class ProbeMiddleware:
     HTTP. Below this, Django refuses a Host outside ALLOWED_HOSTS (400, and
     an ERROR line per probe) and HTTPS redirects to https (a 301, which
     many probes count as healthy, whatever the process's state). None of
-    the three builds a URL from the Host; /metrics keeps its bearer token."""
+    the three builds a URL from the Host; /metrics keeps its bearer token.
+    Placed below SecurityMiddleware (SECURE_REDIRECT_EXEMPT names the three):
+    their answers keep the security headers."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response

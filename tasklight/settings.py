@@ -62,11 +62,12 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     # First: every line logged while handling a request carries its id.
     "tasklight.middleware.RequestIdMiddleware",
-    # Probes and scrapes by a process's own address, over plain HTTP.
-    "tasklight.middleware.ProbeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.middleware.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Probes and scrapes by a process's own address, over plain HTTP (with
+    # SECURE_REDIRECT_EXEMPT); the security headers above still apply.
+    "tasklight.middleware.ProbeMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     # Before CommonMiddleware's APPEND_SLASH redirect.
     "tasklight.middleware.ApiPathMiddleware",
@@ -81,6 +82,9 @@ MIDDLEWARE = [
     "tasklight.middleware.BodySizeLimitMiddleware",
     "tasklight.middleware.DependencyUnavailableMiddleware",
 ]
+
+# Django's database sessions; one that ends closes its sockets (accounts/sessions.py).
+SESSION_ENGINE = "accounts.sessions"
 
 ROOT_URLCONF = "tasklight.urls"
 ASGI_APPLICATION = "tasklight.asgi.application"
@@ -297,6 +301,9 @@ CSRF_COOKIE_SAMESITE = "Lax"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Probes and Prometheus come over plain HTTP to a process's own address
+# (tasklight/middleware.py ProbeMiddleware): a 301 would pass many probes.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 if HTTPS:
     SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")

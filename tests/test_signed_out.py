@@ -149,3 +149,20 @@ def test_a_session_that_expires_closes_its_sockets(stack: Any, user: tuple[str, 
         assert still_open(extended_ws)  # looked at again after 2 s: due in an hour now
     assert expiring.get("/api/tasks/").status_code in (401, 403)
     assert extended.get("/api/tasks/").status_code == 200
+
+
+def test_a_log_in_as_someone_else_in_the_same_browser_closes_the_first_users_sockets(
+    stack: Any, user: tuple[str, str]
+) -> None:
+    """Django's login() flushes a session that holds another user, without a
+    log-out: on a shared computer the first user's socket kept streaming
+    their events into the second user's browser."""
+    first, _token = user
+    second = f"user-{uuid.uuid4().hex[:10]}"
+    assert httpx.post(f"{stack.base_url}/api/auth/signup/", json={"username": second, "password": PASSWORD}).is_success
+    http = browser(stack.base_url, first)
+    with session_socket(stack.base_url, http) as first_ws:
+        response = http.post("/api/auth/login/", json={"username": second, "password": PASSWORD})
+        assert response.status_code == 200, response.text
+        assert closed_with(first_ws) == 4401
+    assert http.get("/api/auth/me/").json()["username"] == second
