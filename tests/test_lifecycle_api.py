@@ -160,3 +160,26 @@ def test_a_repeat_of_a_used_idempotency_key_is_answered_past_the_limit(alice_api
     fresh = alice_api.post("/api/tasks/", {"kind": "simulate"}, format="json", HTTP_IDEMPOTENCY_KEY="new")
     assert_error(fresh, 429, "throttled")
     assert Task.objects.filter(owner__username="alice").count() == 2
+
+
+def test_deactivating_a_user_stops_their_work(
+    alice: User, bob: User, alice_api: APIClient, bob_api: APIClient, django_capture_on_commit_callbacks
+) -> None:
+    """A deactivated account's queued tasks started all the same, one after
+    another as its cap allowed: they are cancelled now, and its running
+    ones asked to stop, as the owner's own cancel does. Others' untouched."""
+    waiting = queue(alice_api).json()["id"]
+    running = queue(alice_api).json()["id"]
+    Task.objects.filter(pk=running).update(status=TaskStatus.RUNNING, started_at=timezone.now())
+    others = queue(bob_api).json()["id"]
+    with django_capture_on_commit_callbacks(execute=True):
+        alice.is_active = False
+        alice.save()  # as the admin's user page does
+    assert Task.objects.get(pk=waiting).status == TaskStatus.CANCELLED
+    stopping = Task.objects.get(pk=running)
+    assert stopping.status == TaskStatus.RUNNING and stopping.cancel_requested_at is not None
+    assert Task.objects.get(pk=others).status == TaskStatus.QUEUED
+    assert list(Event.objects.filter(task__id=waiting).values_list("kind", flat=True).order_by("sequence")) == [
+        "task.queued",
+        "task.cancelled",
+    ]

@@ -106,3 +106,21 @@ def test_a_broken_database_connection_does_not_end_the_watch(alice: User, watchd
     )
     Task.objects.filter(pk=task.pk).update(cancel_requested_at=timezone.now())  # as cancel_task does
     assert cancel.wait(10), "the cancel request was not passed on"
+
+
+def test_a_task_deleted_with_its_owners_account_is_told_to_stop(alice: User, watchdog: CancelWatchdog) -> None:
+    """Deleting a user deletes their tasks; one running went on to its end
+    (a `simulate` of an hour held its pool process for an hour), since its
+    lease found no row to renew and no cancel in it."""
+    task = running_task(alice)
+    cancel = threading.Event()
+    watchdog.watch(str(task.id), cancel)
+    wait_for(
+        lambda: Task.objects.get(pk=task.pk).heartbeat_at > task.heartbeat_at,
+        timeout=10,
+        what="the watchdog's first poll",
+    )
+    assert not cancel.is_set()
+    alice.delete()
+    assert not Task.objects.filter(pk=task.pk).exists()
+    assert cancel.wait(10), "the task was not told to stop"

@@ -11,7 +11,7 @@ class WorkloadsConfig(AppConfig):
         # then the deployment's own (WORKLOAD_MODULES).
         from django.conf import settings
 
-        from . import builtin  # noqa: F401
+        from . import builtin, signals  # noqa: F401
 
         for module in settings.WORKLOAD_MODULES:
             importlib.import_module(module)

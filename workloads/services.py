@@ -407,9 +407,15 @@ def report_progress(*, task: Task, percent: int) -> None:
 
 
 def renew_lease(*, task_id: uuid.UUID | str) -> bool:
-    """Renews a running task's lease; True if its owner asked to cancel it."""
+    """Renews a running task's lease; True if it must stop: its owner asked
+    to cancel it, or it is gone (deleted with its owner's account)."""
     Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).update(heartbeat_at=timezone.now())
-    return Task.objects.filter(pk=task_id, cancel_requested_at__isnull=False).exists()
+    row = Task.objects.filter(pk=task_id).values_list("cancel_requested_at").first()
+    return row is None or row[0] is not None
+
+
+def task_exists(*, task_id: uuid.UUID | str) -> bool:
+    return Task.objects.filter(pk=task_id).exists()
 
 
 def finish_task(*, task_id: uuid.UUID | str, result: Any, running: Task | None = None) -> Task | None:
@@ -551,6 +557,23 @@ def cancel_task(*, task_id: uuid.UUID | str, owner: User) -> Task:
             task.cancel_requested_at = timezone.now()
             task.save(update_fields=["cancel_requested_at"])
         return task
+
+
+def cancel_all(*, owner: User) -> tuple[int, int]:
+    """Cancels every task of ``owner`` that is queued or running, as their
+    own cancel would; (cancelled at once, asked to stop)."""
+    cancelled = asked = 0
+    active = Task.objects.filter(owner=owner, status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING])
+    for task_id in active.values_list("pk", flat=True):
+        try:
+            outcome = cancel_task(task_id=task_id, owner=owner)
+        except (TaskConflict, Task.DoesNotExist):
+            continue  # it finished meanwhile
+        if outcome.status == TaskStatus.CANCELLED:
+            cancelled += 1
+        else:
+            asked += 1
+    return cancelled, asked
 
 
 def retry_task(*, task_id: uuid.UUID | str, owner: User) -> Task:

@@ -144,7 +144,8 @@ class CancelWatchdog(threading.Thread):
     connection for every task that ran past its first poll).
 
     Every CANCEL_POLL_SECONDS it renews the lease and looks at the task's row. Once a cancel is
-    requested it sets the event behind ``run.cancelled()``; if the workload
+    requested, or the row is gone (its owner's account deleted), it sets the
+    event behind ``run.cancelled()``; if the workload
     has not stopped CANCEL_GRACE_SECONDS later, it ends the task as cancelled
     and kills this pool process (Celery starts a new one; the message comes
     back and is dropped, since the task is finished).
@@ -240,14 +241,18 @@ class CancelWatchdog(threading.Thread):
             task_id=watch.task_id,
             error=f"Cancelled by its owner; stopped after it ran {grace:g} s past the request.",
         )
-        if ended is None:
-            return
-        publisher.flush(2.0)
+        if ended is not None:
+            publisher.flush(2.0)
+            why = "ignored its cancellation"
+        elif services.task_exists(task_id=watch.task_id):
+            return  # it ended meanwhile
+        else:
+            why = "was deleted with its owner's account and did not stop"
         with self.changed:
             # Holding the lock: the task cannot be unwatched, nor another one
             # started, before the kill.
             if self.watched is watch and not self.stopping:
-                logger.warning("task %s ignored its cancellation for %s s: killing its process", watch.task_id, grace)
+                logger.warning("task %s %s for %s s: killing its process", watch.task_id, why, grace)
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
