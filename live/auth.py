@@ -10,17 +10,24 @@ outright, token or not.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-from channels.auth import AuthMiddlewareStack
+from channels.auth import AuthMiddleware
 from channels.db import database_sync_to_async
 from channels.security.websocket import WebsocketDenier
+from channels.sessions import CookieMiddleware, SessionMiddleware
 from django.conf import settings
 from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
 from rest_framework.exceptions import AuthenticationFailed
 
 from accounts.authentication import CachedTokenAuthentication
+from tasklight.db import DATABASE_DOWN
+
+from .consumers import CLOSE_TRY_AGAIN
+
+logger = logging.getLogger(__name__)
 
 
 class BrowserOriginValidator:
@@ -80,16 +87,46 @@ def user_for_token(header: bytes) -> Any:
     return user
 
 
+class SessionUserMiddleware(AuthMiddleware):
+    """Channels' AuthMiddleware: the session's user in the scope. A database
+    that does not answer meanwhile is not an error of the client's: the
+    socket is accepted and closed with 1013 (try again later), as a
+    ``hello`` that cannot be read is (live/consumers.py); uvicorn answered
+    the handshake with a 500."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> Any:
+        scope = dict(scope)
+        self.populate_scope(scope)
+        try:
+            await self.resolve_scope(scope)
+        except DATABASE_DOWN as exc:
+            return await try_again_later(exc, receive, send)
+        inner: Any = self.inner
+        return await inner(scope, receive, send)
+
+
+async def try_again_later(exc: Exception, receive: Any, send: Any) -> None:
+    logger.warning("socket refused for now, the database is unavailable: %s", exc)
+    message = await receive()
+    if message["type"] == "websocket.connect":
+        await send({"type": "websocket.accept"})
+        await send({"type": "websocket.close", "code": CLOSE_TRY_AGAIN})
+
+
 class WebSocketAuthMiddleware:
     def __init__(self, inner: Any) -> None:
         self.inner: Any = inner
-        self.session_auth: Any = AuthMiddlewareStack(inner)
+        self.session_auth: Any = CookieMiddleware(SessionMiddleware(SessionUserMiddleware(inner)))
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> Any:
         headers = dict(scope.get("headers", []))
         authorization = headers.get(b"authorization")
         if authorization is not None:
-            return await self.inner({**scope, "user": await user_for_token(authorization)}, receive, send)
+            try:
+                user = await user_for_token(authorization)
+            except DATABASE_DOWN as exc:
+                return await try_again_later(exc, receive, send)
+            return await self.inner({**scope, "user": user}, receive, send)
         if b"origin" not in headers:
             return await self.inner({**scope, "user": AnonymousUser()}, receive, send)
         return await self.session_auth(scope, receive, send)

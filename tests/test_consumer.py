@@ -9,11 +9,13 @@ import pytest
 from asgiref.sync import sync_to_async
 from channels.layers import get_channel_layer
 from channels.testing import WebsocketCommunicator
+from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import User
-from django.db import OperationalError
+from django.db import OperationalError, connections
 from django.test import Client
 from rest_framework.authtoken.models import Token
 
+from accounts.authentication import CachedTokenAuthentication
 from live import consumers, services
 from live.consumers import CLOSE_UNAUTHENTICATED
 from live.events import user_group
@@ -462,3 +464,28 @@ async def test_behind_a_tls_proxy_the_https_origin_is_the_sites_own(open_socket,
     assert (await socket.receive_json_from())["type"] == "hello"
     _, plain, _ = await open_socket((b"origin", b"http://localhost"), HOST, proxied, cookie)
     assert not plain  # the page was https: an http origin is another one
+
+
+@pytest.mark.parametrize("credential", ["token", "session"])
+async def test_a_handshake_while_the_database_is_away_is_told_to_try_again(
+    open_socket, alice: User, monkeypatch, credential: str
+) -> None:
+    """Looking up the token's or the session's user failed with the
+    database, and uvicorn answered the handshake with a 500: now accepted
+    and closed with 1013, as a hello that cannot be read is."""
+    headers = (
+        [await sync_to_async(token_header)(alice)]
+        if credential == "token"
+        else [await sync_to_async(session_cookie)(alice), ORIGIN, HOST]
+    )
+
+    def database_down(*args: Any, **kwargs: Any) -> Any:
+        raise OperationalError("the database is away")
+
+    monkeypatch.setattr(CachedTokenAuthentication, "authenticate_credentials", database_down)
+    monkeypatch.setattr(ModelBackend, "get_user", database_down)
+    socket, connected, _ = await open_socket(*headers)
+    assert connected
+    assert await socket.receive_output() == {"type": "websocket.close", "code": 1013}
+    # No consumer ran to close the connection token_header() opened in its thread.
+    await sync_to_async(connections.close_all)()
