@@ -1,9 +1,11 @@
 """docker-compose.yml runs what the Procfile says, two of each process, with
-migrations once; and a Compose client accepts it."""
+migrations once; every variable of .env.example reaches web and workers;
+and a Compose client accepts it."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,6 +18,31 @@ from .stack import ROOT, procfile_command
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROCESS_TYPES = {"migrate": "release", "web1": "web", "web2": "web", "worker1": "worker", "worker2": "worker"}
+WEB_AND_WORKERS = ("web1", "web2", "worker1", "worker2")
+
+# Variables of .env.example that the operator does not set for `docker compose
+# up`, each with the reason. Every other one must reach web and workers.
+SET_BY_COMPOSE = {
+    # The file's own services; their passwords are POSTGRES_PASSWORD and RABBITMQ_PASSWORD.
+    "DATABASE_URL": "the postgres service",
+    "CELERY_BROKER_URL": "the rabbitmq service",
+    "CHANNEL_LAYER_URL": "the redis service",
+    # The published ports (WEB1_PORT, WEB2_PORT) and the health check point at 8000.
+    "PORT": "8000 in every container",
+}
+NOT_FOR_COMPOSE = {
+    # Unset, uvicorn listens on 0.0.0.0 (the Procfile's default): 127.0.0.1
+    # from a developer's .env would leave the published port unanswered.
+    "HOST": "uvicorn must listen on every interface of its container",
+    # The three URLs are always set here: no SQLite file is ever made.
+    "TASKLIGHT_DATA_DIR": "embedded mode only",
+    # Set by `make run` for honcho's children; a container's process is its PID 1.
+    "TASKLIGHT_STOP_WITH_PARENT": "make run only",
+    # Each worker's own temporary directory is right in a container; the one
+    # environment of every process would also hand it to the web processes,
+    # whose prometheus_client would then write its metrics to files there.
+    "PROMETHEUS_MULTIPROC_DIR": "a worker's own temporary directory",
+}
 
 
 @pytest.fixture(scope="module")
@@ -107,3 +134,66 @@ def test_a_compose_client_accepts_the_file(tmp_path: Path) -> None:
     # Without a SECRET_KEY it refuses to start anything, and says why.
     refused = run_config(client, no_variables)
     assert refused.returncode != 0 and "SECRET_KEY" in refused.stderr, refused.stderr
+
+
+def documented_variables() -> list[str]:
+    """Every variable .env.example lists, set (`NAME=`) or commented (`# NAME=`)."""
+    names = []
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        match = re.match(r"#?\s*([A-Z][A-Z0-9_]*)=", line)
+        if match:
+            names.append(match.group(1))
+    return names
+
+
+def takes_from_the_operator(name: str, value: object) -> bool:
+    """Whether an `environment` entry hands the container the operator's value:
+    passed through (no value: the shell's or .env's, unset if neither) or
+    interpolated (`${NAME}`, `${NAME:-default}`; `$${NAME}` is a literal)."""
+    if value is None:
+        return True
+    return isinstance(value, str) and re.search(r"(?<!\$)\$\{" + name + r"(?:[:?-]|\})", value) is not None
+
+
+def test_every_variable_of_env_example_reaches_web_and_workers(compose) -> None:
+    documented = documented_variables()
+    assert len(documented) > 40 and "FORWARDED_ALLOW_IPS" in documented, documented
+    excluded = SET_BY_COMPOSE.keys() | NOT_FOR_COMPOSE.keys()
+    assert excluded <= set(documented), "an exclusion .env.example no longer lists"
+    for service_name in WEB_AND_WORKERS:
+        environment = compose["services"][service_name]["environment"]
+        unreachable = [
+            name
+            for name in documented
+            if name not in excluded and not (name in environment and takes_from_the_operator(name, environment[name]))
+        ]
+        assert not unreachable, f"{service_name} never sees {unreachable}: pass them through in x-env"
+        for name in SET_BY_COMPOSE:
+            assert environment.get(name), (service_name, name)
+        for name in NOT_FOR_COMPOSE:
+            assert name not in environment, (service_name, name)
+
+
+def test_a_compose_client_hands_the_operators_env_file_to_web_and_workers(tmp_path: Path) -> None:
+    client = compose_client()
+    if client is None:
+        pytest.skip("no Compose client: neither `docker compose` nor `docker-compose` is installed")
+    passed = [name for name in documented_variables() if name not in SET_BY_COMPOSE.keys() | NOT_FOR_COMPOSE.keys()]
+    # As the operator's .env next to docker-compose.yml, which Compose reads by itself.
+    operators_env = tmp_path / "operator.env"
+    operators_env.write_text("".join(f"{name}=set-{name.lower()}\n" for name in passed))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path)}
+    result = subprocess.run(
+        [*client, "--env-file", str(operators_env), "-f", str(COMPOSE_FILE), "config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    services = yaml.safe_load(result.stdout)["services"]
+    for service_name in WEB_AND_WORKERS:
+        environment = services[service_name]["environment"]
+        missing = [name for name in passed if f"set-{name.lower()}" not in str(environment.get(name))]
+        assert not missing, f"{service_name} does not get {missing} from .env"
