@@ -19,7 +19,10 @@ COPY . .
 
 # No collectstatic: WhiteNoise serves the static files from their source
 # folders (WHITENOISE_USE_FINDERS in tasklight/settings.py).
-RUN useradd --system --uid 10001 --home-dir /app tasklight
+# /app belongs to root; with a URL unset the settings create /app/data
+# (TASKLIGHT_DATA_DIR's default) for their SQLite files: the user owns it.
+RUN useradd --system --uid 10001 --home-dir /app tasklight \
+    && install -d -o tasklight -g tasklight /app/data
 USER tasklight
 
 EXPOSE 8000

@@ -197,3 +197,31 @@ def test_a_compose_client_hands_the_operators_env_file_to_web_and_workers(tmp_pa
         environment = services[service_name]["environment"]
         missing = [name for name in passed if f"set-{name.lower()}" not in str(environment.get(name))]
         assert not missing, f"{service_name} does not get {missing} from .env"
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions, as (INSTRUCTION, arguments), continued lines joined."""
+    lines = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if not line.lstrip().startswith("#")]
+    instructions = []
+    for instruction in re.sub(r"\\\n", " ", "\n".join(lines)).splitlines():
+        if instruction.strip():
+            keyword, _, arguments = instruction.strip().partition(" ")
+            instructions.append((keyword.upper(), " ".join(arguments.split())))
+    return instructions
+
+
+def test_the_image_gives_its_user_the_embedded_data_directory() -> None:
+    # With a URL unset, the settings create DATA_DIR (BASE_DIR/data, BASE_DIR
+    # being the WORKDIR the source is copied to) and write SQLite files there:
+    # the source belongs to root, the process runs as USER.
+    instructions = dockerfile_instructions()
+    workdir = next(arguments for keyword, arguments in instructions if keyword == "WORKDIR")
+    user = [arguments for keyword, arguments in instructions if keyword == "USER"][-1]
+    data_dir = f"{workdir.rstrip('/')}/data"
+    runs = " && ".join(arguments for keyword, arguments in instructions if keyword == "RUN")
+    made = re.search(rf"install -d (?:-\S+ \S+ )*-o {user} (?:-\S+ \S+ )*{data_dir}\b", runs) or (
+        re.search(rf"mkdir (?:-p )?{data_dir}\b", runs) and re.search(rf"chown (?:-R )?{user}\S* {data_dir}\b", runs)
+    )
+    assert made, f"no RUN makes {data_dir} for {user}: {runs}"
+    # A developer's own data/ stays out of the image (and out of root's hands).
+    assert "data" in (ROOT / ".dockerignore").read_text().split()
