@@ -53,10 +53,31 @@ def check_database() -> PartStatus:
         else:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
+        if migrations_pending():
+            return PartStatus("database", backend, False, "migrations not applied: run the release step (migrate_all)")
         return PartStatus("database", backend, True)
     except Exception as exc:
         logger.warning("readiness: database unreachable: %s", exc)
         return PartStatus("database", backend, False, "unreachable")
+
+
+# Once every migration is found applied, a process does not look again:
+# migrations come with a new release, and its new processes look for themselves.
+_migrated = False
+
+
+def migrations_pending() -> bool:
+    """Whether the database lacks a migration this code has: a process
+    started before the release step (``migrate_all``) has run answers
+    500s to anything that touches a new table or column."""
+    global _migrated
+    if _migrated:
+        return False
+    from django.db.migrations.executor import MigrationExecutor
+
+    executor = MigrationExecutor(connection)
+    _migrated = not executor.migration_plan(executor.loader.graph.leaf_nodes())
+    return not _migrated
 
 
 def check_broker() -> PartStatus:

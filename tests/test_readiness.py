@@ -5,6 +5,9 @@ machine's PostgreSQL, RabbitMQ and Redis keep serving the other suites."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -139,3 +142,54 @@ def test_probes_answer_by_the_processs_own_address_over_plain_http(client: Any, 
     assert client.post(path, **headers).status_code == 405
     assert client.get("/about/", **headers).status_code == 400
     assert client.get("/about/", HTTP_HOST="tasklight.example.com").status_code == 301
+
+
+@pytest.mark.timeout(300)
+def test_a_web_process_before_the_release_is_not_ready_and_two_releases_at_once_both_succeed(
+    tmp_path: Any,
+) -> None:
+    """A web process on a database not yet migrated answered /readyz 200 and
+    then 500s (relation does not exist); now 503 until the release has run.
+    Two releases at once (one per machine) collided: one failed with a
+    duplicate type; now they take turns and both succeed."""
+    from django.db import connection
+
+    from . import stack as processes
+    from .conftest import stack_env
+
+    name = f"tasklight_release_{uuid.uuid4().hex[:8]}"
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        settings_dict = connection.settings_dict
+        env = stack_env(
+            DATABASE_URL=f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}/{name}"
+        )
+        web, base_url = processes.start_web(env, tmp_path)
+        try:
+            status, body = readyz(base_url)
+            assert status == 503 and body["down"] == ["database"], body
+            assert "migrations" in body["parts"][0]["detail"]
+            releases = [
+                subprocess.Popen(
+                    [sys.executable, "manage.py", "migrate_all", "--noinput"],
+                    cwd=processes.ROOT,
+                    env={**env, "TASKLIGHT_PROCESS": ""},
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                )
+                for _ in range(2)
+            ]
+            try:
+                outputs = [release.communicate(timeout=120)[0] for release in releases]
+            finally:
+                for release in releases:
+                    release.kill()
+            assert [release.returncode for release in releases] == [0, 0], outputs
+            assert ready(base_url)["down"] == []
+        finally:
+            web.stop()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
