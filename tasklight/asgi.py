@@ -8,6 +8,11 @@ import os
 import django
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
+# A web process counts in its own memory and serves its own /metrics: given a
+# workers' PROMETHEUS_MULTIPROC_DIR (one .env for all), prometheus_client
+# would write its counts into their files, and the workers' /metrics would
+# add them to theirs (tasklight_tasks_created_total twice).
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 # Tells the settings this is a web process (its database connections are pooled).
 os.environ.setdefault("TASKLIGHT_PROCESS", "web")
 # Django must be set up before anything imports models.

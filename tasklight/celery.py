@@ -44,11 +44,17 @@ def _runs(pid: int) -> bool:
     return True
 
 
+def _metrics_base_dir() -> Path:
+    """Where workers make their metrics directories: the operator's
+    PROMETHEUS_MULTIPROC_DIR, else the temporary directory."""
+    return Path(os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.gettempdir())
+
+
 def _remove_metrics_dirs_of_dead_workers() -> None:
     """A worker removes its metrics directory as it stops; one killed
     (SIGKILL) cannot. Each directory is named after its worker's pid; one
     named after this worker's own pid is a dead worker's (the pid was reused)."""
-    for path in Path(tempfile.gettempdir()).glob(f"{_METRICS_DIR_PREFIX}*-*"):
+    for path in _metrics_base_dir().glob(f"{_METRICS_DIR_PREFIX}*-*"):
         pid = path.name.removeprefix(_METRICS_DIR_PREFIX).split("-", 1)[0]
         # A name without a pid is from before the pid was part of it: left.
         if pid.isdigit() and (int(pid) == os.getpid() or not _runs(int(pid))):
@@ -60,14 +66,12 @@ if "worker" in sys.argv[1:]:
     # Tasks run in forked pool processes: their metrics go to files that the
     # main process sums (prometheus_client's multiprocess mode), which must be
     # chosen before prometheus_client is imported. A fresh directory for each
-    # worker, or the operator's, emptied: old counts must not add up.
-    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        for stale in Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).glob("*.db"):
-            stale.unlink()
-    else:
-        _remove_metrics_dirs_of_dead_workers()
-        _own_metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-")
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
+    # worker, in the operator's PROMETHEUS_MULTIPROC_DIR if set: old counts
+    # must not add up, and two workers given one directory (one .env for
+    # all) must not empty or sum each other's files.
+    _remove_metrics_dirs_of_dead_workers()
+    _own_metrics_dir = tempfile.mkdtemp(prefix=f"{_METRICS_DIR_PREFIX}{os.getpid()}-", dir=_metrics_base_dir())
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _own_metrics_dir
     if "prometheus_client" in sys.modules:
         # Flower's plugin to Celery's command line imported it already, in
         # single-process mode: the metrics created from now on (ours) must

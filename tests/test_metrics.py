@@ -224,3 +224,40 @@ def test_a_worker_removes_the_metrics_directories_of_killed_workers(private_stac
     finally:
         shutil.rmtree(killed, ignore_errors=True)
         shutil.rmtree(running_elsewhere, ignore_errors=True)
+
+
+def test_workers_and_web_given_one_metrics_directory_keep_their_counts_apart(
+    private_stack: Any, tmp_path: Path
+) -> None:
+    """One PROMETHEUS_MULTIPROC_DIR for every process (one .env for all): a
+    second worker emptied the first one's files as it started, and the web
+    process wrote its counts there too, so a worker's /metrics showed the
+    web's tasks_created_total (counted twice once summed)."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    running = private_stack(METRICS_TOKEN=TOKEN, PROMETHEUS_MULTIPROC_DIR=str(shared))
+    first_port, second_port = free_port(), free_port()
+    running.start_worker(concurrency=1, WORKER_METRICS_PORT=str(first_port), PROMETHEUS_MULTIPROC_DIR=str(shared))
+
+    def scrape_worker(port: int) -> str:
+        return wait_for(
+            lambda: httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text, timeout=10, what="worker metrics"
+        )
+
+    alice = Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("simulate", seconds=0)
+        socket.events_until(terminal_for(task["id"]))
+    finished = {"kind": "simulate", "outcome": "succeeded"}
+    wait_for(
+        lambda: sample(scrape_worker(first_port), "tasklight_tasks_finished_total", **finished) == 1,
+        timeout=10,
+        what="the first worker to count its task",
+    )
+    assert sample(scrape(running.base_url), "tasklight_tasks_created_total", kind="simulate") == 1
+    assert sample(scrape_worker(first_port), "tasklight_tasks_created_total", kind="simulate") is None
+
+    running.start_worker(concurrency=1, WORKER_METRICS_PORT=str(second_port), PROMETHEUS_MULTIPROC_DIR=str(shared))
+    assert sample(scrape_worker(first_port), "tasklight_tasks_finished_total", **finished) == 1
+    assert sample(scrape_worker(second_port), "tasklight_tasks_finished_total", **finished) is None
+    assert len(list(shared.glob("tasklight-worker-metrics-*"))) == 2
