@@ -14,10 +14,13 @@ import environ
 from django.utils.csp import CSP
 
 from tasklight.db import check_pooled_connection
+from tasklight.envvars import boolean, decimal_number, log_level, whole_number
 from tasklight.rate_limits import InvalidRate, parse_rate
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
+# django-environ reads the strings, lists and URLs; tasklight/envvars.py the
+# numbers, booleans and log level, which it checks.
 env = environ.Env()
 # A .env file is read too, as DESIGN.md §1 promises; real variables win.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
@@ -32,13 +35,13 @@ CHANNEL_LAYER_URL = env.str("CHANNEL_LAYER_URL", default="")
 # unset runs on a local SQLite file, whatever the others do.
 EMBEDDED = not (DATABASE_URL or CELERY_BROKER_URL or CHANNEL_LAYER_URL)
 
-DEBUG = env.bool("DEBUG", default=EMBEDDED)
+DEBUG = boolean("DEBUG", default=EMBEDDED)
 # A fixed development key is only acceptable where DEBUG is on.
 SECRET_KEY = env.str("SECRET_KEY", default="insecure-dev-key-only-for-embedded-mode" if DEBUG else "")
 if not SECRET_KEY:
     raise environ.ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
-HTTPS = env.bool("HTTPS", default=not DEBUG)
+HTTPS = boolean("HTTPS", default=not DEBUG)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -105,10 +108,16 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------
+# Checked in every process, whichever uses them: a bad value stops the
+# release (migrate_all) before any web process or worker starts with it.
+CONN_MAX_AGE = whole_number("CONN_MAX_AGE", 0, minimum=0, unit="seconds")
+WORKER_CONN_MAX_AGE = whole_number("WORKER_CONN_MAX_AGE", 600, minimum=0, unit="seconds")
+# Below the pool's min_size (2), psycopg_pool refuses to open at every request.
+DATABASE_POOL_MAX_SIZE = whole_number("DATABASE_POOL_MAX_SIZE", 20, minimum=2)
 if DATABASE_URL:
     DATABASES = {"default": env.db_url_config(DATABASE_URL)}
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=0)
+    DATABASES["default"]["CONN_MAX_AGE"] = CONN_MAX_AGE
     # "web" (tasklight/asgi.py), "worker" (tasklight/celery.py), or unset.
     process = os.environ.get("TASKLIGHT_PROCESS")
     postgresql = DATABASES["default"]["ENGINE"].endswith("postgresql")
@@ -126,7 +135,7 @@ if DATABASE_URL:
         DATABASES["default"]["CONN_MAX_AGE"] = 0
         DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
             "min_size": 2,
-            "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+            "max_size": DATABASE_POOL_MAX_SIZE,
             "timeout": 10,
             # psycopg_pool retries a failed connection with a backoff that
             # doubles up to this long (5 min by default): after an outage of
@@ -143,7 +152,7 @@ if DATABASE_URL:
         # keeps its connection from task to task (run_task drops it once older
         # than this, or broken) instead of paying PostgreSQL a new backend per
         # task (docs/benchmarks.md).
-        DATABASES["default"]["CONN_MAX_AGE"] = env.int("WORKER_CONN_MAX_AGE", default=600)
+        DATABASES["default"]["CONN_MAX_AGE"] = WORKER_CONN_MAX_AGE
         # Celery's fix-up would otherwise close it after every task.
         CELERY_DB_REUSE_MAX = 1_000_000
 else:
@@ -200,6 +209,7 @@ else:
 # Rate limits and cached tokens must be shared by every web process: they use
 # the Redis of the channel layer, under their own key prefix. Embedded mode
 # has one web process.
+CACHE_MAX_CONNECTIONS = whole_number("CACHE_MAX_CONNECTIONS", 100, minimum=1)
 if CHANNEL_LAYER_URL:
     CACHES = {
         "default": {
@@ -212,7 +222,7 @@ if CHANNEL_LAYER_URL:
                 # limit a request waits for one (up to `timeout` s) instead of
                 # failing with MaxConnectionsError, as redis-py's default pool does.
                 "pool_class": "redis.BlockingConnectionPool",
-                "max_connections": env.int("CACHE_MAX_CONNECTIONS", default=100),
+                "max_connections": CACHE_MAX_CONNECTIONS,
                 "timeout": 10,
             },
         }
@@ -240,39 +250,49 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
-CELERY_WORKER_CONCURRENCY = env.int("WORKER_CONCURRENCY", default=2)
+CELERY_WORKER_CONCURRENCY = whole_number("WORKER_CONCURRENCY", 2, minimum=1)
 # Celery's monitoring events (Flower's feed) cost a broker message each: one
 # per task from the web (task-sent), three or more from the worker. Off unless
 # CELERY_EVENTS=1: Flower turns the workers' on itself while it runs (its
 # --enable-events, on by default). docs/operations.md#flower.
-CELERY_EVENTS = env.bool("CELERY_EVENTS", default=False)
+CELERY_EVENTS = boolean("CELERY_EVENTS", default=False)
 CELERY_WORKER_SEND_TASK_EVENTS = CELERY_EVENTS
 CELERY_TASK_SEND_SENT_EVENT = CELERY_EVENTS
 # Time limits for workloads that declare none (seconds).
-TASK_SOFT_TIME_LIMIT = env.int("TASK_SOFT_TIME_LIMIT", default=3660)
-TASK_TIME_LIMIT = env.int("TASK_TIME_LIMIT", default=3720)
+TASK_SOFT_TIME_LIMIT = whole_number("TASK_SOFT_TIME_LIMIT", 3660, minimum=1, unit="seconds")
+TASK_TIME_LIMIT = whole_number("TASK_TIME_LIMIT", 3720, minimum=1, unit="seconds")
+# The soft limit fails the task with a readable error; at or past the hard
+# one, the kill comes first and the task is never told why.
+if TASK_SOFT_TIME_LIMIT >= TASK_TIME_LIMIT:
+    raise environ.ImproperlyConfigured(
+        f"TASK_SOFT_TIME_LIMIT ({TASK_SOFT_TIME_LIMIT}) must be less than TASK_TIME_LIMIT ({TASK_TIME_LIMIT})"
+    )
 # Modules with more @workload functions, imported at start-up (web and worker).
 WORKLOAD_MODULES = env.list("WORKLOAD_MODULES", default=[])
 # A running task whose owner cancelled it and that does not stop by itself at
 # its next cancellation check within this many seconds is killed.
-CANCEL_GRACE_SECONDS = env.float("CANCEL_GRACE_SECONDS", default=5.0)
+CANCEL_GRACE_SECONDS = decimal_number("CANCEL_GRACE_SECONDS", 5.0, minimum=0, unit="seconds")
 # How often a running task's watchdog renews its lease and looks for a cancel
 # request (seconds), and how old a lease must be before a redelivered task is
 # taken over by another worker (its first worker is presumed dead).
-CANCEL_POLL_SECONDS = env.float("CANCEL_POLL_SECONDS", default=1.0)
-TASK_LEASE_SECONDS = env.float("TASK_LEASE_SECONDS", default=10.0)
+CANCEL_POLL_SECONDS = decimal_number("CANCEL_POLL_SECONDS", 1.0, minimum=0, minimum_allowed=False, unit="seconds")
+TASK_LEASE_SECONDS = decimal_number("TASK_LEASE_SECONDS", 10.0, minimum=0, minimum_allowed=False, unit="seconds")
 # Stored events older than this are deleted; a client resuming from before
 # them is told to resync (docs/events.md).
-EVENT_RETENTION_DAYS = env.float("EVENT_RETENTION_DAYS", default=7)
+EVENT_RETENTION_DAYS = decimal_number("EVENT_RETENTION_DAYS", 7, minimum=0, minimum_allowed=False, unit="days")
 # How often each worker deletes expired events and idempotency keys.
-CLEANUP_INTERVAL_SECONDS = env.float("CLEANUP_INTERVAL_SECONDS", default=3600)
+CLEANUP_INTERVAL_SECONDS = decimal_number(
+    "CLEANUP_INTERVAL_SECONDS", 3600, minimum=0, minimum_allowed=False, unit="seconds"
+)
 # Per user: tasks running at once (the rest wait queued) and queueing rate.
-MAX_RUNNING_TASKS_PER_USER = env.int("MAX_RUNNING_TASKS_PER_USER", default=4)
+# At 0 every task would wait queued for ever.
+MAX_RUNNING_TASKS_PER_USER = whole_number("MAX_RUNNING_TASKS_PER_USER", 4, minimum=1)
 TASK_RATE_LIMIT = env.str("TASK_RATE_LIMIT", default="120/min")
 # The relay re-sends queued tasks the broker never accepted, every
 # RELAY_INTERVAL_SECONDS, once they are RELAY_MIN_AGE_SECONDS old.
-RELAY_INTERVAL_SECONDS = env.float("RELAY_INTERVAL_SECONDS", default=5.0)
-RELAY_MIN_AGE_SECONDS = env.float("RELAY_MIN_AGE_SECONDS", default=5.0)
+# At 0 the relay spins: some 470 UPDATEs a second per worker.
+RELAY_INTERVAL_SECONDS = decimal_number("RELAY_INTERVAL_SECONDS", 5.0, minimum=0, minimum_allowed=False, unit="seconds")
+RELAY_MIN_AGE_SECONDS = decimal_number("RELAY_MIN_AGE_SECONDS", 5.0, minimum=0, unit="seconds")
 # kombu's SQL transport (the embedded broker) never delivers again a message
 # whose worker died: it stays hidden, and its task "running". With it, the
 # relay also re-sends running tasks whose lease was last renewed more than
@@ -305,11 +325,11 @@ X_FRAME_OPTIONS = "DENY"
 # (tasklight/middleware.py ProbeMiddleware): a 301 would pass many probes.
 SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 if HTTPS:
-    SECURE_SSL_REDIRECT = env.bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_SSL_REDIRECT = boolean("SECURE_SSL_REDIRECT", default=True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_HSTS_SECONDS = env.int("SECURE_HSTS_SECONDS", default=31536000)
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = env.bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
-    SECURE_HSTS_PRELOAD = env.bool("SECURE_HSTS_PRELOAD", default=True)
+    SECURE_HSTS_SECONDS = whole_number("SECURE_HSTS_SECONDS", 31536000, minimum=0, unit="seconds")
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = boolean("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=True)
+    SECURE_HSTS_PRELOAD = boolean("SECURE_HSTS_PRELOAD", default=True)
 # Pages run only our own static script and styles: no inline script anywhere.
 # connect-src 'self' covers same-origin ws:// and wss:// in current browsers.
 SECURE_CSP = {
@@ -324,14 +344,14 @@ SECURE_CSP = {
     "object-src": [CSP.NONE],
 }
 # Log-in attempts that fail, per account and per client address, before 429.
-LOGIN_FAILURES_PER_ACCOUNT = env.int("LOGIN_FAILURES_PER_ACCOUNT", default=5)
-LOGIN_FAILURES_PER_ADDRESS = env.int("LOGIN_FAILURES_PER_ADDRESS", default=20)
-LOGIN_FAILURE_WINDOW_SECONDS = env.int("LOGIN_FAILURE_WINDOW_SECONDS", default=900)
+LOGIN_FAILURES_PER_ACCOUNT = whole_number("LOGIN_FAILURES_PER_ACCOUNT", 5, minimum=1)
+LOGIN_FAILURES_PER_ADDRESS = whole_number("LOGIN_FAILURES_PER_ADDRESS", 20, minimum=1)
+LOGIN_FAILURE_WINDOW_SECONDS = whole_number("LOGIN_FAILURE_WINDOW_SECONDS", 900, minimum=1, unit="seconds")
 # WebSocket abuse limits (docs/events.md): sockets per user per web process;
 # frames a socket may send (burst, then per second) before it is closed.
-MAX_SOCKETS_PER_USER = env.int("MAX_SOCKETS_PER_USER", default=20)
-WS_FRAME_BURST = env.int("WS_FRAME_BURST", default=30)
-WS_FRAME_RATE = env.float("WS_FRAME_RATE", default=5)
+MAX_SOCKETS_PER_USER = whole_number("MAX_SOCKETS_PER_USER", 20, minimum=1)
+WS_FRAME_BURST = whole_number("WS_FRAME_BURST", 30, minimum=1)
+WS_FRAME_RATE = decimal_number("WS_FRAME_RATE", 5, minimum=0, minimum_allowed=False)
 # Anonymous sign-ups per client address.
 SIGNUP_RATE_LIMIT = env.str("SIGNUP_RATE_LIMIT", default="30/hour")
 # Both in DRF's format, read here (tasklight/rate_limits.py) rather than at the first request.
@@ -345,7 +365,8 @@ CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
 # --- REST API -------------------------------------------------------------
 # An API token and its user are cached this long (seconds); deleting the
 # token or saving the user drops them at once (accounts/authentication.py).
-TOKEN_CACHE_SECONDS = env.int("TOKEN_CACHE_SECONDS", default=300)
+# 0: not cached.
+TOKEN_CACHE_SECONDS = whole_number("TOKEN_CACHE_SECONDS", 300, minimum=0, unit="seconds")
 REST_FRAMEWORK = {
     # A token header authenticates alone; the session (with CSRF) otherwise.
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -374,7 +395,7 @@ SPECTACULAR_SETTINGS = {
 }
 # JSON bodies over this size answer 413. text_stats takes up to 1 MiB of text,
 # which JSON escaping can grow; 4 MiB leaves room for that and no more.
-API_MAX_BODY_BYTES = env.int("API_MAX_BODY_BYTES", default=4 * 1024 * 1024)
+API_MAX_BODY_BYTES = whole_number("API_MAX_BODY_BYTES", 4 * 1024 * 1024, minimum=1, unit="bytes")
 DATA_UPLOAD_MAX_MEMORY_SIZE = API_MAX_BODY_BYTES
 
 # --- Static files, i18n ---------------------------------------------------
@@ -394,7 +415,7 @@ USE_TZ = True
 LOG_FORMAT = env.str("LOG_FORMAT", default="plain" if EMBEDDED else "json")
 if LOG_FORMAT not in ("json", "plain"):
     raise environ.ImproperlyConfigured(f"LOG_FORMAT must be json or plain, not {LOG_FORMAT!r}")
-LOG_LEVEL = env.str("LOG_LEVEL", default="INFO")
+LOG_LEVEL = log_level("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
@@ -415,8 +436,12 @@ LOGGING = {
         # is on (make run): without this, each of its lines came twice.
         "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
         # One line per terminal event sent to a socket: off unless asked for.
-        "live.delivery": {"level": "INFO" if env.bool("LOG_DELIVERIES", default=False) else "WARNING"},
+        "live.delivery": {"level": "INFO" if boolean("LOG_DELIVERIES", default=False) else "WARNING"},
     },
 }
 # Bearer token of GET /metrics; unset, the endpoint answers 404.
 METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+# A worker's main process serves its metrics on this port (tasklight/metrics.py
+# reads it); checked here, so that a bad one stops the worker as it starts
+# rather than raising once it is ready. Unset or empty: not served.
+WORKER_METRICS_PORT = whole_number("WORKER_METRICS_PORT", None, minimum=1, maximum=65535)
