@@ -126,6 +126,10 @@ if DATABASE_URL:
         DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = env.str(
             "DATABASE_APPLICATION_NAME", default=f"tasklight-{process}" if process else "tasklight"
         )
+        # libpq waits for ever by default: a server that accepts the TCP
+        # connection but never answers (a stuck host, a wrong port behind a
+        # proxy) hung the release's migrate_all. A ?connect_timeout= in the URL wins.
+        DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 10)
     if process == "web" and postgresql:
         # Django runs each request's sync code in a thread of its own under
         # ASGI: without a bound, 200 concurrent clients open 200 connections

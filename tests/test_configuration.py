@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -114,6 +116,38 @@ def test_a_log_level_in_lower_case_starts_the_process() -> None:
     done = run([sys.executable, "manage.py", "check"], environment(LOG_LEVEL="info"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "System check identified no issues" in done.stdout
+
+
+# --- PostgreSQL's connect timeout -----------------------------------------
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A port that accepts TCP connections (the kernel's backlog does) and never says a word."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(16)
+        yield int(server.getsockname()[1])
+
+
+def test_the_release_gives_up_on_a_database_that_never_answers(silent_server: int) -> None:
+    """It waited for ever: libpq has no connect timeout of its own."""
+    url = f"postgres://postgres@127.0.0.1:{silent_server}/tasklight"
+    # Far past the 10 s timeout, to tell a wait from a hang.
+    done = run([sys.executable, "manage.py", "migrate_all", "--noinput"], environment(DATABASE_URL=url), timeout=45)
+    assert done.returncode != 0
+    assert "timeout" in done.stderr.lower(), done.stderr[-3000:]
+
+
+def connect_timeout(url: str) -> object:
+    databases = read_settings("DATABASES", DATABASE_URL=url)["DATABASES"]
+    assert isinstance(databases, dict)
+    return databases["default"]["OPTIONS"].get("connect_timeout")
+
+
+def test_a_connect_timeout_in_the_url_wins() -> None:
+    assert connect_timeout("postgres://postgres@127.0.0.1:5432/x") == 10
+    assert connect_timeout("postgres://postgres@127.0.0.1:5432/x?connect_timeout=3") == 3
 
 
 # --- The helpers ----------------------------------------------------------
