@@ -32,10 +32,29 @@ CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="")
 CHANNEL_LAYER_URL = env.str("CHANNEL_LAYER_URL", default="")
 
 # Embedded mode (nothing configured): DEBUG defaults to on. Each part left
-# unset runs on a local SQLite file, whatever the others do.
+# unset runs on a local SQLite file: with DEBUG off, all of them or none (below).
 EMBEDDED = not (DATABASE_URL or CELERY_BROKER_URL or CHANNEL_LAYER_URL)
 
 DEBUG = boolean("DEBUG", default=EMBEDDED)
+if not DEBUG and not EMBEDDED:
+    # A part left unset would run on its embedded SQLite file, which no other
+    # machine sees: a web process without CELERY_BROKER_URL queued tasks that
+    # no worker ever read, a worker without DATABASE_URL retried for ever on
+    # "no such table". Only a development set-up (DEBUG on) may mix them.
+    _missing = [
+        name
+        for name, value in (
+            ("DATABASE_URL", DATABASE_URL),
+            ("CELERY_BROKER_URL", CELERY_BROKER_URL),
+            ("CHANNEL_LAYER_URL", CHANNEL_LAYER_URL),
+        )
+        if not value
+    ]
+    if _missing:
+        raise environ.ImproperlyConfigured(
+            f"DATABASE_URL, CELERY_BROKER_URL and CHANNEL_LAYER_URL must all be set when DEBUG is off "
+            f"(or none, for embedded mode); missing: {', '.join(_missing)}"
+        )
 # A fixed development key is only acceptable where DEBUG is on.
 SECRET_KEY = env.str("SECRET_KEY", default="insecure-dev-key-only-for-embedded-mode" if DEBUG else "")
 if not SECRET_KEY:

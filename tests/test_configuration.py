@@ -18,6 +18,8 @@ from tasklight.envvars import boolean, decimal_number, log_level, whole_number
 
 from .stack import ROOT
 
+URLS = ("DATABASE_URL", "CELERY_BROKER_URL", "CHANNEL_LAYER_URL")
+
 
 def environment(**changes: str | None) -> dict[str, str]:
     """The test run's production environment (make test: the three URLs, DEBUG
@@ -116,6 +118,23 @@ def test_a_log_level_in_lower_case_starts_the_process() -> None:
     done = run([sys.executable, "manage.py", "check"], environment(LOG_LEVEL="info"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "System check identified no issues" in done.stdout
+
+
+@pytest.mark.parametrize("missing", [("CELERY_BROKER_URL",), ("DATABASE_URL", "CHANNEL_LAYER_URL")])
+def test_with_debug_off_the_three_urls_are_all_set_or_none(tmp_path, missing: tuple[str, ...]) -> None:
+    """A part left unset ran on an embedded SQLite file no other process sees:
+    a web process without CELERY_BROKER_URL queued tasks no worker read."""
+    unset: dict[str, str | None] = dict.fromkeys(missing)
+    done = setup_django(TASKLIGHT_DATA_DIR=str(tmp_path), **unset)
+    assert done.returncode != 0
+    assert (
+        "ImproperlyConfigured: DATABASE_URL, CELERY_BROKER_URL and CHANNEL_LAYER_URL must all be set when DEBUG "
+        f"is off (or none, for embedded mode); missing: {', '.join(missing)}\n"
+    ) in done.stderr, done.stderr[-3000:]
+    # Development may mix them; with none set, embedded mode (DEBUG on by default).
+    assert setup_django(TASKLIGHT_DATA_DIR=str(tmp_path), DEBUG="1", **unset).returncode == 0
+    embedded = setup_django(TASKLIGHT_DATA_DIR=str(tmp_path), DEBUG=None, SECRET_KEY=None, **dict.fromkeys(URLS))
+    assert embedded.returncode == 0, embedded.stderr[-3000:]
 
 
 # --- PostgreSQL's connect timeout -----------------------------------------
