@@ -8,6 +8,8 @@ Production values come only from the environment; see ``.env.example``.
 from __future__ import annotations
 
 import os
+import re
+import warnings
 from pathlib import Path
 
 import environ
@@ -427,6 +429,11 @@ STATICFILES_DIRS = [BASE_DIR / "static"]
 # WhiteNoise serves the few static files straight from the source folders,
 # so no collectstatic step is needed to run.
 WHITENOISE_USE_FINDERS = True
+# collectstatic's destination, for platforms whose builds run it (Heroku's
+# Python buildpack does, and failed without one). Without a collectstatic
+# it does not exist, which WhiteNoise would warn of in every process.
+STATIC_ROOT = BASE_DIR / "staticfiles"
+warnings.filterwarnings("ignore", message=f"No directory at: {re.escape(str(STATIC_ROOT))}", category=UserWarning)
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
 USE_I18N = True

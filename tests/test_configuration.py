@@ -232,3 +232,11 @@ def test_log_level_takes_any_case_and_only_known_names() -> None:
     assert log_level("L", "INFO", environ={"L": ""}) == "INFO"
     with pytest.raises(ImproperlyConfigured, match=r"^L must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL"):
         log_level("L", "INFO", environ={"L": "verbose"})
+
+
+def test_collectstatic_has_a_destination() -> None:
+    """Platform builds (Heroku's Python buildpack) run collectstatic; without
+    STATIC_ROOT it stopped with ImproperlyConfigured and failed the build."""
+    from django.core.management import call_command
+
+    call_command("collectstatic", "--noinput", "--dry-run", verbosity=0)
