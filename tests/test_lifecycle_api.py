@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -183,3 +184,17 @@ def test_deactivating_a_user_stops_their_work(
         "task.queued",
         "task.cancelled",
     ]
+
+
+@pytest.mark.django_db(transaction=True)  # the owner's foreign key is checked at commit
+@pytest.mark.parametrize("key", [None, "k-1"])
+def test_queueing_for_an_account_deleted_meanwhile_is_a_401_not_a_500(alice: User, key: str | None) -> None:
+    """A request whose credentials were read just before its account was
+    deleted: the task's insert failed on the missing owner (a 500)."""
+    api = APIClient()
+    api.force_authenticate(user=alice)  # the user as read before the deletion
+    User.objects.filter(pk=alice.pk).delete()
+    headers: dict[str, Any] = {"HTTP_IDEMPOTENCY_KEY": key} if key else {}
+    response = api.post("/api/tasks/", {"kind": "simulate"}, format="json", **headers)
+    assert_error(response, 401)
+    assert not Task.objects.exists()

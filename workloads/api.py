@@ -7,12 +7,14 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import IntegrityError
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers, status
-from rest_framework.exceptions import APIException, NotFound, ValidationError
+from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound, ValidationError
 from rest_framework.pagination import CursorPagination
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -189,6 +191,12 @@ class TaskListView(APIView):
             ) from None
         except UnknownWorkload:
             raise ValidationError({"kind": [f"There is no workload named {kind!r}."]}) from None
+        except IntegrityError:
+            # The account was deleted while this request ran (its credentials
+            # were read before): its task has no owner to belong to.
+            if not User.objects.filter(pk=request.user.pk or 0).exists():
+                raise AuthenticationFailed("This account no longer exists.") from None
+            raise
         except InvalidParams as exc:
             raise ValidationError(
                 {f"params.{name}" if name != "params" else name: messages for name, messages in exc.fields.items()}

@@ -96,6 +96,8 @@ def create_task(
                 IdempotencyKey.objects.create(owner=owner, key=idempotency_key, fingerprint=fingerprint, task=task)
                 return task
         except IntegrityError:
+            if not type(owner).objects.filter(pk=owner.pk).exists():
+                raise  # not a concurrent key: the owner was deleted meanwhile
             continue
     raise RuntimeError(f"could not settle Idempotency-Key {idempotency_key!r}")
 
