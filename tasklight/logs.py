@@ -38,6 +38,17 @@ def request_id_from(header: str | None) -> str:
     return uuid.uuid4().hex
 
 
+# A Tasklight task's id as Celery writes it after the task's name: name[id].
+_TASK_IN_TEXT = re.compile(r"\[([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\]")
+
+
+def _message(record: logging.LogRecord) -> str:
+    try:
+        return record.getMessage()
+    except Exception:  # a bad format string is the formatter's to report
+        return ""
+
+
 class ContextFilter(logging.Filter):
     """Adds ``request_id`` and ``task_id`` from the context to each record
     (an explicit ``extra={"task_id": ...}`` wins). Set on the handler, so that
@@ -50,10 +61,13 @@ class ContextFilter(logging.Filter):
                 if value is not None:
                     setattr(record, name, value)
         if getattr(record, "task_id", None) is None and record.name.startswith("celery."):
-            # Celery's "received" line, in the worker's main process, names the task in its data.
+            # Celery's "received" line, in the worker's main process, names the task in its data;
+            # its time limit lines in their text, as name[id].
             data = getattr(record, "data", None)
             if isinstance(data, dict) and isinstance(data.get("id"), str):
                 record.task_id = data["id"]
+            elif found := _TASK_IN_TEXT.search(_message(record)):
+                record.task_id = found.group(1)
         if getattr(record, "request_id", None) is None:
             # django.request's line for a 4xx or 5xx, written outside the
             # middleware, names the request instead.

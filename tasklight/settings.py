@@ -465,6 +465,11 @@ LOGGING = {
         # Django's own logging gives "django" a handler of its own when DEBUG
         # is on (make run): without this, each of its lines came twice.
         "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        # Celery gives a logger with no handler one of its own, in its plain
+        # format: the pool's "Process ... exited with signal 9" lines
+        # (billiard's logger) and workloads' task loggers. Ours, in LOG_FORMAT.
+        "multiprocessing": {"handlers": ["console"], "propagate": False},
+        "celery.task": {"handlers": ["console"], "propagate": False},
         # One line per terminal event sent to a socket: off unless asked for.
         "live.delivery": {"level": "INFO" if boolean("LOG_DELIVERIES", default=False) else "WARNING"},
     },

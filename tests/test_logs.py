@@ -124,3 +124,43 @@ def test_one_task_can_be_followed_from_the_api_through_the_worker_to_the_socket(
     assert any(line.get("outcome") == "succeeded" for line in ran if line["message"] == "task ended")
     assert any("received" in message for message in messages), messages
     assert all(line["level"] in ("INFO", "DEBUG") for line in ran), ran
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_task_killed_after_ignoring_its_cancel_leaves_json_lines_that_name_it(private_stack: Any) -> None:
+    """The pool's line about the killed process came in Celery's plain format
+    (billiard's logger had Celery's own handler), and the watchdog's line,
+    written from its thread, named no task."""
+    running = private_stack(LOG_FORMAT="json")
+    worker = running.start_worker(concurrency=1, LOG_FORMAT="json")
+    alice = Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("ignores_cancellation", seconds=60)
+        socket.events_until(lambda frame: frame.get("event") == "task.started")
+        assert alice.http.post(f"/api/tasks/{task['id']}/cancel/").status_code == 202
+        socket.events_until(terminal_for(task["id"]))
+
+    def exited() -> list[str]:
+        return [line for line in worker.log().splitlines() if "exited with 'signal 9 (SIGKILL)'" in line]
+
+    (line,) = wait_for(exited, timeout=15, what="the pool's line about the killed process")
+    assert line.startswith("{"), line
+    assert json.loads(line)["level"] == "ERROR"
+    killing = [line for line in json_lines(worker.log()) if "killing its process" in line["message"]]
+    assert [line.get("task_id") for line in killing] == [task["id"]], killing
+
+
+def test_celerys_time_limit_lines_name_their_task() -> None:
+    task_id = str(uuid.uuid4())
+    record = logging.LogRecord(
+        "celery.worker.request",
+        logging.ERROR,
+        __file__,
+        1,
+        "Hard time limit (%ss) exceeded for %s[%s]",
+        (90, "tasklight.run_task", task_id),
+        None,
+    )
+    logs.ContextFilter().filter(record)
+    assert record.task_id == task_id

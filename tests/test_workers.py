@@ -5,15 +5,18 @@ worker on the shared test database is not counted."""
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
 from workloads.models import Worker
 
+from .proxy import TcpProxy
 from .stack import wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -95,3 +98,36 @@ def test_a_killed_worker_counts_as_gone_once_it_misses_its_reports(private_stack
         what="the About page to list the new worker",
     )
     assert (shown["status"], shown["detail"]) == ("ok", "1 running, 2 pool processes")
+
+
+def test_a_worker_cut_off_from_the_broker_counts_as_gone_until_it_is_back(private_stack) -> None:
+    """It went on reporting itself alive from its housekeeper's thread while
+    its consumer retried the broker: the About page said "1 running" and
+    queued tasks waited."""
+    running = private_stack()
+    with TcpProxy(*broker_address()) as proxy:
+        worker = running.start_worker(concurrency=1, CELERY_BROKER_URL=proxy.url_for(os.environ["CELERY_BROKER_URL"]))
+        wait_for(
+            lambda: workers_part(running.base_url)["pids"] == [worker.popen.pid],
+            timeout=10,
+            what="the About page to list the worker",
+        )
+        proxy.pause()
+        gone = wait_for(
+            lambda: (part := workers_part(running.base_url))["pids"] == [] and part,
+            timeout=15,
+            what="the worker to count as gone",
+        )
+        assert gone["status"] == "down" and gone["detail"].startswith("none seen since"), gone
+        proxy.resume()
+        wait_for(
+            lambda: workers_part(running.base_url)["pids"] == [worker.popen.pid],
+            timeout=60,
+            what="the worker to be listed again once it reconnected",
+        )
+    assert "not reporting this worker alive while it cannot reach the broker" in worker.log()
+
+
+def broker_address() -> tuple[str, int]:
+    target = urlsplit(os.environ["CELERY_BROKER_URL"])
+    return target.hostname or "127.0.0.1", target.port or 5672

@@ -152,6 +152,8 @@ class Worker(models.Model):
     pid = models.PositiveIntegerField()
     queue = models.CharField(max_length=255)  # TASKLIGHT_QUEUE, which it consumes
     concurrency = models.PositiveIntegerField()  # its pool processes
+    # Its RELAY_INTERVAL_SECONDS: how often it reports (the web's may differ).
+    report_seconds = models.FloatField(default=5.0)
     started_at = models.DateTimeField()
     seen_at = models.DateTimeField()
 

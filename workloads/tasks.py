@@ -224,7 +224,10 @@ class CancelWatchdog(threading.Thread):
                 # ignore its cancel and let its lease lapse, and another worker
                 # would run it a second time.
                 logger.warning(
-                    "cancel watchdog of task %s: database unavailable, will look again: %s", watch.task_id, exc
+                    "cancel watchdog of task %s: database unavailable, will look again: %s",
+                    watch.task_id,
+                    exc,
+                    extra={"task_id": watch.task_id},
                 )
                 connection.close()
                 continue
@@ -252,7 +255,13 @@ class CancelWatchdog(threading.Thread):
             # Holding the lock: the task cannot be unwatched, nor another one
             # started, before the kill.
             if self.watched is watch and not self.stopping:
-                logger.warning("task %s %s for %s s: killing its process", watch.task_id, why, grace)
+                logger.warning(
+                    "task %s %s for %s s: killing its process",
+                    watch.task_id,
+                    why,
+                    grace,
+                    extra={"task_id": watch.task_id},  # the watchdog's thread has no task context
+                )
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -266,13 +275,15 @@ class Housekeeper(threading.Thread):
     several workers at once is harmless. Reports the worker alive on each
     round, and gone as it stops (workloads/workers.py)."""
 
-    def __init__(self, *, name: str, concurrency: int) -> None:
+    def __init__(self, *, name: str, concurrency: int, consumer: Any = None) -> None:
         super().__init__(name="tasklight-housekeeper", daemon=True)
         self.stopping = threading.Event()
         self.next_cleanup = time.monotonic()
         self.worker_id = uuid.uuid4()
         self.worker_name = name
         self.concurrency = concurrency
+        self.consumer = consumer
+        self.said_disconnected = False
 
     def run(self) -> None:
         self.report_alive()
@@ -310,7 +321,24 @@ class Housekeeper(threading.Thread):
             logger.warning("workers: could not report this worker stopped (it will count as gone): %s", exc)
         connection.close()
 
+    def consuming(self) -> bool:
+        """Whether the worker's consumer holds a live broker connection. Its
+        attributes only, no I/O: while the consumer reconnects its
+        ``connection`` is None (Celery's Connection bootstep)."""
+        if self.consumer is None:
+            return True  # started by hand, without a consumer to ask
+        connection = getattr(self.consumer, "connection", None)
+        return connection is not None and bool(connection.connected)
+
     def report_alive(self) -> None:
+        # A worker cut off from the broker takes no task: it is not reported,
+        # and the About page counts it gone after three missed reports.
+        if not self.consuming():
+            if not self.said_disconnected:
+                logger.warning("workers: not reporting this worker alive while it cannot reach the broker")
+                self.said_disconnected = True
+            return
+        self.said_disconnected = False
         try:
             workers.report_alive(self.worker_id, name=self.worker_name, pid=os.getpid(), concurrency=self.concurrency)
         except Exception as exc:
@@ -372,6 +400,7 @@ def start_housekeeper(sender: Any = None, **kwargs: Any) -> None:
     _housekeeper = Housekeeper(
         name=getattr(sender, "hostname", "") or socket.gethostname(),
         concurrency=int(getattr(getattr(sender, "controller", None), "concurrency", 0) or 1),
+        consumer=sender,
     )
     _housekeeper.start()
 

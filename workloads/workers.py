@@ -1,6 +1,7 @@
 """Which workers are running: each worker's housekeeper reports it every
-RELAY_INTERVAL_SECONDS (workloads/tasks.py), and the About page reads the
-reports (tasklight/health.py check_workers). Whatever the broker: kombu's SQL
+RELAY_INTERVAL_SECONDS (workloads/tasks.py) while it is connected to the
+broker, and the About page reads the reports (tasklight/health.py
+check_workers). Whatever the broker: kombu's SQL
 transport knows no consumers, and asking the workers over the broker
 (Celery's ``inspect ping``) waits out a timeout for the last answer."""
 
@@ -30,7 +31,14 @@ def report_alive(worker_id: uuid.UUID, *, name: str, pid: int, concurrency: int)
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     Worker.objects.filter(queue=queue, seen_at__lt=now - FORGET_AFTER).delete()
     Worker.objects.create(
-        id=worker_id, name=name, pid=pid, queue=queue, concurrency=concurrency, started_at=now, seen_at=now
+        id=worker_id,
+        name=name,
+        pid=pid,
+        queue=queue,
+        concurrency=concurrency,
+        report_seconds=settings.RELAY_INTERVAL_SECONDS,
+        started_at=now,
+        seen_at=now,
     )
 
 
@@ -48,10 +56,15 @@ class Fleet:
 
 
 def fleet() -> Fleet:
-    window = timedelta(seconds=MISSED_REPORTS * settings.RELAY_INTERVAL_SECONDS)
+    """Each worker is judged by its own report interval, which the process
+    asking need not share."""
     workers = list(Worker.objects.filter(queue=settings.CELERY_TASK_DEFAULT_QUEUE))
-    since = timezone.now() - window
+    now = timezone.now()
     return Fleet(
-        alive=[worker for worker in workers if worker.seen_at >= since],
+        alive=[
+            worker
+            for worker in workers
+            if worker.seen_at >= now - timedelta(seconds=MISSED_REPORTS * worker.report_seconds)
+        ],
         last_seen=max((worker.seen_at for worker in workers), default=None),
     )
