@@ -31,6 +31,12 @@ class PartStatus:
     ok: bool
     detail: str = ""
 
+    @property
+    def kind(self) -> str:
+        """The backend without its host and port: what anyone may be told
+        (/readyz, the About page); staff see ``backend``."""
+        return self.backend.split("://", 1)[0]
+
 
 def _describe(url: str) -> str:
     """The scheme and host of a URL, never its credentials."""

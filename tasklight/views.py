@@ -22,7 +22,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
     body = {
         "status": "ok" if not down else "unavailable",
         "down": down,
-        "parts": [asdict(part) for part in parts],
+        # The backend's kind only: /readyz answers anyone who reaches it.
+        "parts": [{**asdict(part), "backend": part.kind} for part in parts],
     }
     return JsonResponse(body, status=503 if down else 200)
 

@@ -104,7 +104,7 @@ def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
     assert ready["status"] == "ok"
     assert {part["name"]: part["backend"] for part in ready["parts"]} == {
         "database": "sqlite",
-        "broker": "sqla+sqlite://",
+        "broker": "sqla+sqlite",
         "channel_layer": "AIOSQLiteChannelLayer",
     }
     assert {path.name for path in data_dir.iterdir()} >= {"tasklight.sqlite3", "broker.sqlite3", "channels.sqlite3"}

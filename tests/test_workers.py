@@ -8,23 +8,51 @@ from __future__ import annotations
 import os
 import re
 import signal
+import uuid
+from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from django.contrib.auth.models import User
 
 from workloads.models import Worker
 
 from .proxy import TcpProxy
-from .stack import wait_for
+from .stack import PASSWORD, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
 
+_staff_sessions: dict[str, httpx.Client] = {}
+
+
+@pytest.fixture(autouse=True)
+def staff_sessions() -> Iterator[None]:
+    """The workers table is shown to staff only: each test's web process is
+    asked by a staff member signed in once (see workers_part)."""
+    yield
+    for client in _staff_sessions.values():
+        client.close()
+    _staff_sessions.clear()
+
+
+def as_staff(base_url: str) -> httpx.Client:
+    if base_url not in _staff_sessions:
+        username = f"staff-{uuid.uuid4().hex[:8]}"
+        client = httpx.Client(base_url=base_url, timeout=10)
+        # Signed up (and in) by the web process itself, then made staff.
+        assert client.post("/api/auth/signup/", json={"username": username, "password": PASSWORD}).status_code == 201
+        User.objects.filter(username=username).update(is_staff=True)
+        _staff_sessions[base_url] = client
+    return _staff_sessions[base_url]
+
+
 def workers_part(base_url: str) -> dict[str, Any]:
-    """The About page's row for the workers, and the pids of those it lists."""
-    page = httpx.get(f"{base_url}/about/", timeout=10)
+    """The About page's row for the workers, and the pids of those it lists,
+    as a staff member sees it."""
+    page = as_staff(base_url).get("/about/")
     assert page.status_code == 200
     row = re.search(r'<tr data-part="workers">(.*?)</tr>', page.text, re.S)
     assert row, page.text
@@ -52,6 +80,15 @@ def test_the_about_page_shows_a_worker_while_it_runs_and_none_once_it_stopped(pr
     )
     assert shown["status"] == "ok"
     assert shown["detail"] == "1 running, 1 pool process"
+    # Anyone else is told the state, not the machines: no worker names or
+    # pids, no broker host.
+    public = httpx.get(f"{running.base_url}/about/", timeout=10).text
+    assert "1 running, 1 pool process" in public
+    assert 'data-testid="worker"' not in public and str(worker.popen.pid) not in public
+    broker_host = urlsplit(os.environ["CELERY_BROKER_URL"]).netloc.rsplit("@", 1)[-1]
+    assert broker_host in as_staff(running.base_url).get("/about/").text
+    assert broker_host not in public
+    assert broker_host not in httpx.get(f"{running.base_url}/readyz", timeout=10).text
     # Its reports go on: still shown after several of its rounds (1 s here).
     row = Worker.objects.get(pid=worker.popen.pid)
     wait_for(
