@@ -163,6 +163,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("socket of user %s: session not checked, the database is unavailable: %s", self.user_id, exc)
             delay = SESSION_RECHECK_SECONDS
         else:
+            if self.closing or not self.counted:
+                return  # the socket ended during the lookup
             if expires_at is None or expires_at <= timezone.now():
                 await self.close(code=CLOSE_UNAUTHENTICATED)
                 return
