@@ -24,11 +24,13 @@ urlpatterns = [
     path("api/", include("workloads.api_urls")),
     path("api/", include("live.api_urls")),
     path("api/auth/", include("accounts.api_urls")),
-    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    # GET and HEAD only: DRF answers OPTIONS with metadata that these views'
+    # renderers (YAML, HTML) cannot render (a 500 on /api/docs/).
+    path("api/schema/", SpectacularAPIView.as_view(http_method_names=["get", "head"]), name="schema"),
     # Swagger UI's page boots with an inline script: the only page allowed one.
     path(
         "api/docs/",
-        csp_override(SWAGGER_CSP)(SpectacularSwaggerView.as_view(url_name="schema")),
+        csp_override(SWAGGER_CSP)(SpectacularSwaggerView.as_view(url_name="schema", http_method_names=["get", "head"])),
         name="api-docs",
     ),
     path("about/", views.about, name="about"),

@@ -489,3 +489,13 @@ async def test_a_handshake_while_the_database_is_away_is_told_to_try_again(
     assert await socket.receive_output() == {"type": "websocket.close", "code": 1013}
     # No consumer ran to close the connection token_header() opened in its thread.
     await sync_to_async(connections.close_all)()
+
+
+@pytest.mark.parametrize("path", ["/ws", "/ws/x/", "/api/tasks/", "/nope"])
+async def test_a_socket_on_another_path_is_refused_at_the_handshake(alice: User, path: str) -> None:
+    """Channels' router raised for a path it did not know, and uvicorn
+    answered the handshake with a 500 (an ERROR line each time)."""
+    communicator = WebsocketCommunicator(application, path, headers=[await sync_to_async(token_header)(alice)])
+    connected, _code = await communicator.connect(timeout=5)
+    assert connected is False  # closed before being accepted: uvicorn answers 403
+    await sync_to_async(connections.close_all)()

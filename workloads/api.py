@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -120,6 +121,9 @@ def accepted(task: Task) -> Response:
     return Response(task.as_json(), status=status.HTTP_202_ACCEPTED, headers={"Location": location})
 
 
+MAX_UTC_OFFSET = timedelta(hours=15, minutes=59)
+
+
 class NewestFirst(CursorPagination):
     ordering = ("-created_at", "-id")
     cursor_query_param = "cursor"
@@ -132,8 +136,12 @@ class NewestFirst(CursorPagination):
         checked here too, or a forged one fails the query (a 500)."""
         try:
             cursor = super().decode_cursor(request)
-            if cursor is not None and cursor.position is not None and parse_datetime(str(cursor.position)) is None:
-                raise ValueError(cursor.position)
+            if cursor is not None and cursor.position is not None:
+                position = parse_datetime(str(cursor.position))
+                # PostgreSQL takes offsets up to 15:59; Python up to 23:59.
+                offset = position.utcoffset() if position is not None else None
+                if position is None or (offset is not None and abs(offset) > MAX_UTC_OFFSET):
+                    raise ValueError(cursor.position)
         except Exception:
             raise ValidationError({"cursor": ["The cursor is not valid."]}) from None
         return cursor
