@@ -112,3 +112,23 @@ class PlainFormatter(logging.Formatter):
         ]
         record.context = f" [{' '.join(ids)}]" if ids else ""
         return super().format(record)
+
+
+class ClientNoiseFilter(logging.Filter):
+    """Lines any client can cause at will are warnings, not errors: an ERROR
+    should mean something is wrong with the service. Django's bad-Host line
+    (a scanner's request) and uvicorn's invalid UTF-8 in a WebSocket text
+    frame (the socket is closed with 1007, as it should be; its traceback
+    says nothing about us) come down to WARNING, without the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and _client_noise(record):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _client_noise(record: logging.LogRecord) -> bool:
+    if record.name == "django.security.DisallowedHost":
+        return True
+    return record.name == "uvicorn.error" and str(record.msg).startswith("Invalid UTF-8 sequence received from client")

@@ -449,12 +449,17 @@ LOG_LEVEL = log_level("LOG_LEVEL", default="INFO")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"context": {"()": "tasklight.logs.ContextFilter"}},
+    "filters": {
+        "context": {"()": "tasklight.logs.ContextFilter"},
+        "client_noise": {"()": "tasklight.logs.ClientNoiseFilter"},
+    },
     "formatters": {
         "plain": {"()": "tasklight.logs.PlainFormatter"},
         "json": {"()": "tasklight.logs.JsonFormatter"},
     },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context", "client_noise"]}
+    },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {
         # uvicorn's own lines in the same format, through the same handler, at

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import uuid
 from typing import Any
 
@@ -164,3 +165,29 @@ def test_celerys_time_limit_lines_name_their_task() -> None:
     )
     logs.ContextFilter().filter(record)
     assert record.task_id == task_id
+
+
+@pytest.mark.parametrize(
+    ("logger", "message"),
+    [
+        ("django.security.DisallowedHost", "Invalid HTTP_HOST header: 'scanner.example'."),
+        ("uvicorn.error", "Invalid UTF-8 sequence received from client."),
+    ],
+)
+def test_lines_any_client_can_cause_are_warnings(logger: str, message: str) -> None:
+    """A scanner's bad Host header, a socket's broken text frame: ERROR lines
+    (the second with uvicorn's traceback) that anyone could fill a log and
+    its alerts with."""
+    try:
+        raise UnicodeDecodeError("utf-8", b"\\xc3", 0, 1, "unexpected end of data")
+    except UnicodeDecodeError:
+        record = logging.LogRecord(logger, logging.ERROR, __file__, 1, message, None, sys.exc_info())
+    logs.ClientNoiseFilter().filter(record)
+    parsed = json.loads(logs.JsonFormatter().format(record))
+    assert parsed["level"] == "WARNING" and "exc_info" not in parsed
+
+
+def test_other_errors_stay_errors() -> None:
+    record = logging.LogRecord("django.request", logging.ERROR, __file__, 1, "Internal Server Error: /", None, None)
+    logs.ClientNoiseFilter().filter(record)
+    assert record.levelname == "ERROR"
