@@ -17,12 +17,16 @@ from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 from rest_framework.authtoken.models import Token
 
+from tasklight.asgi_handler import call_after_response
+
 from .events import ANY_SESSION, signed_out, user_group
 from .publisher import publisher
 
 
 def _tell_sockets(user_id: int, message: dict[str, Any]) -> None:
-    transaction.on_commit(lambda: publisher.push(user_group(user_id), message))
+    # After the commit, and after the response of the request that made the
+    # change (its new session cookie first: tasklight/asgi_handler.py).
+    transaction.on_commit(lambda: call_after_response(lambda: publisher.push(user_group(user_id), message)))
 
 
 def session_ended(*, user_id: int, session_key: str) -> None:

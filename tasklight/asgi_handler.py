@@ -28,8 +28,10 @@ database connections and transactions behave as under Django's handler.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
+from contextvars import ContextVar
 from typing import IO, Any
 
 from asgiref.sync import ThreadSensitiveContext, sync_to_async
@@ -44,6 +46,28 @@ from django.urls import set_script_prefix
 # Idle request threads kept for reuse; a burst above this starts more, which
 # are shut down when it ends.
 IDLE_THREADS_KEPT = 64
+
+# Callbacks to run once the current request's response has been sent.
+_after_response: ContextVar[list[Callable[[], None]] | None] = ContextVar("tasklight_after_response", default=None)
+
+
+def call_after_response(callback: Callable[[], None]) -> None:
+    """Runs ``callback`` once the response to the request being handled has
+    been sent (in the request's thread), or at once outside such a request.
+    What a response's cookie must reach the browser before: a log-in as
+    another user closes the first user's sockets, whose pages reload at
+    once; reloading with the old cookie, before the new one arrived, signed
+    the browser out again (the anonymous page deletes the cookie)."""
+    pending = _after_response.get()
+    if pending is None:
+        callback()
+    else:
+        pending.append(callback)
+
+
+def _run_all(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 class BodyRead:
@@ -102,12 +126,19 @@ class SyncChainASGIHandler(ASGIHandler):
         except RequestAborted:
             return
         scope = read.with_content_length(scope)
-        with closing(body_file):
-            set_script_prefix(get_script_prefix(scope))
-            response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
-            await self.send_response(response, send)
-            if response.streaming:
-                await sync_to_async(response.close, thread_sensitive=True)()
+        pending: list[Callable[[], None]] = []
+        token = _after_response.set(pending)  # the request's thread sees the same list
+        try:
+            with closing(body_file):
+                set_script_prefix(get_script_prefix(scope))
+                response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+                await self.send_response(response, send)
+                if response.streaming:
+                    await sync_to_async(response.close, thread_sensitive=True)()
+        finally:
+            _after_response.reset(token)
+            if pending:
+                await sync_to_async(_run_all, thread_sensitive=True)(pending)
 
     def respond(self, scope: dict[str, Any], body_file: IO[bytes]) -> HttpResponseBase:
         """In the request's thread, what Django's WSGI handler does."""
