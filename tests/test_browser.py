@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import httpx
 import pytest
 from django.utils import timezone
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
@@ -392,3 +393,54 @@ def test_the_older_tasks_button_is_not_shown_without_older_tasks(stack: Any, pag
     page.goto(stack.base_url + "/signup/")
     sign_up(page)
     expect(page.get_by_test_id("older-tasks")).to_be_hidden()
+
+
+def test_a_log_in_as_another_user_in_another_tab_leaves_both_tabs_as_that_user(stack: Any, browser: Browser) -> None:
+    """The first user's tab is told (4401) after the log-in's answer, with
+    its new cookie, has reached the browser: it reloads as the second user.
+    Told before, it reloaded with the old cookie, and the anonymous page's
+    answer deleted the new one: the second log-in was undone."""
+    second_user = Account.sign_up(stack.base_url).username
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    first, second = context.new_page(), context.new_page()
+    first.goto(stack.base_url + "/signup/")
+    first_user = sign_up(first)
+    expect(first.get_by_test_id("connection-status")).to_have_text("connected")
+    second.goto(stack.base_url + "/about/")
+    response = second.request.post(
+        stack.base_url + "/api/auth/login/", data={"username": second_user, "password": PASSWORD}
+    )
+    assert response.status == 200, response.text()
+    expect(first.get_by_test_id("nav-username")).to_have_text(second_user, timeout=20_000)
+    expect(first.get_by_test_id("connection-status")).to_have_text("connected")
+    assert first_user not in first.content()
+    third = context.new_page()  # the browser is still signed in, as the second user
+    third.goto(stack.base_url + "/")
+    expect(third.get_by_test_id("nav-username")).to_have_text(second_user)
+    context.close()
+
+
+def test_a_socket_reopened_with_another_users_cookie_reloads_the_page_as_them(private_stack, browser: Browser) -> None:
+    """While a page's socket is down, another user signs in in this browser
+    (the first user's session lives on, so nobody is told): the reopened
+    socket says hello as the second user. The page took it for its own and
+    merged their tasks, bell and toasts into the first user's page."""
+    running = private_stack()
+    second = Account.sign_up(running.base_url)
+    second_session = httpx.Client(base_url=running.base_url, timeout=10)
+    assert second_session.post("/api/auth/login/", json={"username": second.username, "password": PASSWORD}).is_success
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    try:
+        page = context.new_page()
+        page.goto(running.base_url + "/signup/")
+        first_user = sign_up(page)
+        expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+        context.add_cookies(
+            [{"name": "sessionid", "value": second_session.cookies["sessionid"], "url": running.base_url}]
+        )
+        running.restart_web()  # the socket drops and reopens with the cookie the browser has now
+        expect(page.get_by_test_id("nav-username")).to_have_text(second.username, timeout=30_000)
+        expect(page.get_by_test_id("connection-status")).to_have_text("connected", timeout=30_000)
+        assert first_user not in page.content()
+    finally:
+        context.close()

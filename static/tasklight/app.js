@@ -1119,7 +1119,12 @@
       if (close.code === CLOSE_UNAUTHENTICATED) {
         stopped = true;
         setConnection('signed-out', 'signed out');
-        reloadSignedOut();
+        // Told after a hello: the credential this page was opened with has
+        // ended (log-out, another user's log-in, a new password): always
+        // reload, or the page would go on showing, and queueing as, whoever
+        // it was. Refused before any hello: once a minute at most.
+        if (everConnected) location.reload();
+        else reloadSignedOut();
         return;
       }
       scheduleReconnect();
@@ -1127,10 +1132,11 @@
     ws.onerror = function () { /* a close event follows */ };
   }
 
-  // The session ended (a log-out in another tab, say): the page, its form
-  // and its name in the bar are stale. Reloaded, it shows whoever is signed
-  // in now, or the log-in links. Once a minute at most, in case the socket
-  // is refused while pages are not (a proxy dropping cookies on WebSockets).
+  // The socket was refused before it ever said hello: the page, its form
+  // and its name in the bar may be stale. Reloaded, it shows whoever is
+  // signed in now, or the log-in links. Once a minute at most, in case the
+  // socket is refused while pages are not (a proxy dropping cookies on
+  // WebSockets), which would otherwise reload for ever.
   function reloadSignedOut() {
     var key = 'tasklight.reloadedSignedOut';
     var last = 0;
@@ -1188,6 +1194,17 @@
   }
 
   function onHello(frame) {
+    // A socket reopened after a drop carries whatever session cookie the
+    // browser has now: another user may have signed in meanwhile (another
+    // tab). This page shows someone else: reload it as that user, before
+    // anything of theirs is merged into it.
+    var shownUser = document.body.getAttribute('data-username');
+    if (shownUser !== null && typeof frame.user === 'string' && frame.user !== shownUser) {
+      stopped = true;
+      if (socket) { socket.onclose = null; try { socket.close(); } catch (err) { /* closed */ } }
+      location.reload();
+      return;
+    }
     attempt = 0;
     everConnected = true;
     setConnection('connected');
