@@ -4,6 +4,8 @@ holds an API token, never the token itself."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as DjangoUserAdmin
 from django.contrib.auth.models import User
@@ -28,6 +30,25 @@ class UserAdmin(LargeTableAdminMixin, DjangoUserAdmin):
     list_filter = ("is_active", "is_staff", "is_superuser", "date_joined", "last_login")
     search_fields = ("username", "email")
 
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[Any, ...]:
+        """Django's list of what goes with the user names their token by its
+        text, which is DRF's key: not shown."""
+        to_delete, *rest = super().get_deleted_objects(objs, request)
+        keys = set(Token.objects.filter(user__in=[user.pk for user in objs]).values_list("key", flat=True))
+        return (_without_keys(to_delete, keys), *rest)
+
+
+def _without_keys(items: list[Any], keys: set[str]) -> list[Any]:
+    shown: list[Any] = []
+    for item in items:
+        if isinstance(item, list):
+            shown.append(_without_keys(item, keys))
+        elif any(key in str(item) for key in keys):
+            shown.append("API token (not shown)")
+        else:
+            shown.append(item)
+    return shown
+
 
 # DRF's own token admin lists every key: any staff member allowed to look
 # could then act as any user through the API.
@@ -44,6 +65,18 @@ class ApiTokenAdmin(DrfTokenAdmin):
     fields = ("user", "created")
     readonly_fields = ("user", "created")
     list_select_related = ("user",)
+
+    def lookup_allowed(self, lookup: str, value: str, request: HttpRequest) -> bool:
+        # ?key__startswith=a answered whether a key begins so: one character
+        # at a time, any key could be read off the row count.
+        if lookup == "key" or lookup.startswith("key__"):
+            return False
+        return super().lookup_allowed(lookup, value, request)
+
+    def response_delete(self, request: HttpRequest, obj_display: str, obj_id: Any) -> Any:
+        # Django names the object deleted by its primary key, the key itself,
+        # in the pop-up window's answer.
+        return super().response_delete(request, obj_display, "")  # type: ignore[arg-type]  # any text
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False

@@ -244,3 +244,19 @@ def test_deleting_a_token_in_the_admin_revokes_it_at_once(admin_client: Client, 
     assert response.status_code == 302, response.content[:500]
     assert not Token.objects.filter(user=alice).exists()
     assert api.get("/api/auth/me/").status_code == 401
+
+
+@pytest.mark.django_db
+def test_no_admin_page_gives_a_token_key_away(admin_client: Client, alice: User) -> None:
+    """A filter on the key answered whether it began with given letters (any
+    key could be read off the row count); the user's delete page listed the
+    token by its key; the pop-up delete answer named it."""
+    key = Token.objects.create(user=alice).key
+    assert admin_client.get(TOKENS, {"key__startswith": key[:1]}).status_code == 400
+    assert admin_client.get(TOKENS, {"key": key}).status_code == 400
+    confirm = admin_client.get(f"{USERS}{alice.pk}/delete/")
+    assert confirm.status_code == 200 and key not in confirm.content.decode()
+    assert "API token (not shown)" in confirm.content.decode()
+    popup = admin_client.post(f"{TOKENS}{alice.pk}/delete/?_popup=1", {"post": "yes", "_popup": "1"})
+    assert popup.status_code == 200 and key not in popup.content.decode()
+    assert not Token.objects.filter(user=alice).exists()
