@@ -46,6 +46,19 @@ def running_task(owner: User) -> Task:
     )
 
 
+def watched_past_its_first_poll(owner: User, watchdog: CancelWatchdog) -> tuple[Task, threading.Event]:
+    """A running task the watchdog follows, once it has renewed its lease."""
+    task = running_task(owner)
+    cancel = threading.Event()
+    watchdog.watch(str(task.id), cancel)
+    wait_for(
+        lambda: Task.objects.get(pk=task.pk).heartbeat_at > task.heartbeat_at,
+        timeout=10,
+        what="the watchdog's first poll",
+    )
+    return task, cancel
+
+
 def test_one_thread_renews_the_lease_and_passes_on_the_cancel_of_each_task_in_turn(
     alice: User, watchdog: CancelWatchdog
 ) -> None:
@@ -84,14 +97,7 @@ def test_a_broken_database_connection_does_not_end_the_watch(alice: User, watchd
     """PostgreSQL restarted, or the watchdog's backend ended: it follows the
     task on a new connection. It gave up before, so the cancel was ignored
     and the lease lapsed while the task ran (then another worker ran it too)."""
-    task = running_task(alice)
-    cancel = threading.Event()
-    watchdog.watch(str(task.id), cancel)
-    wait_for(
-        lambda: Task.objects.get(pk=task.pk).heartbeat_at > task.heartbeat_at,
-        timeout=10,
-        what="the watchdog's first poll",
-    )
+    task, cancel = watched_past_its_first_poll(alice, watchdog)
     with connection.cursor() as cursor:  # this process's other connections: the watchdog's
         cursor.execute(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
@@ -112,14 +118,7 @@ def test_a_task_deleted_with_its_owners_account_is_told_to_stop(alice: User, wat
     """Deleting a user deletes their tasks; one running went on to its end
     (a `simulate` of an hour held its pool process for an hour), since its
     lease found no row to renew and no cancel in it."""
-    task = running_task(alice)
-    cancel = threading.Event()
-    watchdog.watch(str(task.id), cancel)
-    wait_for(
-        lambda: Task.objects.get(pk=task.pk).heartbeat_at > task.heartbeat_at,
-        timeout=10,
-        what="the watchdog's first poll",
-    )
+    task, cancel = watched_past_its_first_poll(alice, watchdog)
     assert not cancel.is_set()
     alice.delete()
     assert not Task.objects.filter(pk=task.pk).exists()
