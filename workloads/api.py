@@ -8,8 +8,6 @@ from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import User
-from django.db import IntegrityError
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.utils.dateparse import parse_datetime
@@ -199,12 +197,9 @@ class TaskListView(APIView):
             ) from None
         except UnknownWorkload:
             raise ValidationError({"kind": [f"There is no workload named {kind!r}."]}) from None
-        except IntegrityError:
-            # The account was deleted while this request ran (its credentials
-            # were read before): its task has no owner to belong to.
-            if not User.objects.filter(pk=request.user.pk or 0).exists():
-                raise AuthenticationFailed("This account no longer exists.") from None
-            raise
+        except services.OwnerGone:
+            # Deleted while this request ran (its credentials were read before).
+            raise AuthenticationFailed("This account no longer exists.") from None
         except InvalidParams as exc:
             raise ValidationError(
                 {f"params.{name}" if name != "params" else name: messages for name, messages in exc.fields.items()}

@@ -45,6 +45,11 @@ class IdempotencyMismatch(Exception):
     """An Idempotency-Key reused with a different request (the API's 422)."""
 
 
+class OwnerGone(IntegrityError):
+    """The owner's account is not in the database (deleted while the task
+    was being made: the API's 401); the insert failed on the missing owner."""
+
+
 class OwnerAtCapacity(Exception):
     """The owner already has MAX_RUNNING_TASKS_PER_USER tasks running."""
 
@@ -64,9 +69,24 @@ def create_task(
     With an ``idempotency_key``, a repeat of the same request by the same
     owner within 24 h returns the task the first one created; the same key
     with other parameters raises IdempotencyMismatch. Raises UnknownWorkload
-    or InvalidParams; nothing is stored then.
+    or InvalidParams, and OwnerGone; nothing is stored then.
     """
     normalised = get_workload(kind).normalise(params)
+    try:
+        return _create_task(owner, kind, normalised, idempotency_key, retry_of)
+    except IntegrityError:
+        if not _exists(owner):
+            raise OwnerGone from None
+        raise
+
+
+def _exists(owner: User) -> bool:
+    return type(owner).objects.filter(pk=owner.pk).exists()
+
+
+def _create_task(
+    owner: User, kind: str, normalised: dict[str, Any], idempotency_key: str | None, retry_of: Task | None
+) -> Task:
     if idempotency_key is None:
         if one_statement_possible():
             return _create_in_one_statement(owner, kind, normalised, retry_of)
@@ -96,8 +116,8 @@ def create_task(
                 IdempotencyKey.objects.create(owner=owner, key=idempotency_key, fingerprint=fingerprint, task=task)
                 return task
         except IntegrityError:
-            if not type(owner).objects.filter(pk=owner.pk).exists():
-                raise  # not a concurrent key: the owner was deleted meanwhile
+            if not _exists(owner):
+                raise OwnerGone from None  # not a concurrent key: the owner was deleted meanwhile
             continue
     raise RuntimeError(f"could not settle Idempotency-Key {idempotency_key!r}")
 
