@@ -85,18 +85,11 @@ class TaskAdmin(ReadOnlyAdmin):
     def cancel_selected(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         """A queued task ends at once; a running one is asked to stop and its
         worker ends it, with the same events the owner's cancel sends."""
-        cancelled = asked = 0
-        active = queryset.filter(status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING]).select_related("owner")
-        for task in active.iterator():
-            try:
-                outcome = services.cancel_task(task_id=task.pk, owner=task.owner)
-            except services.TaskConflict:
-                continue  # it finished meanwhile
-            if outcome.status == TaskStatus.CANCELLED:
-                cancelled += 1
-            else:
-                asked += 1
+        changed = services.cancel_active(queryset)
+        for task in changed:
             self.log_change(request, task, "Cancelled from the admin.")
+        cancelled = sum(task.status == TaskStatus.CANCELLED for task in changed)
+        asked = len(changed) - cancelled
         if cancelled or asked:
             self.message_user(
                 request,

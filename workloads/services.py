@@ -581,21 +581,18 @@ def cancel_task(*, task_id: uuid.UUID | str, owner: User) -> Task:
         return task
 
 
-def cancel_all(*, owner: User) -> tuple[int, int]:
-    """Cancels every task of ``owner`` that is queued or running, as their
-    own cancel would; (cancelled at once, asked to stop)."""
-    cancelled = asked = 0
-    active = Task.objects.filter(owner=owner, status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING])
-    for task_id in active.values_list("pk", flat=True):
+def cancel_active(tasks: QuerySet[Task]) -> list[Task]:
+    """Cancels each of ``tasks`` that is queued or running, as its owner's
+    cancel would (the admin's action, a deactivated account); the tasks as
+    they are after it: ``cancelled``, or running and asked to stop. One that
+    finished meanwhile is left out."""
+    changed = []
+    for task in tasks.filter(status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING]).select_related("owner").iterator():
         try:
-            outcome = cancel_task(task_id=task_id, owner=owner)
+            changed.append(cancel_task(task_id=task.pk, owner=task.owner))
         except (TaskConflict, Task.DoesNotExist):
             continue  # it finished meanwhile
-        if outcome.status == TaskStatus.CANCELLED:
-            cancelled += 1
-        else:
-            asked += 1
-    return cancelled, asked
+    return changed
 
 
 def retry_task(*, task_id: uuid.UUID | str, owner: User) -> Task:

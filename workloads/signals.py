@@ -14,6 +14,7 @@ from django.db.models.signals import post_save
 from django.dispatch import receiver
 
 from . import services
+from .models import Task
 
 logger = logging.getLogger(__name__)
 
@@ -24,13 +25,10 @@ def _stop_the_work_of_a_deactivated_user(sender: Any, instance: User, created: b
         return
 
     def cancel() -> None:
-        cancelled, asked = services.cancel_all(owner=instance)
-        if cancelled or asked:
+        changed = services.cancel_active(Task.objects.filter(owner=instance))
+        if changed:
             logger.info(
-                "user %s deactivated: %s queued task(s) cancelled, %s running asked to stop",
-                instance.pk,
-                cancelled,
-                asked,
+                "user %s deactivated: %d of their task(s) cancelled or asked to stop", instance.pk, len(changed)
             )
 
     transaction.on_commit(cancel)
