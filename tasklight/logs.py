@@ -62,11 +62,12 @@ class ContextFilter(logging.Filter):
                     setattr(record, name, value)
         if getattr(record, "task_id", None) is None and record.name.startswith("celery."):
             # Celery's "received" line, in the worker's main process, names the task in its data;
-            # its time limit lines in their text, as name[id].
+            # its time limit lines (warnings and errors) in their text, as name[id]:
+            # not every task's "succeeded" line, whose message would be formatted twice.
             data = getattr(record, "data", None)
             if isinstance(data, dict) and isinstance(data.get("id"), str):
                 record.task_id = data["id"]
-            elif found := _TASK_IN_TEXT.search(_message(record)):
+            elif record.levelno >= logging.WARNING and (found := _TASK_IN_TEXT.search(_message(record))):
                 record.task_id = found.group(1)
         if getattr(record, "request_id", None) is None:
             # django.request's line for a 4xx or 5xx, written outside the

@@ -292,14 +292,14 @@ class WorkerMetricsServer:
         self.server: Any = None
 
     def start(self) -> None:
-        port = os.environ.get("WORKER_METRICS_PORT")
-        if not port or "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        port = settings.WORKER_METRICS_PORT  # checked as the settings load
+        if port is None or "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
             return
         host = os.environ.get("WORKER_METRICS_HOST", "127.0.0.1")
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         try:
-            self.server, _ = start_http_server(int(port), addr=host, registry=registry)
+            self.server, _ = start_http_server(port, addr=host, registry=registry)
         except OSError as exc:
             # Another worker on this machine has the port: the worker still runs.
             logger.error("worker metrics: cannot listen on %s:%s: %s", host, port, exc)
