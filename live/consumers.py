@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 from channels.consumer import get_handler_name
@@ -140,37 +141,40 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.channel_layer.group_add(self.group, self.channel_name)
         await self.accept()
         try:
-            self.last_sent_id, inbox = await database_sync_to_async(services.hello_state)(user.id)
+            hello = await database_sync_to_async(services.hello_state)(user.id, self.session_key)
         except DATABASE_DOWN as exc:
             logger.warning("socket of user %s: no hello, the database is unavailable: %s", user.id, exc)
             await self.close(code=CLOSE_TRY_AGAIN)
             return
-        self.sent_after = self.last_sent_id
-        await self.send_json({"type": "hello", "user": user.username, "last_event_id": self.last_sent_id, **inbox})
+        self.last_sent_id = self.sent_after = hello.last_event_id
+        frame = {"type": "hello", "user": user.username, "last_event_id": hello.last_event_id, **hello.inbox}
+        await self.send_json(frame)
         if self.session_key is not None:
-            await self.watch_session()
+            await self.follow_session(hello.session_expires_at)
 
     async def watch_session(self) -> None:
-        """Closes a session's socket with 4401 once its session has expired
-        or is gone (a log-out tells the socket at once: live/signals.py; an
-        expiry tells nobody). Looked up again when due: a session saved
-        meanwhile lasts longer, and the socket with it."""
+        """Looks the session's expiry up again when it is due: a session
+        saved meanwhile lasts longer, and the socket with it."""
         assert self.session_key is not None
-        delay: float
         try:
             expires_at = await database_sync_to_async(services.session_expires_at)(self.session_key)
         except DATABASE_DOWN as exc:
             logger.warning("socket of user %s: session not checked, the database is unavailable: %s", self.user_id, exc)
-            delay = SESSION_RECHECK_SECONDS
-        else:
-            if self.closing or not self.counted:
-                return  # the socket ended during the lookup
-            if expires_at is None or expires_at <= timezone.now():
-                await self.close(code=CLOSE_UNAUTHENTICATED)
-                return
-            delay = (expires_at - timezone.now()).total_seconds() + 1
-        if self.closing or not self.counted:
+            if not (self.closing or not self.counted):
+                self.session_timer = asyncio.get_running_loop().call_later(SESSION_RECHECK_SECONDS, self.session_due)
             return
+        await self.follow_session(expires_at)
+
+    async def follow_session(self, expires_at: datetime | None) -> None:
+        """Closes a session's socket with 4401 once its session has expired
+        or is gone (a log-out tells the socket at once: live/signals.py; an
+        expiry tells nobody), else sets its timer for the expiry."""
+        if self.closing or not self.counted:
+            return  # the socket ended during the lookup
+        if expires_at is None or expires_at <= timezone.now():
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        delay = (expires_at - timezone.now()).total_seconds() + 1
         self.session_timer = asyncio.get_running_loop().call_later(delay, self.session_due)
 
     def session_due(self) -> None:

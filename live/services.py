@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from django.conf import settings
 from django.contrib.sessions.models import Session
@@ -201,11 +201,23 @@ def inbox_state(user_id: int, read_up_to: int | None = None) -> InboxState:
     return {"unread": unread, "read_up_to": read_up_to}
 
 
-def hello_state(user_id: int) -> tuple[int, InboxState]:
-    """What a new socket is told: the newest event id and the inbox."""
+class HelloState(NamedTuple):
+    """What a new socket is told, and when its session ends."""
+
+    last_event_id: int
+    inbox: InboxState
+    # The session's expiry (None: gone); only looked up for a session's socket.
+    session_expires_at: datetime | None
+
+
+def hello_state(user_id: int, session_key: str | None = None) -> HelloState:
+    """What a new socket is told (the newest event id and the inbox) and, for
+    a session's socket, when its session ends: one trip to the database
+    thread for both."""
     row = EventStream.objects.filter(user_id=user_id).values_list("last_event_id", "read_up_to").first()
     newest, read_up_to = row or (0, 0)
-    return newest, inbox_state(user_id, read_up_to)
+    expires_at = session_expires_at(session_key) if session_key is not None else None
+    return HelloState(newest, inbox_state(user_id, read_up_to), expires_at)
 
 
 def session_expires_at(session_key: str) -> datetime | None:
