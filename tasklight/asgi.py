@@ -28,12 +28,16 @@ from django.urls import get_resolver  # noqa: E402
 
 from live.auth import BrowserOriginValidator, WebSocketAuthMiddleware  # noqa: E402
 from live.routing import websocket_urlpatterns  # noqa: E402
+from tasklight.middleware import RequestIdASGIMiddleware  # noqa: E402
 
-application = ProtocolTypeRouter(
-    {
-        "http": django_application,
-        "websocket": BrowserOriginValidator(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))),  # type: ignore[arg-type]
-    }
+# The request's id around all of it, uvicorn's access line included (tasklight/middleware.py).
+application = RequestIdASGIMiddleware(
+    ProtocolTypeRouter(
+        {
+            "http": django_application,
+            "websocket": BrowserOriginValidator(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))),  # type: ignore[arg-type]
+        }
+    )
 )
 
 # Everything loaded by now, the URL conf and the views it imports included,

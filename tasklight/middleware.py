@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -14,16 +15,40 @@ from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, error_body, not_found
 logger = logging.getLogger(__name__)
 
 
+class RequestIdASGIMiddleware:
+    """Gives each HTTP request and WebSocket its id (``RequestIdMiddleware``
+    below) around the whole ASGI call, where uvicorn writes its access line
+    for the request (``uvicorn.access``, as the response starts) and for a
+    socket's handshake (``uvicorn.error``): through the context, those lines
+    carry the id too. A socket's every line while it is open carries its
+    handshake's id."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        # As Django reads it: repeated headers joined by commas (then not a sane id).
+        sent = b",".join(value for name, value in scope.get("headers", ()) if name == b"x-request-id")
+        token = logs.request_id.set(logs.request_id_from(sent.decode("latin-1")))
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            logs.request_id.reset(token)
+
+
 class RequestIdMiddleware:
     """Gives each request an id: the caller's ``X-Request-ID`` when it is a
-    sane one (a proxy's, say), else a new one. Every log line written while
+    sane one (a proxy's, say), else a new one; under ASGI, the one
+    ``RequestIdASGIMiddleware`` gave it already. Every log line written while
     handling the request carries it, and the response echoes it."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        request_id = logs.request_id_from(request.headers.get("X-Request-ID"))
+        request_id = logs.request_id.get() or logs.request_id_from(request.headers.get("X-Request-ID"))
         # Also on the request: Django logs a 4xx/5xx after this returns.
         request.META[logs.REQUEST_ID_META_KEY] = request_id
         token = logs.request_id.set(request_id)

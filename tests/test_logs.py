@@ -9,8 +9,10 @@ import sys
 import uuid
 from typing import Any
 
+import httpx
 import pytest
 from django.test import Client
+from websockets.sync.client import connect
 
 from tasklight import logs
 
@@ -125,6 +127,51 @@ def test_one_task_can_be_followed_from_the_api_through_the_worker_to_the_socket(
     assert any(line.get("outcome") == "succeeded" for line in ran if line["message"] == "task ended")
     assert any("received" in message for message in messages), messages
     assert all(line["level"] in ("INFO", "DEBUG") for line in ran), ran
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_each_access_line_carries_the_request_id_the_response_echoes(private_stack: Any) -> None:
+    """uvicorn writes the access line of a request (and of a WebSocket
+    handshake) outside Django's middleware, where the request's id was set:
+    it carried none, and could not be joined to the request's other lines."""
+    running = private_stack(LOG_FORMAT="json")
+    alice = Account.sign_up(running.base_url)
+    probe = uuid.uuid4().hex
+    http = httpx.Client(base_url=running.base_url, timeout=10)
+    responses = {
+        f"/healthz?probe={probe}": http.get(f"/healthz?probe={probe}"),
+        f"/api/tasks/?probe={probe}": http.get(f"/api/tasks/?probe={probe}", headers={"X-Request-ID": f"edge-{probe}"}),
+        f"/nowhere/?probe={probe}": http.get(f"/nowhere/?probe={probe}"),
+    }
+    assert [response.status_code for response in responses.values()] == [200, 401, 404]
+    assert responses[f"/api/tasks/?probe={probe}"].headers["X-Request-ID"] == f"edge-{probe}"
+
+    def access_lines() -> dict[str, dict[str, Any]]:
+        found = {}
+        for line in json_lines(running.web.log()):
+            for path in responses:
+                if line["logger"] == "uvicorn.access" and f" {path} HTTP/1.1" in line["message"]:
+                    found[path] = line
+        return found if len(found) == len(responses) else {}
+
+    lines = wait_for(access_lines, timeout=10, what="an access line for each request")
+    for path, response in responses.items():
+        assert lines[path].get("request_id") == response.headers["X-Request-ID"], (path, lines[path])
+
+    # A WebSocket's handshake: its line carries the id its client sent.
+    url = running.base_url.replace("http", "ws", 1) + f"/ws/?probe={probe}"
+    headers = {"Authorization": f"Token {alice.token}", "X-Request-ID": f"socket-{probe}"}
+    with connect(url, additional_headers=headers, open_timeout=10) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+
+    def handshake_line() -> dict[str, Any] | None:
+        for line in json_lines(running.web.log()):
+            if f'"WebSocket /ws/?probe={probe}" [accepted]' in line["message"]:
+                return line
+        return None
+
+    assert wait_for(handshake_line, timeout=10, what="the handshake's line").get("request_id") == f"socket-{probe}"
 
 
 @pytest.mark.stack
