@@ -52,3 +52,34 @@ def test_every_metric_the_dashboard_asks_for_is_exported() -> None:
 
 def family(name: str) -> str:
     return re.sub(r"_(total|bucket|sum|count)$", "", name)
+
+
+def web_only_names() -> set[str]:
+    """What only a web process's /metrics serves (docs/observability.md): a
+    worker's endpoint serves every family of tasklight.metrics too, the
+    unlabelled ones at zero."""
+    names: set[str] = set()
+    for collector in (metrics.TaskStateCollector(), metrics.gc_pauses):
+        for family in collector.describe():
+            names.update(family.name + suffix for suffix in SUFFIXES[family.type])
+    return names
+
+
+def test_a_query_per_process_draws_only_web_processes() -> None:
+    """The open sockets per instance also drew a flat 0 line for each worker's
+    metrics endpoint, which serves the web's unlabelled gauge at zero."""
+    web_only = web_only_names()
+    assert "tasklight_gc_longest_pause_seconds" in web_only
+    dashboard = json.loads(DASHBOARD.read_text())
+    per_instance = [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        if re.search(r"\bby \([^)]*\binstance\b", target["expr"])
+    ]
+    assert any("tasklight_open_sockets" in expr for _, expr in per_instance)
+    for title, expr in per_instance:
+        if set(re.findall(r"\btasklight_[a-z_]+", expr)) <= web_only:
+            continue
+        joined = re.findall(r"\band on \(job, instance\) (tasklight_[a-z_]+)", expr)
+        assert set(joined) & web_only, f"{title}: {expr} draws each worker too"
