@@ -46,6 +46,9 @@ def _describe(url: str) -> str:
 
 
 def check_database() -> PartStatus:
+    """For /readyz, the About page and a /metrics scrape (before it counts
+    tasks): their warnings say only what is down; the line's request_id
+    joins it to the access line of the request that asked."""
     backend = connection.vendor
     # The web process's pool would wait its own timeout (10 s) for a
     # connection; a probe must answer sooner. The pool checks each connection
@@ -63,7 +66,7 @@ def check_database() -> PartStatus:
             return PartStatus("database", backend, False, "migrations not applied: run the release step (migrate_all)")
         return PartStatus("database", backend, True)
     except Exception as exc:
-        logger.warning("readiness: database unreachable: %s", exc)
+        logger.warning("database unreachable: %s", exc)
         return PartStatus("database", backend, False, "unreachable")
 
 
@@ -93,7 +96,7 @@ def check_broker() -> PartStatus:
             conn.ensure_connection(max_retries=1, timeout=int(CHECK_TIMEOUT_SECONDS))
         return PartStatus("broker", backend, True)
     except Exception as exc:
-        logger.warning("readiness: broker unreachable: %s", exc)
+        logger.warning("broker unreachable: %s", exc)
         return PartStatus("broker", backend, False, "unreachable")
 
 
@@ -136,7 +139,7 @@ def check_channel_layer() -> PartStatus:
         async_to_sync(_channel_layer_round_trip)()
         return PartStatus("channel_layer", backend, True)
     except Exception as exc:
-        logger.warning("readiness: channel layer unreachable: %r", exc)
+        logger.warning("channel layer unreachable: %r", exc)
         return PartStatus("channel_layer", backend, False, "unreachable")
 
 

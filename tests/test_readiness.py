@@ -4,6 +4,7 @@ machine's PostgreSQL, RabbitMQ and Redis keep serving the other suites."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def healthz(base_url: str) -> int:
 def test_readyz_names_each_part_that_is_down_and_recovers(private_stack, proxies) -> None:
     running = start_behind(private_stack, proxies)
     try:
-        check_each_part(running.base_url, proxies)
+        check_each_part(running, proxies)
     except BaseException:
         print(running.logs())  # pytest shows it with the failure
         raise
@@ -83,10 +84,12 @@ def start_behind(private_stack, proxies: dict[str, TcpProxy]) -> Any:
         CELERY_BROKER_URL=proxies["broker"].url_for(os.environ["CELERY_BROKER_URL"]),
         CHANNEL_LAYER_URL=proxies["channel_layer"].url_for(os.environ["CHANNEL_LAYER_URL"]),
         METRICS_TOKEN=METRICS_TOKEN,
+        LOG_FORMAT="json",
     )
 
 
-def check_each_part(base_url: str, proxies: dict[str, TcpProxy]) -> None:
+def check_each_part(running: Any, proxies: dict[str, TcpProxy]) -> None:
+    base_url = running.base_url
     body = wait_for(lambda: ready(base_url), timeout=30, what="/readyz 200")
     assert body["status"] == "ok" and body["down"] == []
     # Every part really goes through its proxy: pausing it must be felt.
@@ -104,7 +107,7 @@ def check_each_part(base_url: str, proxies: dict[str, TcpProxy]) -> None:
             assert states == {name: name != part for name in PARTS}, body
             assert healthz(base_url) == 200, "liveness must not depend on the services"
             if part == "database":
-                without_the_database(base_url)
+                without_the_database(running)
         finally:
             proxy.resume()
         # Back without a restart: the pool, the broker connection and the
@@ -114,15 +117,28 @@ def check_each_part(base_url: str, proxies: dict[str, TcpProxy]) -> None:
         assert healthz(base_url) == 200
 
 
-def without_the_database(base_url: str) -> None:
+def without_the_database(running: Any) -> None:
     """/metrics and the About page answer without waiting for the pool's
     10 s: the scrape keeps every series but the task count, the page says
-    the workers are unknown."""
+    the workers are unknown. The scrape's warning said "readiness", as if
+    /readyz had failed."""
+    base_url = running.base_url
     scraped = httpx.get(
         f"{base_url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=SCRAPE_TIMEOUT
     )
     assert scraped.status_code == 200
     assert "tasklight_open_sockets" in scraped.text and "tasklight_tasks{" not in scraped.text
+    request_id = scraped.headers["X-Request-ID"]
+
+    def warned() -> list[str]:
+        return [
+            line["message"]
+            for line in map(json.loads, filter(lambda text: text.startswith("{"), running.web.log().splitlines()))
+            if line.get("request_id") == request_id and line["logger"] == "tasklight.health"
+        ]
+
+    (warning,) = wait_for(warned, timeout=10, what="the scrape's warning")
+    assert warning.startswith("database unreachable: "), warning
     about = httpx.get(f"{base_url}/about/", timeout=SCRAPE_TIMEOUT)
     assert about.status_code == 200 and "unknown: the database is unreachable" in about.text
 
