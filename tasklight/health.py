@@ -63,11 +63,14 @@ def check_database() -> PartStatus:
             with connection.cursor() as cursor:
                 cursor.execute("SELECT 1")
         if migrations_pending():
-            return PartStatus("database", backend, False, "migrations not applied: run the release step (migrate_all)")
+            return PartStatus("database", backend, False, NOT_MIGRATED)
         return PartStatus("database", backend, True)
     except Exception as exc:
         logger.warning("database unreachable: %s", exc)
         return PartStatus("database", backend, False, "unreachable")
+
+
+NOT_MIGRATED = "migrations not applied: run the release step (migrate_all)"
 
 
 # Once every migration is found applied, a process does not look again:
@@ -149,6 +152,14 @@ def check_all() -> list[PartStatus]:
 
 
 UNKNOWN_WORKERS = PartStatus("workers", "celery", False, "unknown: the database is unreachable")
+
+
+def unknown_workers(database: PartStatus) -> PartStatus:
+    """The workers while the database, where they report, is not to be asked
+    (``database`` is not ok): unknown, and why."""
+    if database.detail == NOT_MIGRATED:
+        return PartStatus("workers", "celery", False, "unknown: the database is not migrated")
+    return UNKNOWN_WORKERS
 
 
 def check_workers() -> tuple[PartStatus, list[Worker]]:

@@ -6,7 +6,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
-from .health import UNKNOWN_WORKERS, check_all, check_workers
+from .health import check_all, check_workers, unknown_workers
 
 
 @require_safe
@@ -32,6 +32,7 @@ def about(request: HttpRequest) -> HttpResponse:
     parts = check_all()
     database = next(part for part in parts if part.name == "database")
     # The workers are known from the database: while it is down, asking would
-    # wait the pool's 10 s for a connection.
-    workers, alive = check_workers() if database.ok else (UNKNOWN_WORKERS, [])
+    # wait the pool's 10 s for a connection; before the release step, their
+    # table may lack a column.
+    workers, alive = check_workers() if database.ok else (unknown_workers(database), [])
     return render(request, "about.html", {"parts": [*parts, workers], "workers": alive})

@@ -165,7 +165,8 @@ def test_a_web_process_before_the_release_is_not_ready_and_two_releases_at_once_
     tmp_path: Any,
 ) -> None:
     """A web process on a database not yet migrated answered /readyz 200 and
-    then 500s (relation does not exist); now 503 until the release has run.
+    then 500s (relation does not exist); now 503 until the release has run,
+    and its About page says so.
     Two releases at once (one per machine) collided: one failed with a
     duplicate type; now they take turns and both succeed."""
     from django.db import connection
@@ -186,6 +187,10 @@ def test_a_web_process_before_the_release_is_not_ready_and_two_releases_at_once_
             status, body = readyz(base_url)
             assert status == 503 and body["down"] == ["database"], body
             assert "migrations" in body["parts"][0]["detail"]
+            # The About page said the database was unreachable.
+            about = httpx.get(f"{base_url}/about/", timeout=READYZ_TIMEOUT)
+            assert about.status_code == 200
+            assert "unknown: the database is not migrated" in about.text and "unreachable" not in about.text
             releases = [
                 subprocess.Popen(
                     [sys.executable, "manage.py", "migrate_all", "--noinput"],
