@@ -7,7 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from django.urls import is_valid_path
+from django.urls import is_valid_path, resolve
 
 from . import logs
 from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, error_body, not_found
@@ -69,17 +69,13 @@ class ProbeMiddleware:
     many probes count as healthy, whatever the process's state). None of
     the three builds a URL from the Host; /metrics keeps its bearer token.
     Placed below SecurityMiddleware (SECURE_REDIRECT_EXEMPT names the three):
-    their answers keep the security headers."""
+    their answers keep the security headers. The paths are settings'
+    PROBE_PATHS; their views, the URL conf's."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
-        from .metrics import metrics_view
-        from .views import healthz, readyz
-
         self.probes: dict[str, Callable[[HttpRequest], HttpResponse]] = {
-            "/healthz": healthz,
-            "/readyz": readyz,
-            "/metrics": metrics_view,
+            f"/{path}": resolve(f"/{path}").func for path in settings.PROBE_PATHS
         }
 
     def __call__(self, request: HttpRequest) -> HttpResponse:

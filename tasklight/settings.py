@@ -348,7 +348,8 @@ SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 # Probes and Prometheus come over plain HTTP to a process's own address
 # (tasklight/middleware.py ProbeMiddleware): a 301 would pass many probes.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+PROBE_PATHS = ("healthz", "readyz", "metrics")
+SECURE_REDIRECT_EXEMPT = [rf"^{path}$" for path in PROBE_PATHS]
 if HTTPS:
     SECURE_SSL_REDIRECT = boolean("SECURE_SSL_REDIRECT", default=True)
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
