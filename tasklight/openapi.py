@@ -1,8 +1,36 @@
-"""Completes the OpenAPI schema with the error answers every operation can give."""
+"""The OpenAPI schema's views, and the error answers it documents."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from rest_framework.renderers import JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+
+class JsonErrors(APIView):
+    """The schema answers in YAML or OpenAPI's JSON types and the docs page in
+    HTML; their own errors (405 for another method, 406 for an Accept they
+    cannot answer, 404 for an unknown ``?format=``, 401 for a bad token) are
+    JSON like every other endpoint's (DESIGN.md §4), not rendered in those."""
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(response, Response) and getattr(response, "exception", False):
+            request.accepted_renderer = JSONRenderer()
+            request.accepted_media_type = JSONRenderer.media_type
+        return super().finalize_response(request, response, *args, **kwargs)
+
+
+class SchemaView(JsonErrors, SpectacularAPIView):
+    pass
+
+
+class DocsView(JsonErrors, SpectacularSwaggerView):
+    pass
+
 
 ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",

@@ -7,10 +7,10 @@ from django.contrib import admin
 from django.urls import include, path
 from django.utils.csp import CSP
 from django.views.decorators.csp import csp_override
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from . import views
 from .metrics import metrics_view
+from .openapi import DocsView, SchemaView
 
 SWAGGER_CSP: dict[str, Any] = {
     **settings.SECURE_CSP,
@@ -25,12 +25,13 @@ urlpatterns = [
     path("api/", include("live.api_urls")),
     path("api/auth/", include("accounts.api_urls")),
     # GET and HEAD only: DRF answers OPTIONS with metadata that these views'
-    # renderers (YAML, HTML) cannot render (a 500 on /api/docs/).
-    path("api/schema/", SpectacularAPIView.as_view(http_method_names=["get", "head"]), name="schema"),
+    # renderers (YAML, HTML) cannot render (a 500 on /api/docs/). Their
+    # errors are JSON (tasklight/openapi.py).
+    path("api/schema/", SchemaView.as_view(http_method_names=["get", "head"]), name="schema"),
     # Swagger UI's page boots with an inline script: the only page allowed one.
     path(
         "api/docs/",
-        csp_override(SWAGGER_CSP)(SpectacularSwaggerView.as_view(url_name="schema", http_method_names=["get", "head"])),
+        csp_override(SWAGGER_CSP)(DocsView.as_view(url_name="schema", http_method_names=["get", "head"])),
         name="api-docs",
     ),
     path("about/", views.about, name="about"),
