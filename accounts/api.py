@@ -15,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasklight.fields import StrictCharField
+from tasklight.openapi import RATE_LIMITED
 
 from . import services, throttles
 
@@ -64,7 +65,7 @@ class AnonymousEndpoint(APIView):
 
 
 class SignupView(AnonymousEndpoint):
-    @extend_schema(request=CredentialsSerializer, responses={201: UserSerializer})
+    @extend_schema(request=CredentialsSerializer, responses={201: UserSerializer, 429: RATE_LIMITED})
     def post(self, request: Request) -> Response:
         wait = throttles.signup_wait(address=client_address(request))
         if wait is not None:
@@ -79,7 +80,7 @@ class SignupView(AnonymousEndpoint):
 
 
 class LoginView(AnonymousEndpoint):
-    @extend_schema(request=CredentialsSerializer, responses={200: UserSerializer})
+    @extend_schema(request=CredentialsSerializer, responses={200: UserSerializer, 429: RATE_LIMITED})
     def post(self, request: Request) -> Response:
         user = _authenticate(request)
         login(request._request, user)
@@ -100,7 +101,7 @@ class TokenView(APIView):
     def get_permissions(self) -> list[Any]:
         return [AllowAny()] if self._issuing() else list(super().get_permissions())
 
-    @extend_schema(request=CredentialsSerializer, responses={200: TokenSerializer})
+    @extend_schema(request=CredentialsSerializer, responses={200: TokenSerializer, 429: RATE_LIMITED})
     def post(self, request: Request) -> Response:
         user = _authenticate(request)
         return Response({"token": services.issue_token(user=user)})

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from django.urls import reverse
 from django.utils.http import urlencode
@@ -11,16 +11,18 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasklight.pagination import LIMIT_SCHEMA, page_size, whole_number
+from tasklight.openapi import error
+from tasklight.pagination import limit_schema, page_size, whole_number
 from workloads.api import TaskSerializer
 
 from . import services
+from .events import EventKind
 from .models import Event
 
 
 class EventSerializer(serializers.Serializer[Any]):
-    id = serializers.IntegerField()
-    event = serializers.CharField()
+    id = serializers.IntegerField(min_value=1)
+    event = serializers.ChoiceField(choices=get_args(EventKind))
     task = TaskSerializer()
     created_at = serializers.DateTimeField()
 
@@ -34,11 +36,18 @@ class EventListView(APIView):
     @extend_schema(
         parameters=[
             OpenApiParameter(
-                "after", {"type": "integer", "minimum": 0}, description="Only events with a greater id (default 0)."
+                "after",
+                {"type": "integer", "minimum": 0, "default": 0},
+                description="Only events with a greater id (default 0).",
             ),
-            OpenApiParameter("limit", LIMIT_SCHEMA, description="Page size, 1 to 500 (default 500)."),
+            OpenApiParameter("limit", limit_schema(500), description="Page size, 1 to 500 (default 500)."),
         ],
-        responses={200: EventPageSerializer},
+        responses={
+            200: EventPageSerializer,
+            410: error(
+                "`resync`: events after this id are past retention; reload the tasks over REST, then follow the socket."
+            ),
+        },
     )
     def get(self, request: Request) -> Response:
         after = whole_number(request.query_params.get("after", "0"))
@@ -68,8 +77,10 @@ class CursorGone(APIException):
 
 
 class InboxSerializer(serializers.Serializer[Any]):
-    unread = serializers.IntegerField(help_text=f"Counted up to {services.UNREAD_COUNT_CAP}.")
-    read_up_to = serializers.IntegerField()
+    unread = serializers.IntegerField(
+        min_value=0, max_value=services.UNREAD_COUNT_CAP, help_text=f"Counted up to {services.UNREAD_COUNT_CAP}."
+    )
+    read_up_to = serializers.IntegerField(min_value=0)
 
 
 class NotificationPageSerializer(InboxSerializer):
@@ -82,7 +93,7 @@ class MarkReadSerializer(serializers.Serializer[Any]):
 
 class NotificationListView(APIView):
     @extend_schema(
-        parameters=[OpenApiParameter("limit", LIMIT_SCHEMA, description="How many, 1 to 500 (default 10).")],
+        parameters=[OpenApiParameter("limit", limit_schema(10), description="How many, 1 to 500 (default 10).")],
         responses={200: NotificationPageSerializer},
     )
     def get(self, request: Request) -> Response:

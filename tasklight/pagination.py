@@ -24,8 +24,9 @@ def page_size(request: Request, default: int) -> int:
     return size
 
 
-# How ?limit= looks in the OpenAPI schema.
-LIMIT_SCHEMA = {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE}
+def limit_schema(default: int) -> dict[str, Any]:
+    """How ?limit= looks in the OpenAPI schema."""
+    return {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": default}
 
 
 def paginated_schema(item_schema: dict[str, Any]) -> dict[str, Any]:

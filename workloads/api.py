@@ -22,8 +22,9 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from tasklight import rate_limits
-from tasklight.fields import StrictCharField
-from tasklight.pagination import LIMIT_SCHEMA, page_size
+from tasklight.fields import JSONObjectField, StrictCharField
+from tasklight.openapi import RATE_LIMITED, error
+from tasklight.pagination import limit_schema, page_size
 
 from . import services
 from .models import TASK_JSON_FIELDS, Task, TaskStatus, task_json
@@ -47,7 +48,7 @@ class TaskSerializer(serializers.Serializer[Task]):
 
     id = serializers.UUIDField()
     kind = serializers.CharField()
-    params = serializers.JSONField()
+    params = JSONObjectField()
     status = serializers.ChoiceField(choices=TaskStatus.choices)
     progress = serializers.IntegerField(min_value=0, max_value=100)
     result = serializers.JSONField(allow_null=True)
@@ -64,14 +65,14 @@ class TaskPageSerializer(serializers.Serializer[Any]):
 
 class NewTaskSerializer(serializers.Serializer[dict[str, Any]]):
     kind = StrictCharField(max_length=64, help_text="A workload name from GET /api/workloads/.")
-    params = serializers.JSONField(default=dict, help_text="The workload's parameters (its JSON Schema).")
+    params = JSONObjectField(default=dict, help_text="The workload's parameters (its JSON Schema).")
 
 
 class WorkloadSerializer(serializers.Serializer[Any]):
     name = serializers.CharField()
     title = serializers.CharField()
     description = serializers.CharField()
-    params = serializers.JSONField(help_text="JSON Schema of the parameters.")
+    params = JSONObjectField(help_text="JSON Schema of the parameters.")
 
 
 class QueueRateThrottle(BaseThrottle):
@@ -103,6 +104,12 @@ class QueueRateThrottle(BaseThrottle):
 
 
 IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")
+# The same rule in the OpenAPI schema (an ECMA-262 pattern).
+IDEMPOTENCY_KEY_SCHEMA = {"type": "string", "pattern": "^[!-~]{1,255}$"}
+# Where a queued task is: its GET URL.
+LOCATION = OpenApiParameter(
+    "Location", str, OpenApiParameter.HEADER, response=[202], required=True, description="The new task's URL."
+)
 
 
 def idempotency_key(request: Request) -> str | None:
@@ -154,8 +161,10 @@ class TaskListView(APIView):
 
     @extend_schema(
         parameters=[
-            OpenApiParameter("limit", LIMIT_SCHEMA, description="Page size, 1 to 500 (default 20)."),
-            # The cursor is opaque: clients follow `next` rather than build it.
+            OpenApiParameter("limit", limit_schema(20), description="Page size, 1 to 500 (default 20)."),
+            OpenApiParameter(
+                "cursor", str, description="Opaque: follow `next`, which carries it, rather than build one."
+            ),
         ],
         operation_id="tasks_list",
         responses={200: TaskPageSerializer},
@@ -171,12 +180,17 @@ class TaskListView(APIView):
         parameters=[
             OpenApiParameter(
                 "Idempotency-Key",
-                str,
+                IDEMPOTENCY_KEY_SCHEMA,
                 OpenApiParameter.HEADER,
                 description="Repeat a POST safely: the same key and body within 24 h return the same task.",
-            )
+            ),
+            LOCATION,
         ],
-        responses={202: TaskSerializer},
+        responses={
+            202: TaskSerializer,
+            422: error("This Idempotency-Key was used with a different request in the last 24 hours."),
+            429: RATE_LIMITED,
+        },
     )
     def post(self, request: Request) -> Response:
         if not isinstance(request.data, dict):
@@ -216,7 +230,7 @@ class TaskDetailView(APIView):
 
 
 class TaskCancelView(APIView):
-    @extend_schema(request=None, responses={202: TaskSerializer})
+    @extend_schema(request=None, responses={202: TaskSerializer, 409: error("The task has finished already.")})
     def post(self, request: Request, task_id: uuid.UUID) -> Response:
         """A queued task is cancelled at once; a running one stops at its next
         cancellation check, or is killed after the grace period."""
@@ -232,7 +246,15 @@ class TaskCancelView(APIView):
 class TaskRetryView(APIView):
     throttle_classes = [QueueRateThrottle]
 
-    @extend_schema(request=None, responses={202: TaskSerializer})
+    @extend_schema(
+        request=None,
+        parameters=[LOCATION],
+        responses={
+            202: TaskSerializer,
+            409: error("The task has not finished, or its workload or parameters are no longer accepted."),
+            429: RATE_LIMITED,
+        },
+    )
     def post(self, request: Request, task_id: uuid.UUID) -> Response:
         """Queues a copy of a finished task (same kind and params) as a new task."""
         try:
