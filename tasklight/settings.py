@@ -302,6 +302,22 @@ CANCEL_GRACE_SECONDS = decimal_number("CANCEL_GRACE_SECONDS", 5.0, minimum=0, un
 # taken over by another worker (its first worker is presumed dead).
 CANCEL_POLL_SECONDS = decimal_number("CANCEL_POLL_SECONDS", 1.0, minimum=0, minimum_allowed=False, unit="seconds")
 TASK_LEASE_SECONDS = decimal_number("TASK_LEASE_SECONDS", 10.0, minimum=0, minimum_allowed=False, unit="seconds")
+# What the lease must outlast (docs/lifecycle.md#leases): the gap between two
+# renewals of a healthy task, one failed renewal included (the watchdog tries
+# again at its next poll), and a cancelled task's grace, during which it is no
+# longer renewed. Past it a redelivered message takes the task over: a healthy
+# one would run twice, and a cancelled one that ignores its cancel would be
+# closed by the other worker and its own watchdog would no longer kill it.
+if TASK_LEASE_SECONDS <= 2 * CANCEL_POLL_SECONDS:
+    raise environ.ImproperlyConfigured(
+        f"TASK_LEASE_SECONDS ({TASK_LEASE_SECONDS:g}) must be more than twice CANCEL_POLL_SECONDS "
+        f"({CANCEL_POLL_SECONDS:g}), which renews it"
+    )
+if TASK_LEASE_SECONDS <= CANCEL_GRACE_SECONDS:
+    raise environ.ImproperlyConfigured(
+        f"TASK_LEASE_SECONDS ({TASK_LEASE_SECONDS:g}) must be more than CANCEL_GRACE_SECONDS "
+        f"({CANCEL_GRACE_SECONDS:g}), during which a cancelled task's lease is not renewed"
+    )
 # Stored events older than this are deleted; a client resuming from before
 # them is told to resync (docs/events.md).
 EVENT_RETENTION_DAYS = decimal_number("EVENT_RETENTION_DAYS", 7, minimum=0, minimum_allowed=False, unit="days")

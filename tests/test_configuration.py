@@ -80,12 +80,40 @@ def read_settings(*names: str, **changes: str | None) -> dict[str, object]:
             "LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL (in any case), not 'verbose'",
         ),
         ("TASK_SOFT_TIME_LIMIT", "3720", "TASK_SOFT_TIME_LIMIT (3720) must be less than TASK_TIME_LIMIT (3720)"),
+        # Not renewed during the grace: lapsed, a redelivery closed the task
+        # and its watchdog no longer killed the workload that ignored it.
+        (
+            "CANCEL_GRACE_SECONDS",
+            "10",
+            "TASK_LEASE_SECONDS (10) must be more than CANCEL_GRACE_SECONDS (10), "
+            "during which a cancelled task's lease is not renewed",
+        ),
+        # Renewed every 5 s: one failed renewal and the healthy task ran twice.
+        (
+            "CANCEL_POLL_SECONDS",
+            "5",
+            "TASK_LEASE_SECONDS (10) must be more than twice CANCEL_POLL_SECONDS (5), which renews it",
+        ),
     ],
 )
 def test_a_process_refuses_a_value_that_means_nothing_and_says_why(variable: str, value: str, message: str) -> None:
     done = setup_django(**{variable: value})
     assert done.returncode != 0
     assert f"ImproperlyConfigured: {message}\n" in done.stderr, done.stderr[-3000:]
+
+
+def test_the_lease_may_be_short_if_it_outlasts_its_renewal_and_the_grace() -> None:
+    seen = read_settings(
+        "TASK_LEASE_SECONDS",
+        "CANCEL_GRACE_SECONDS",
+        "CANCEL_POLL_SECONDS",
+        TASK_LEASE_SECONDS="2",
+        CANCEL_GRACE_SECONDS="1.5",
+        CANCEL_POLL_SECONDS="0.9",
+    )
+    assert seen == {"TASK_LEASE_SECONDS": 2.0, "CANCEL_GRACE_SECONDS": 1.5, "CANCEL_POLL_SECONDS": 0.9}
+    # Only the lease's own relations: a lease of 2 s under the default 5 s grace is refused.
+    assert setup_django(TASK_LEASE_SECONDS="2").returncode != 0
 
 
 def test_values_are_read_as_written_and_empty_means_the_default() -> None:

@@ -182,8 +182,13 @@ def test_tasks_running_or_waiting_at_ctrl_c_run_at_the_next_make_run(tmp_path: P
     lapsed and runs from the start."""
     from tasklight.embedded_broker import waiting_task_ids
 
+    # A short lease, so that the second run takes the task over soon; it must
+    # outlast the grace (the default 5 s is refused with it): the embedded
+    # relay sends a running task again at three leases (6 s), a second after
+    # a 5 s grace, a margin one slow SQLite write could eat.
     quick = {
         "TASK_LEASE_SECONDS": "2",
+        "CANCEL_GRACE_SECONDS": "1",
         "CANCEL_POLL_SECONDS": "0.5",
         "RELAY_INTERVAL_SECONDS": "1",
         "MAX_RUNNING_TASKS_PER_USER": "1",

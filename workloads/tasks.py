@@ -236,7 +236,8 @@ class CancelWatchdog(threading.Thread):
                 break
         else:
             return  # the task ended
-        # The lease lasts TASK_LEASE_SECONDS, longer than the grace period.
+        # No longer renewed: the lease (TASK_LEASE_SECONDS) outlasts the grace
+        # (tasklight/settings.py refuses otherwise), so the kill comes first.
         grace = settings.CANCEL_GRACE_SECONDS
         if not self._still(watch, grace):
             return
