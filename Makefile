@@ -52,12 +52,13 @@ migrate: install
 ENV_PORT = sed -n -E 's/^[[:space:]]*(export[[:space:]]+)?PORT[[:space:]]*=[[:space:]]*["'"'"']?([^"'"'"'[:space:]\#]*).*/\2/p' .env 2>/dev/null | tail -n 1
 
 # The ASGI server and one worker together on $(PORT); Ctrl-C stops both.
-run: migrate
+# tasklight/make_run.py refuses a second run on the same data directory and
+# DEBUG pages on a HOST other than loopback, then migrates and starts honcho.
+run: install
 	@port=$$($(ENV_PORT)); port=$${port:-$(PORT)}; \
 	if ! [[ "$$port" =~ ^[0-9]{1,5}$$ ]] || (( 10#$$port < 1 || 10#$$port > 65535 )); then \
 	  echo "PORT must be a number from 1 to 65535, not '$$port'." >&2; exit 2; fi; \
-	echo "Tasklight on http://127.0.0.1:$$((10#$$port))/  (Ctrl-C stops it)"
-	HOST=$${HOST:-127.0.0.1} TASKLIGHT_STOP_WITH_PARENT=1 honcho start --port $(PORT) web worker
+	exec $(PY) -m tasklight.make_run $$((10#$$port))
 
 test: install-dev
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)

@@ -22,12 +22,14 @@ from celery.signals import (
 )
 
 from . import logs
-from .parent import stop_with_parent
+from .parent import hold_run_lock, stop_with_parent
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
 # Under make run, the web process and the worker (both import this module
-# first) end with honcho (tasklight/parent.py).
+# first) end with honcho (tasklight/parent.py), and keep other runs off
+# their data directory while they live (tasklight/make_run.py).
 stop_with_parent()
+hold_run_lock()
 # `celery -A tasklight worker`: the settings give a worker's pool processes
 # persistent database connections (tasklight/settings.py).
 _own_metrics_dir: str | None = None

@@ -8,16 +8,24 @@ Makefile sets TASKLIGHT_STOP_WITH_PARENT=1 for them; the kernel then sends
 SIGTERM (a graceful stop) when the parent dies: Linux's PR_SET_PDEATHSIG,
 as Celery does for its pool processes. The Procfile's lines `exec` their
 command, so that the parent is honcho, not a shell. Elsewhere (macOS), or
-without the variable (production's own supervisors), nothing is done."""
+without the variable (production's own supervisors), nothing is done.
+
+Each also holds its run's lock on the data directory while it lives
+(tasklight/make_run.py)."""
 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import signal
 import sys
 
 PR_SET_PDEATHSIG = 1
+# Set by tasklight/make_run.py: the lock file of the run.
+LOCK_VARIABLE = "TASKLIGHT_RUN_LOCK"
+
+_held: int | None = None
 
 
 def stop_with_parent() -> None:
@@ -28,3 +36,17 @@ def stop_with_parent() -> None:
         return
     if os.getppid() != parent:  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def hold_run_lock() -> None:
+    """In a process of make run: holds the run's lock, shared, until it
+    exits, so that no other run starts on its data directory while it
+    lives, even after honcho is gone (a worker finishing its tasks). A
+    forked child (a pool process) shares the hold."""
+    global _held
+    path = os.environ.get(LOCK_VARIABLE)
+    if not path or _held is not None:
+        return
+    lock = os.open(path, os.O_RDONLY)
+    fcntl.flock(lock, fcntl.LOCK_SH)
+    _held = lock

@@ -172,6 +172,111 @@ def test_make_run_refuses_a_port_that_is_not_one(tmp_path: Path, port: str) -> N
     assert "honcho" not in done.stdout + done.stderr
 
 
+def make_run_refused(data_dir: Path, **extra_env: str) -> subprocess.CompletedProcess[str]:
+    """`make run` expected to refuse: its exit and output. One that starts
+    instead is stopped (its whole session) and fails the test."""
+    env = {key: value for key, value in os.environ.items() if key not in CONFIGURATION}
+    env.update(TASKLIGHT_DATA_DIR=str(data_dir), **extra_env)
+    command = ["make", "-s", "run", f"PORT={free_port()}"]
+    popen = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        stdout, stderr = popen.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        started = descendants(popen.pid)
+        os.killpg(popen.pid, signal.SIGINT)
+        popen.communicate(timeout=30)
+        wait_for(lambda: not any(alive(pid) for pid in started), timeout=15, what="the run that started to end")
+        pytest.fail("make run started instead of refusing")
+    return subprocess.CompletedProcess(command, popen.returncode, stdout, stderr)
+
+
+def test_one_make_run_per_data_directory_and_a_killed_one_leaves_no_stale_lock(tmp_path: Path) -> None:
+    """A second make run in the same directory shared the first's SQLite
+    database, broker and channel layer: two workers and two web processes on
+    one set of files. It refuses at once now, naming the first, and starts
+    nothing; a run on another data directory starts, and so does one after
+    the first was killed (the kernel drops a dead process's flock)."""
+    data_dir = tmp_path / "data"
+    base_url, first = start_make_run(data_dir, tmp_path / "first.log")
+    try:
+        done = make_run_refused(data_dir)
+        assert done.returncode != 0, done.stdout + done.stderr
+        found = re.search(
+            r"^make run is already running on (\S+) \(pid (\d+), (\S+)\): stop it first \(Ctrl-C\), "
+            r"or give this one another TASKLIGHT_DATA_DIR\.$",
+            done.stderr,
+            re.MULTILINE,
+        )
+        assert found, done.stderr
+        assert found[1] == str(data_dir)
+        assert int(found[2]) in descendants(first.popen.pid)  # the first run's honcho
+        assert found[3] == f"{base_url}/"
+        # Nothing started, not even the migrations.
+        assert done.stdout == "", done.stdout
+        assert "honcho" not in done.stderr
+        assert httpx.get(f"{base_url}/healthz").status_code == 200
+
+        _, other = start_make_run(tmp_path / "other", tmp_path / "other.log")
+        ctrl_c(other)
+    finally:
+        started = descendants(first.popen.pid)
+        os.killpg(first.popen.pid, signal.SIGKILL)  # make and honcho: no clean-up of theirs
+        first.popen.wait(30)
+        wait_for(lambda: not any(alive(pid) for pid in started), timeout=15, what="every process of make run to end")
+
+    _, again = start_make_run(data_dir, tmp_path / "again.log")
+    ctrl_c(again)
+
+
+@pytest.mark.parametrize("debug", [None, "1"])
+def test_make_run_shows_debug_pages_on_loopback_only(tmp_path: Path, debug: str | None) -> None:
+    """HOST=0.0.0.0 served the DEBUG pages (tracebacks, settings; a Host
+    outside ALLOWED_HOSTS got one too) to the whole network."""
+    done = make_run_refused(tmp_path / "data", HOST="0.0.0.0", **({"DEBUG": debug} if debug else {}))  # noqa: S104
+    assert done.returncode != 0, done.stdout + done.stderr
+    assert (
+        "HOST=0.0.0.0 would show make run's DEBUG pages (tracebacks, settings) to the network: leave HOST "
+        "unset (127.0.0.1), or set DEBUG=0 with SECRET_KEY, HTTPS=0 and ALLOWED_HOSTS "
+        "(docs/operations.md#make-run-on-the-network).\n"
+    ) in done.stderr
+    assert done.stdout == "", done.stdout
+    assert not (tmp_path / "data" / "tasklight.sqlite3").exists()
+
+
+def test_make_run_on_the_network_with_debug_off(tmp_path: Path) -> None:
+    """What the refusal asks for works: pages, static files and the API on
+    every address, and no DEBUG page for a stranger's Host or a wrong URL."""
+    base_url, process = start_make_run(
+        tmp_path / "data",
+        tmp_path / "make-run.log",
+        HOST="0.0.0.0",  # noqa: S104
+        DEBUG="0",
+        SECRET_KEY="a-secret-of-this-machine-only",
+        HTTPS="0",
+        ALLOWED_HOSTS="tasklight.lan,127.0.0.1",
+    )
+    try:
+        lan = {"Host": f"tasklight.lan:{base_url.rsplit(':', 1)[1]}"}
+        assert httpx.get(f"{base_url}/static/tasklight/app.css", headers=lan).status_code == 200
+        missing = httpx.get(f"{base_url}/no-such-page/", headers=lan)
+        assert missing.status_code == 404
+        assert "URLconf" not in missing.text and "DEBUG = True" not in missing.text
+        stranger = httpx.get(f"{base_url}/", headers={"Host": "elsewhere.example"})
+        assert stranger.status_code == 400
+        assert "ALLOWED_HOSTS" not in stranger.text
+        alice = Account.sign_up(base_url)
+        task = alice.queue("simulate", seconds=0)
+        wait_for(
+            lambda: alice.http.get(f"/api/tasks/{task['id']}/").json()["status"] == "succeeded",
+            timeout=30,
+            what="the task to succeed",
+        )
+    finally:
+        ctrl_c(process)
+
+
 def test_tasks_running_or_waiting_at_ctrl_c_run_at_the_next_make_run(tmp_path: Path) -> None:
     """Ctrl-C ends the worker before its task ends (honcho kills what has not
     stopped after 5 s), and the embedded broker never delivers again a
