@@ -136,7 +136,8 @@ def main(argv: list[str]) -> int:
     from django.conf import settings
 
     # 0.0.0.0 and :: serve loopback too; the banner gives an address to open.
-    url = f"http://{DEFAULT_HOST if _every_address(host) else host}:{port}/"
+    shown = DEFAULT_HOST if _every_address(host) else host
+    url = f"http://{f'[{shown}]' if ':' in shown and not shown.startswith('[') else shown}:{port}/"
     try:
         check_debug_pages(host, settings.DEBUG)
         # A run on servers only (the three URLs set) has no files to share.
