@@ -444,3 +444,102 @@ def test_a_socket_reopened_with_another_users_cookie_reloads_the_page_as_them(pr
         assert first_user not in page.content()
     finally:
         context.close()
+
+
+# Toasts (static/tasklight/app.js): Playwright's clock, installed before the
+# page loads, stands the page's timers still; fast_forward moves them past
+# the 8 s a timed toast is shown, without waiting for it.
+TOAST_MS_PASSED = "00:30"
+
+
+def sign_up_with_a_still_clock(stack: Any, page: Page) -> None:
+    """Signs up with the page's clock stood still once its socket is up."""
+    page.clock.install()
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+    expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+    page.clock.pause_at(page.evaluate("Date.now()") + 1000)
+
+
+def queue_and_see_its_toast(page: Page, *, fail: bool) -> None:
+    """Queues a simulate task that finishes at once and waits for its row to
+    turn, with which (the same event frame) its toast is shown."""
+    rows = page.get_by_test_id("task-row")
+    before = rows.count()
+    page.locator("input[name=seconds]").fill("0")
+    page.locator("input[name=fail]").set_checked(fail)
+    page.get_by_test_id("queue-task").click()
+    expect(rows).to_have_count(before + 1)
+    expect(rows.first).to_have_attribute("data-status", "failed" if fail else "succeeded", timeout=30_000)
+
+
+def test_a_failure_toast_stays_until_dismissed_and_a_success_toast_goes_by_itself(stack: Any, page: Page) -> None:
+    sign_up_with_a_still_clock(stack, page)
+    queue_and_see_its_toast(page, fail=True)
+    queue_and_see_its_toast(page, fail=False)
+    expect(page.get_by_test_id("notification").first).to_contain_text("simulate failed: Simulated failure")
+    expect(page.get_by_test_id("notification").last).to_contain_text("simulate succeeded")
+
+    page.clock.fast_forward(TOAST_MS_PASSED)
+    expect(page.get_by_test_id("notification").filter(has_text="succeeded")).to_have_count(0)
+    expect(page.get_by_test_id("notification")).to_have_count(1)
+    expect(page.get_by_test_id("notification")).to_contain_text("Simulated failure")
+    page.clock.fast_forward("10:00")
+    expect(page.get_by_test_id("notification")).to_have_count(1)
+
+    # Announced once: the region that holds the toasts is the one live
+    # region; a role or aria-live inside it would announce a toast again.
+    region = page.locator("#toasts")
+    expect(region).to_have_attribute("aria-live", "polite")
+    expect(region.locator("[role], [aria-live]")).to_have_count(0)
+
+    page.get_by_role("button", name="Dismiss notification").click()
+    expect(page.get_by_test_id("notification")).to_have_count(0)
+
+
+def test_a_toast_is_dismissed_from_the_keyboard_and_stays_while_focused(stack: Any, page: Page) -> None:
+    sign_up_with_a_still_clock(stack, page)
+    queue_and_see_its_toast(page, fail=False)
+    queue_and_see_its_toast(page, fail=True)
+    success = page.get_by_test_id("notification").filter(has_text="simulate succeeded")
+    failure = page.get_by_test_id("notification").filter(has_text="simulate failed")
+    page.locator("footer a").last.focus()  # the toasts come after the footer
+    page.keyboard.press("Tab")
+    expect(success.get_by_role("button", name="Dismiss notification")).to_be_focused()
+
+    page.clock.fast_forward(TOAST_MS_PASSED)
+    expect(page.get_by_test_id("notification")).to_have_count(2)
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("notification")).to_have_count(1)
+    # The focus moves on to the toast that is left, not back to the top.
+    expect(failure.get_by_role("button", name="Dismiss notification")).to_be_focused()
+    page.keyboard.press("Enter")
+    expect(page.get_by_test_id("notification")).to_have_count(0)
+
+
+def test_a_success_toast_waits_while_the_pointer_is_over_it(stack: Any, page: Page) -> None:
+    sign_up_with_a_still_clock(stack, page)
+    queue_and_see_its_toast(page, fail=False)
+    page.get_by_test_id("notification").hover()
+    page.clock.fast_forward(TOAST_MS_PASSED)
+    expect(page.get_by_test_id("notification")).to_have_count(1)
+
+    page.mouse.move(5, 5)  # away: the timer goes on
+    page.clock.fast_forward(TOAST_MS_PASSED)
+    expect(page.get_by_test_id("notification")).to_have_count(0)
+
+
+def test_too_many_toasts_drop_an_older_success_not_an_unseen_failure(stack: Any, page: Page) -> None:
+    sign_up_with_a_still_clock(stack, page)
+    queue_and_see_its_toast(page, fail=True)
+    for _ in range(4):
+        queue_and_see_its_toast(page, fail=False)
+    toasts = page.get_by_test_id("notification")
+    expect(toasts).to_have_count(5)
+    shown = [toast.get_attribute("data-event-id") for toast in toasts.all()]
+    queue_and_see_its_toast(page, fail=False)  # the sixth, one over the five shown
+
+    expect(toasts).to_have_count(5)
+    expect(toasts.first).to_contain_text("Simulated failure")
+    now_shown = [toast.get_attribute("data-event-id") for toast in toasts.all()]
+    assert now_shown[:4] == [shown[0], *shown[2:]], (shown, now_shown)  # the oldest success went

@@ -123,26 +123,114 @@
 
   // ----------------------------------------------------------------- toasts
 
+  /*
+   * Toasts: one live region (#toasts, aria-live="polite" in base.html); a
+   * toast itself has no role, or screen readers would announce it twice
+   * (its own live region, then the container's). Polite even for failures:
+   * a failure toast stays until dismissed, so nothing is missed by not
+   * interrupting what is being read.
+   *
+   * A failure (task.failed) or error toast stays until its close button is
+   * pressed. A success or cancellation goes after TOAST_MS, counted only
+   * while the pointer is off it and the keyboard focus out of it; it is also
+   * kept in the bell (the inbox), as every failure is.
+   *
+   * Over MAX_TOASTS on screen, one goes: the oldest timed toast (success,
+   * cancellation: the bell keeps it), else the oldest failure (unread in
+   * the bell), else the oldest error (kept nowhere else), passing over a
+   * toast the pointer or the focus is on while another can go. So a
+   * failure never makes way for a success, which is the one dropped (the
+   * newest included) while only failures and errors are shown.
+   */
+  // Once the pointer or the focus leaves, a timed toast stays at least this
+  // much longer, however little of TOAST_MS was left: time to move back to it.
+  var TOAST_RESUME_MIN_MS = 2000;
+  var STICKY = { failed: true, error: true };
+  var EVICTION_ORDER = { succeeded: 0, cancelled: 0, failed: 1, error: 2 };
   var toastBox = document.getElementById('toasts');
+  var shownToasts = []; // oldest first
 
-  function toast(message, outcome) {
+  function toast(message, outcome, eventId) {
     if (!toastBox) return;
-    var node = h('div', {
-      className: 'toast toast--' + outcome,
-      role: outcome === 'failed' || outcome === 'error' ? 'alert' : 'status',
-      title: 'Click to dismiss',
-      dataset: { testid: 'notification', outcome: outcome }
-    }, [message]);
-    var timer = null;
-    function dismiss() {
-      if (timer !== null) clearTimeout(timer);
-      timer = null;
-      if (node.parentNode) node.parentNode.removeChild(node);
+    var closeButton = h('button', {
+      type: 'button',
+      className: 'toast__close',
+      'aria-label': 'Dismiss notification',
+      title: 'Dismiss'
+    }, [h('span', { 'aria-hidden': 'true' }, ['\u00d7'])]);
+    var dataset = { testid: 'notification', outcome: outcome };
+    if (eventId !== undefined) dataset.eventId = String(eventId); // as the bell's items have it
+    var node = h('div', { className: 'toast toast--' + outcome, dataset: dataset }, [
+      h('p', { className: 'toast__message' }, [message]),
+      closeButton
+    ]);
+    var entry = {
+      node: node,
+      outcome: outcome,
+      sticky: Object.prototype.hasOwnProperty.call(STICKY, outcome),
+      hovered: false,
+      focused: false,
+      remaining: TOAST_MS,
+      startedAt: 0,
+      timer: null
+    };
+
+    function held() { return entry.hovered || entry.focused; }
+
+    function startTimer() {
+      if (entry.sticky || entry.timer !== null || held() || !node.isConnected) return;
+      entry.startedAt = performance.now();
+      entry.timer = setTimeout(function () { removeToast(entry); }, entry.remaining);
     }
-    node.addEventListener('click', dismiss);
-    timer = setTimeout(dismiss, TOAST_MS);
+
+    function pauseTimer() {
+      if (entry.timer === null) return;
+      clearTimeout(entry.timer);
+      entry.timer = null;
+      entry.remaining = Math.max(TOAST_RESUME_MIN_MS, entry.remaining - (performance.now() - entry.startedAt));
+    }
+
+    node.addEventListener('pointerenter', function () { entry.hovered = true; pauseTimer(); });
+    node.addEventListener('pointerleave', function () { entry.hovered = false; startTimer(); });
+    node.addEventListener('focusin', function () { entry.focused = true; pauseTimer(); });
+    node.addEventListener('focusout', function (event) {
+      if (event.relatedTarget && node.contains(event.relatedTarget)) return;
+      entry.focused = false;
+      startTimer();
+    });
+    closeButton.addEventListener('click', function () { removeToast(entry); });
+    entry.held = held;
+
     toastBox.appendChild(node);
-    while (toastBox.children.length > MAX_TOASTS) toastBox.removeChild(toastBox.firstElementChild);
+    shownToasts.push(entry);
+    startTimer();
+    while (shownToasts.length > MAX_TOASTS) removeToast(toastToEvict());
+  }
+
+  // The toast to drop when too many are shown (the one just shown included):
+  // the lowest EVICTION_ORDER, a held toast only if none else, the oldest of equals.
+  function toastToEvict() {
+    var chosen = null;
+    var chosenScore = Infinity;
+    shownToasts.forEach(function (entry) {
+      var score = EVICTION_ORDER[entry.outcome] + (entry.held() ? 10 : 0);
+      if (score < chosenScore) { chosen = entry; chosenScore = score; }
+    });
+    return chosen;
+  }
+
+  // Focus that was in the toast moves to the close button of the next toast
+  // (else the previous one) instead of falling back to the top of the page.
+  function removeToast(entry) {
+    var index = shownToasts.indexOf(entry);
+    if (index === -1) return;
+    shownToasts.splice(index, 1);
+    if (entry.timer !== null) clearTimeout(entry.timer);
+    entry.timer = null;
+    var hadFocus = entry.node.contains(document.activeElement);
+    if (entry.node.parentNode) entry.node.parentNode.removeChild(entry.node);
+    var neighbour = shownToasts[index] || shownToasts[index - 1];
+    if (hadFocus && neighbour) neighbour.node.querySelector('.toast__close').focus();
   }
 
   // ------------------------------------------------------------------ inbox
@@ -1235,7 +1323,7 @@
       var kind = String(task.kind || 'task');
       var message = kind + ' ' + outcome;
       if (outcome === 'failed' || (outcome === 'cancelled' && task.error)) message += ': ' + truncate(String(task.error || 'no reason given'), 300);
-      toast(message, outcome);
+      toast(message, outcome, frame.id);
     }
   }
 
