@@ -27,14 +27,3 @@ def page_size(request: Request, default: int) -> int:
 def limit_schema(default: int) -> dict[str, Any]:
     """How ?limit= looks in the OpenAPI schema."""
     return {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE, "default": default}
-
-
-def paginated_schema(item_schema: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "type": "object",
-        "required": ["results", "next"],
-        "properties": {
-            "results": {"type": "array", "items": item_schema},
-            "next": {"type": "string", "format": "uri", "nullable": True},
-        },
-    }
