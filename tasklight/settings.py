@@ -302,7 +302,7 @@ CANCEL_GRACE_SECONDS = decimal_number("CANCEL_GRACE_SECONDS", 5.0, minimum=0, un
 # taken over by another worker (its first worker is presumed dead).
 CANCEL_POLL_SECONDS = decimal_number("CANCEL_POLL_SECONDS", 1.0, minimum=0, minimum_allowed=False, unit="seconds")
 TASK_LEASE_SECONDS = decimal_number("TASK_LEASE_SECONDS", 10.0, minimum=0, minimum_allowed=False, unit="seconds")
-# What the lease must outlast (docs/lifecycle.md#leases): the gap between two
+# What the lease must outlast (docs/lifecycle.md#delivery-guarantees): the gap between two
 # renewals of a healthy task, one failed renewal included (the watchdog tries
 # again at its next poll), and a cancelled task's grace, during which it is no
 # longer renewed. Past it a redelivered message takes the task over: a healthy
