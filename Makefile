@@ -21,7 +21,7 @@ TEST_ENV := \
 	TASKLIGHT_QUEUE=$${TASKLIGHT_QUEUE:-tasklight-test} CHANNEL_LAYER_PREFIX=$${CHANNEL_LAYER_PREFIX:-tasklight-test} \
 	SIGNUP_RATE_LIMIT=100000/hour
 
-.PHONY: install install-dev run migrate test test-fast lint typecheck check screenshot clean
+.PHONY: install install-dev run migrate test lint typecheck check screenshot clean
 
 install: $(VENV)/.runtime
 
