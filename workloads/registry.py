@@ -47,7 +47,12 @@ class Cancelled(Exception):
 
 
 # Progress reaches the database and the sockets at most this often per task,
-# however often a workload reports it (a change of at least one percent too).
+# however often a workload reports it (a change of at least one percent too),
+# and not before the run is this old: a task that ends sooner sends no
+# progress frame at all, its terminal event says it all. Every frame carries
+# the whole task, parameters included: for a 1 MiB text_stats (~0.2 s) the one
+# frame of 50 % was a quarter of the bytes on each socket (docs/benchmarks.md,
+# "Large tasks").
 PROGRESS_MIN_INTERVAL_SECONDS = 0.25
 
 
@@ -59,7 +64,7 @@ class Run:
         self._on_progress = on_progress
         self._cancel = cancel or threading.Event()
         self._last_percent: int | None = None
-        self._last_sent_at = 0.0
+        self._last_sent_at = time.monotonic()
 
     def progress(self, done: float, total: float = 100) -> None:
         percent = max(0, min(100, int(100 * done / total))) if total else 0
