@@ -17,6 +17,12 @@ HTTP_TIMEOUT = httpx.Timeout(30.0, connect=10.0)
 # The server pings every client every 20 s; the client's own keepalive notices
 # a dead connection within 40 s even if the server's pings stop arriving.
 WS_OPEN_TIMEOUT = 10.0
+# Every frame about a task carries the whole task, its parameters included: a
+# text_stats text alone is up to 1 MiB, six times that as escaped JSON at worst.
+# websockets' default limit (1 MiB) closed the socket (1009) at each frame of
+# such a task, and the command reconnected and read the task again over REST
+# every time. A limit still, against a server that sends without end.
+WS_MAX_FRAME_BYTES = 64 * 1024 * 1024
 LOG_IN_AGAIN = "Log in again: tasklight login"
 
 
@@ -179,6 +185,7 @@ class Api:
                 additional_headers={"Authorization": f"Token {self.token}"},
                 user_agent_header=USER_AGENT,
                 open_timeout=WS_OPEN_TIMEOUT,
+                max_size=WS_MAX_FRAME_BYTES,
                 # Frames are read as they come; never stop reading (and miss keepalives) on a burst.
                 max_queue=None,
             )

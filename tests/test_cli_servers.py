@@ -10,6 +10,7 @@ import http.server
 import json
 import os
 import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +20,7 @@ import pytest
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
+from .stack import ROOT
 from .test_cli import TASKLIGHT, runner
 
 TASK_ID = "3f1c2a4e-9b7d-4c1e-8f2a-5d6e7f8a9b0c"
@@ -248,3 +250,41 @@ def test_a_parameter_nested_deeper_than_python_reads_is_sent_as_text(web_server:
 
     assert result.returncode == 0, result.stderr
     assert received == [{"kind": "text_stats", "params": {"text": "[" * 100_000}}]
+
+
+def test_wait_reads_a_frame_of_a_task_with_a_megabyte_parameter_on_its_socket(tmp_path: Path) -> None:
+    """A frame carries the whole task: text_stats' 1 MiB of text makes it
+    more than websockets' default limit, which closed the socket (1009) at
+    each such frame; the command reconnected every time."""
+    text = "x" * (1024 * 1024)
+    finished = {**RUNNING, "kind": "text_stats", "params": {"text": text}, "status": "succeeded", "progress": 100}
+    finished["result"] = {"words": 1, "lines": 1, "top_words": [[text[:8], 1]]}
+    sockets = 0
+
+    def sends_the_finished_task(connection: ServerConnection) -> None:
+        nonlocal sockets
+        sockets += 1
+        connection.send(json.dumps(HELLO))
+        connection.send(json.dumps({"type": "event", "id": 1, "event": "task.succeeded", "task": finished}))
+        connection.recv()  # until the command closes it
+
+    # A second socket would mean the first was dropped: it ends the wait at once.
+    fake = FakeTasklight([sends_the_finished_task, hello_then_close(4401, "a second socket")])
+    with serve(fake.play, "127.0.0.1", 0, process_request=fake.answer) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        address = f"http://127.0.0.1:{server.socket.getsockname()[1]}"
+        environment = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "TASKLIGHT_URL": address}
+        environment["TASKLIGHT_TOKEN"] = "some-token"
+        # This checkout's command (the installed script may belong to another checkout's editable install).
+        result = subprocess.run(
+            [sys.executable, "-m", "tasklight_cli", "wait", TASK_ID],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=environment,
+            timeout=90,
+        )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == finished["result"]
+    assert sockets == 1
