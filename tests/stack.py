@@ -154,9 +154,15 @@ class Account:
     def socket(self, base_url: str | None = None) -> Iterator[LiveSocket]:
         url = (base_url or self.base_url).replace("http", "ws", 1) + "/ws/"
         # max_queue=None: a test that reads late must not make the client stop
-        # reading (and miss its keepalive pongs) after 16 unread frames.
+        # reading (and miss its keepalive pongs) after 16 unread frames;
+        # max_size=None: a frame about a task with 1 MiB of text is larger than
+        # websockets' default limit.
         with connect(
-            url, additional_headers={"Authorization": f"Token {self.token}"}, open_timeout=10, max_queue=None
+            url,
+            additional_headers={"Authorization": f"Token {self.token}"},
+            open_timeout=10,
+            max_queue=None,
+            max_size=None,
         ) as ws:
             live = LiveSocket(ws)
             hello = live.next()

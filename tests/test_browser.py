@@ -4,6 +4,7 @@ RabbitMQ and Redis)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,7 +22,7 @@ from live.models import Event
 from live.services import delete_expired_events
 from workloads.models import Task
 
-from .stack import PASSWORD, ROOT, Account, wait_for
+from .stack import PASSWORD, ROOT, Account, terminal_for, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -387,6 +388,26 @@ def test_older_tasks_are_shown_on_demand_below_the_recent_ones(stack: Any, page:
     expect(older).to_be_hidden()
     shown = [row.get_attribute("data-task-id") for row in rows.all()]
     assert shown == list(reversed(queued))  # newest first, each once
+
+
+def test_a_megabyte_parameter_shows_on_the_page_as_it_does_live(stack: Any, page: Page) -> None:
+    """The page embeds a display copy of a long parameter (workloads/views.py):
+    its row reads as the row of the same task drawn from a live event."""
+    alice = Account.sign_up(stack.base_url)
+    text = ("a few words to count " * 60_000)[: 1024 * 1024]
+    with alice.socket() as socket:
+        task = alice.queue("text_stats", text=text)
+        socket.events_until(terminal_for(task["id"]))
+    page.goto(stack.base_url + "/login/")
+    page.fill("input[name=username]", alice.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.locator("form button[type=submit]").last.click()
+    row = page.locator(f"[data-testid=task-row][data-task-id='{task['id']}']")
+    expect(row).to_have_attribute("data-status", "succeeded")
+    params = row.locator(".task__params")
+    # app.js: each value cut to 24 characters, the tooltip to 500 of the whole JSON.
+    expect(params).to_have_text('text="' + text[:23] + '\u2026"')
+    expect(params).to_have_attribute("title", json.dumps({"text": text}, separators=(",", ":"))[:499] + "\u2026")
 
 
 def test_the_older_tasks_button_is_not_shown_without_older_tasks(stack: Any, page: Page) -> None:
