@@ -121,6 +121,13 @@ def test_every_repository_path_the_docs_name_exists(document: Path) -> None:
     assert not missing, missing
 
 
+def test_developers_md_maps_every_test_file() -> None:
+    """DEVELOPERS.md says what each test file covers: a new one is added there too."""
+    mapped = (ROOT / "DEVELOPERS.md").read_text()
+    unmapped = [path.name for path in sorted((ROOT / "tests").glob("test_*.py")) if f"tests/{path.name}" not in mapped]
+    assert not unmapped, unmapped
+
+
 def env_example() -> dict[str, str]:
     """Each variable .env.example lists (`NAME=value` or `# NAME=value`), with its value."""
     listed = {}
