@@ -1,11 +1,25 @@
-"""The shipped workloads, called directly (they are plain functions)."""
+"""The shipped workloads, called directly (they are plain functions), and the
+registry's checks of a workload as it is registered."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from typing import Any
+
 import pytest
+from pydantic import BaseModel, ConfigDict
 
 from workloads.builtin import PrimesParams, SimulateParams, TextStatsParams, primes, simulate, text_stats
-from workloads.registry import InvalidParams, Run, WorkloadFailed, get_workload
+from workloads.registry import (
+    InvalidParams,
+    Run,
+    WorkloadFailed,
+    all_workloads,
+    get_workload,
+    unregister,
+    workload,
+)
 
 
 def naive_prime_count(below: int) -> int:
@@ -78,3 +92,111 @@ def test_params_are_validated_with_a_message_per_field() -> None:
     with pytest.raises(InvalidParams) as caught:
         get_workload("simulate").normalise({"seconds": -5, "fail": "maybe", "extra": 1})
     assert set(caught.value.fields) == {"seconds", "fail", "extra"}
+
+
+# --- Registering a workload: every mistake shows at import, that is at start-up.
+
+
+@pytest.fixture
+def registering() -> Iterator[list[str]]:
+    """Names registered by the test, unregistered after it."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        unregister(name)
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def test_a_name_longer_than_a_task_can_store_is_refused_at_registration(registering: list[str]) -> None:
+    name = "n" * 65
+    registering.append(name)
+    with pytest.raises(ValueError, match="1 to 64 characters"):
+
+        @workload(name=name)
+        def too_long(params: NoParams, run: Run) -> dict[str, Any]:
+            return {}
+
+
+def test_a_name_taken_by_another_workload_is_refused_naming_both(registering: list[str]) -> None:
+    with pytest.raises(ValueError, match=r"'primes' .*already registered \(workloads\.builtin\.primes\)"):
+
+        @workload(name="primes")
+        def my_primes(params: NoParams, run: Run) -> dict[str, Any]:
+            return {}
+
+    assert get_workload("primes").function is primes
+
+
+def test_an_async_function_is_refused_at_registration(registering: list[str]) -> None:
+    registering.append("asynchronous")
+    with pytest.raises(TypeError, match="not async"):
+
+        @workload()
+        async def asynchronous(params: NoParams, run: Run) -> dict[str, Any]:
+            return {}
+
+
+def test_a_function_the_worker_cannot_call_with_params_and_run_is_refused(registering: list[str]) -> None:
+    registering.extend(["no_arguments", "only_params"])
+    with pytest.raises(TypeError, match=r"two arguments, \(params, run\)"):
+
+        @workload()  # type: ignore[arg-type]  # mypy sees it too; the registry must at run time
+        def no_arguments() -> dict[str, Any]:
+            return {}
+
+    with pytest.raises(TypeError, match=r"two arguments, \(params, run\)"):
+
+        @workload()  # type: ignore[arg-type]
+        def only_params(params: NoParams) -> dict[str, Any]:
+            return {}
+
+
+def test_an_unannotated_first_parameter_is_refused_with_a_readable_error(registering: list[str]) -> None:
+    registering.append("unannotated")
+    with pytest.raises(TypeError, match="annotate its first parameter, 'params', with a pydantic model"):
+
+        @workload()
+        def unannotated(params, run: Run) -> dict[str, Any]:
+            return {}
+
+
+class EventParams(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    event: threading.Event | None = None
+
+
+def test_parameters_without_a_json_schema_are_refused_at_registration(registering: list[str]) -> None:
+    # Before, the workload registered, and GET /api/workloads/ and the home
+    # page answered 500 from then on.
+    registering.append("takes_an_event")
+    with pytest.raises(TypeError, match="no JSON Schema"):
+
+        @workload()
+        def takes_an_event(params: EventParams, run: Run) -> dict[str, Any]:
+            return {}
+
+    assert "takes_an_event" not in {w.name for w in all_workloads()}
+
+
+@pytest.mark.parametrize(
+    ("soft", "hard", "message"),
+    [
+        (30, 10, "must be below time_limit"),
+        (10, 10, "must be below time_limit"),
+        (0, None, "above 0"),
+        (None, -1, "above 0"),
+    ],
+)
+def test_time_limits_that_cannot_work_are_refused(
+    registering: list[str], soft: float | None, hard: float | None, message: str
+) -> None:
+    registering.append("limited")
+    with pytest.raises(ValueError, match=message):
+
+        @workload(soft_time_limit=soft, time_limit=hard)
+        def limited(params: NoParams, run: Run) -> dict[str, Any]:
+            return {}

@@ -18,6 +18,7 @@ from; the return value (JSON) is the task's result.
 from __future__ import annotations
 
 import inspect
+import math
 import threading
 import time
 import typing
@@ -25,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PydanticUserError, ValidationError
 
 
 class UnknownWorkload(LookupError):
@@ -165,6 +166,10 @@ def _encodes(text: str) -> bool:
 _registry: dict[str, Workload] = {}
 
 
+# A task stores its workload's name in a column of this length (Task.kind).
+MAX_NAME_LENGTH = 64
+
+
 def workload(
     *,
     name: str | None = None,
@@ -174,16 +179,31 @@ def workload(
     time_limit: float | None = None,
 ) -> Callable[[WorkloadFunction], WorkloadFunction]:
     """Registers a function as a workload; its first parameter's annotation is
-    the pydantic model of its parameters."""
+    the pydantic model of its parameters.
+
+    Every mistake it can see is raised here, when the module is imported (so
+    every web and worker process refuses to start), not when a client first
+    lists the workloads or a worker first runs one."""
 
     def register(function: WorkloadFunction) -> WorkloadFunction:
-        first = next(iter(inspect.signature(function).parameters))
-        params_model = typing.get_type_hints(function)[first]
-        if not (inspect.isclass(params_model) and issubclass(params_model, BaseModel)):
-            raise TypeError(f"{function.__name__}: annotate its first parameter with a pydantic model")
         key = name or function.__name__
+        where = f"workload {key!r} ({function.__module__}.{function.__qualname__})"
+        params_model = _params_model(function, where)
+        if not 1 <= len(key) <= MAX_NAME_LENGTH:
+            raise ValueError(f"{where}: a workload's name is 1 to {MAX_NAME_LENGTH} characters long")
+        _check_time_limits(soft_time_limit, time_limit, where)
+        try:
+            params_model.model_json_schema()
+        except PydanticUserError as exc:
+            raise TypeError(
+                f"{where}: its parameters have no JSON Schema, which the API and the form need: {exc}"
+            ) from exc
         if key in _registry and _registry[key].function is not function:
-            raise ValueError(f"a workload named {key!r} is already registered")
+            existing = _registry[key].function
+            raise ValueError(
+                f"{where}: a workload named {key!r} is already registered "
+                f"({existing.__module__}.{existing.__qualname__}); give this one another name="
+            )
         doc = inspect.getdoc(function) or ""
         _registry[key] = Workload(
             name=key,
@@ -197,6 +217,33 @@ def workload(
         return function
 
     return register
+
+
+def _params_model(function: WorkloadFunction, where: str) -> type[BaseModel]:
+    """The pydantic model that annotates the function's first parameter,
+    once it is clear that the worker can call ``function(params, run)``."""
+    if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+        raise TypeError(f"{where}: a workload is a plain function, not async: the worker calls it in a thread")
+    signature = inspect.signature(function)
+    try:
+        signature.bind(None, None)
+    except TypeError:
+        raise TypeError(f"{where}: a workload takes two arguments, (params, run)") from None
+    first = next(iter(signature.parameters))
+    params_model = typing.get_type_hints(function).get(first)
+    if not (inspect.isclass(params_model) and issubclass(params_model, BaseModel)):
+        raise TypeError(f"{where}: annotate its first parameter, {first!r}, with a pydantic model")
+    return params_model
+
+
+def _check_time_limits(soft: float | None, hard: float | None, where: str) -> None:
+    for label, limit in (("soft_time_limit", soft), ("time_limit", hard)):
+        if limit is not None and not (isinstance(limit, int | float) and 0 < limit < math.inf):
+            raise ValueError(f"{where}: {label} is a number of seconds above 0, not {limit!r}")
+    if soft is not None and hard is not None and soft >= hard:
+        raise ValueError(
+            f"{where}: soft_time_limit ({soft:g} s) must be below time_limit ({hard:g} s), or it never strikes"
+        )
 
 
 def get_workload(name: Any) -> Workload:
