@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from workloads.builtin import PrimesParams, SimulateParams, TextStatsParams, primes, simulate, text_stats
 from workloads.registry import (
@@ -200,3 +200,28 @@ def test_time_limits_that_cannot_work_are_refused(
         @workload(soft_time_limit=soft, time_limit=hard)
         def limited(params: NoParams, run: Run) -> dict[str, Any]:
             return {}
+
+
+class AliasedParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    row_count: Annotated[int, Field(alias="rowCount", ge=1)] = 5
+
+
+def test_a_field_alias_names_the_parameter_in_the_schema_the_stored_params_and_the_run(
+    registering: list[str],
+) -> None:
+    # Before, the stored params used the field's name (row_count), which the
+    # worker's parse refused: every such task crashed with InvalidParams.
+    registering.append("aliased")
+
+    @workload()
+    def aliased(params: AliasedParams, run: Run) -> dict[str, Any]:
+        return {"rows": params.row_count}
+
+    described = get_workload("aliased")
+    assert list(described.describe()["params"]["properties"]) == ["rowCount"]
+    stored = described.normalise({"rowCount": 3})
+    assert stored == {"rowCount": 3}
+    assert described.run(stored, Run()) == {"rows": 3}
+    assert described.run(described.normalise({}), Run()) == {"rows": 5}

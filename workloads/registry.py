@@ -116,8 +116,10 @@ class Workload:
 
     def normalise(self, raw: Any) -> dict[str, Any]:
         """The parameters as stored: validated, with defaults filled in, and
-        every string storable (no NUL, no unpaired surrogate)."""
-        params = self.parse(raw).model_dump(mode="json")
+        every string storable (no NUL, no unpaired surrogate). A field's
+        ``alias=`` names it here as in the schema and the request: the worker
+        parses these again."""
+        params = self.parse(raw).model_dump(mode="json", by_alias=True)
         fields = {where: [UNSTORABLE_TEXT] for where in _unstorable_strings(params, "")}
         if fields:
             raise InvalidParams(fields)
