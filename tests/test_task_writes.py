@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from django.utils import timezone
 from live.models import Event, EventStream
 from workloads import services
 from workloads.models import Task
+from workloads.registry import UNSTORABLE_TEXT
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -146,6 +147,37 @@ def test_the_worker_ends_its_task_once_with_one_event(alice: User, published: li
     assert last_event_id(alice) == before + 1
     assert Event.objects.filter(user=alice).count() == before + 1
     assert published == []
+
+
+@pytest.mark.parametrize(
+    ("result", "error"),
+    [
+        ({"when": datetime(2026, 1, 1)}, "The workload returned a result that is not JSON."),
+        ({"ratio": float("nan")}, "The workload returned a result that is not JSON."),
+        ([float("inf")], "The workload returned a result that is not JSON."),
+        ({"text": "a\x00b"}, "The workload returned text that cannot be stored, at result.text: " + UNSTORABLE_TEXT),
+        ({"k\ud800": 1}, "The workload returned text that cannot be stored, at result.k\\ud800: " + UNSTORABLE_TEXT),
+    ],
+    ids=["a datetime", "NaN", "infinity", "NUL", "a lone surrogate"],
+)
+@pytest.mark.parametrize("in_a_transaction", [False, True], ids=["one statement", "in a transaction"])
+def test_a_result_the_database_cannot_store_fails_the_task_readably(
+    alice: User, published: list, in_a_transaction: bool, result: Any, error: str
+) -> None:
+    # Before, NaN, infinity, NUL and lone surrogates passed json.dumps and
+    # PostgreSQL refused the UPDATE: the worker's call raised, the message was
+    # acknowledged, and the task stayed running for good (a cancel could not
+    # end it either, and it held a place of its owner's running cap).
+    task = running_task(alice)
+    if in_a_transaction:
+        with transaction.atomic():
+            ended = services.finish_task(task_id=task.id, result=result, running=task)
+    else:
+        ended = services.finish_task(task_id=task.id, result=result, running=task)
+    assert ended is not None
+    stored = Task.objects.get(pk=task.id)
+    assert (stored.status, stored.result, stored.error) == ("failed", None, error)
+    assert Event.objects.filter(user=alice).order_by("-sequence").first().kind == "task.failed"
 
 
 def test_a_task_ended_elsewhere_first_is_not_ended_again(alice: User, published: list) -> None:

@@ -120,7 +120,7 @@ class Workload:
         ``alias=`` names it here as in the schema and the request: the worker
         parses these again."""
         params = self.parse(raw).model_dump(mode="json", by_alias=True)
-        fields = {where: [UNSTORABLE_TEXT] for where in _unstorable_strings(params, "")}
+        fields = {where: [UNSTORABLE_TEXT] for where in unstorable_strings(params, "")}
         if fields:
             raise InvalidParams(fields)
         return params
@@ -143,9 +143,9 @@ class Workload:
 UNSTORABLE_TEXT = "Must be text without NUL characters or unpaired surrogates."
 
 
-def _unstorable_strings(value: Any, where: str) -> Iterator[str]:
+def unstorable_strings(value: Any, where: str) -> Iterator[str]:
     """The paths of the strings in ``value`` (keys too) that cannot be
-    stored, as parse() names fields ("" for the whole)."""
+    stored, as parse() names fields ("" for the whole, which is "params")."""
     if isinstance(value, str):
         if "\x00" in value or (not value.isascii() and not _encodes(value)):
             yield where or "params"
@@ -153,8 +153,8 @@ def _unstorable_strings(value: Any, where: str) -> Iterator[str]:
         for key, item in value.items() if isinstance(value, dict) else enumerate(value):
             inner = f"{where}.{key}" if where else str(key)
             if isinstance(key, str):
-                yield from _unstorable_strings(key, inner)
-            yield from _unstorable_strings(item, inner)
+                yield from unstorable_strings(key, inner)
+            yield from unstorable_strings(item, inner)
 
 
 def _encodes(text: str) -> bool:

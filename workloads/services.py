@@ -30,7 +30,7 @@ from tasklight import metrics
 
 from . import sent_marks
 from .models import IdempotencyKey, Task, TaskStatus
-from .registry import UnknownWorkload, get_workload
+from .registry import UNSTORABLE_TEXT, UnknownWorkload, get_workload, unstorable_strings
 
 logger = logging.getLogger(__name__)
 
@@ -441,10 +441,19 @@ def task_exists(*, task_id: uuid.UUID | str) -> bool:
 
 
 def finish_task(*, task_id: uuid.UUID | str, result: Any, running: Task | None = None) -> Task | None:
+    """Ends the task with the workload's result, or fails it readably when
+    the database could not store that result: the UPDATE would raise, and
+    the task stay running for good."""
     try:
-        json.dumps(result)
+        json.dumps(result, allow_nan=False)  # NaN and Infinity are not JSON; jsonb refuses them
     except (TypeError, ValueError):
         return fail_task(task_id=task_id, error="The workload returned a result that is not JSON.", running=running)
+    where = next(unstorable_strings(result, "result"), None)
+    if where is not None:
+        # The path may hold the very characters that cannot be stored.
+        shown = where.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
+        error = f"The workload returned text that cannot be stored, at {shown}: {UNSTORABLE_TEXT}"
+        return fail_task(task_id=task_id, error=error, running=running)
     return _end(task_id, TaskStatus.SUCCEEDED, result=result, running=running)
 
 
