@@ -114,6 +114,90 @@ def test_a_failing_task_shows_a_failure_toast(stack: Any, page: Page) -> None:
     expect(page.get_by_test_id("notification")).to_contain_text("Simulated failure")
 
 
+def queue_from_the_form(page: Page) -> dict[str, Any]:
+    """Clicks "Queue task"; returns the JSON the page sent."""
+    with page.expect_request(lambda r: r.method == "POST" and r.url.endswith("/api/tasks/")) as sent:
+        page.get_by_test_id("queue-task").click()
+    body = sent.value.post_data_json
+    assert isinstance(body, dict)
+    return body
+
+
+def test_the_form_renders_each_parameter_shape_with_its_default_and_sends_typed_json(stack: Any, page: Page) -> None:
+    # tests/workloads_for_tests.py's export: a required short string, an enum
+    # (a $ref), an optional enum and an optional string whose default is null,
+    # a one-value Literal (const), a boolean, bounded integers, an array and a
+    # nested object. Before, the optional enum showed and sent its first value
+    # (level 1, where the default is none), the optional string sent "" (which
+    # its min_length refuses: a 400 on a field left alone) and the const was
+    # a free-text box.
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+    page.select_option("#workload-kind", "export")
+    fields = page.locator("#param-fields")
+    expect(fields.locator("[data-param]")).to_have_count(10)
+
+    level = fields.locator("select[name=level]")
+    expect(level.locator("option")).to_have_text(["\u2014", "1", "3", "9"])
+    expect(level.locator("option:checked")).to_have_text("\u2014")
+    expect(fields.locator("select[name=format] option:checked")).to_have_text("csv")
+    expect(fields.locator("select[name=version] option")).to_have_text(["v2"])
+    expect(fields.locator("input[name=dry_run]")).not_to_be_checked()
+    batch = fields.locator("input[name=batch]")
+    expect(batch).to_have_value("100")
+    assert (batch.get_attribute("min"), batch.get_attribute("max"), batch.get_attribute("step")) == (
+        "10",
+        "10000",
+        "10",
+    )
+    expect(fields.locator("input[name=limit]")).to_have_value("")
+    expect(fields.locator("[name=note]")).to_have_value("")
+    expect(fields.locator("[name=table]")).to_have_attribute("maxlength", "40")
+    expect(fields.locator("[name=columns]")).to_have_value("[]")
+
+    fields.locator("[name=table]").fill("users")
+    body = queue_from_the_form(page)
+    assert body == {
+        "kind": "export",
+        "params": {
+            "table": "users",
+            "format": "csv",
+            "version": "v2",
+            "dry_run": False,
+            "batch": 100,
+            "columns": [],
+            "window": {"start": 0, "end": 30},
+        },
+    }
+    row = page.get_by_test_id("task-row").first
+    expect(row).to_have_attribute("data-status", "succeeded", timeout=30_000)
+    task = Task.objects.get(pk=str(row.get_attribute("data-task-id")))
+    assert task.result == {**body["params"], "level": None, "note": None, "limit": None}
+
+    level.select_option("9")
+    fields.locator("select[name=format]").select_option("json")
+    fields.locator("[name=note]").fill("nightly")
+    fields.locator("input[name=dry_run]").check()
+    fields.locator("input[name=limit]").fill("500")
+    fields.locator("[name=columns]").fill('["id", "name"]')
+    fields.locator("[name=window]").fill('{"start": 7}')
+    body = queue_from_the_form(page)
+    assert body["params"] == {
+        "table": "users",
+        "format": "json",
+        "level": 9,
+        "version": "v2",
+        "note": "nightly",
+        "dry_run": True,
+        "batch": 100,
+        "limit": 500,
+        "columns": ["id", "name"],
+        "window": {"start": 7},
+    }
+    expect(page.get_by_test_id("task-row")).to_have_count(2)
+    expect(page.get_by_test_id("task-row").first).to_have_attribute("data-status", "succeeded", timeout=30_000)
+
+
 def test_cancel_a_running_task_then_retry_it_from_its_row(stack: Any, page: Page) -> None:
     page.goto(stack.base_url + "/signup/")
     sign_up(page)

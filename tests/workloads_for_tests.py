@@ -1,14 +1,16 @@
 """Workloads that only the tests install (WORKLOAD_MODULES=tests.workloads_for_tests):
 one written by the recipe in docs/adding-a-workload.md (trimmed), three that
-misbehave, one that reports progress fast and one that names its database."""
+misbehave, one that reports progress fast, one that names its database and one
+whose parameters take every shape the home page's form renders."""
 
 from __future__ import annotations
 
+import enum
 import time
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from celery.exceptions import SoftTimeLimitExceeded
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from workloads.registry import Run, workload
 
@@ -95,3 +97,36 @@ def database_backend(params: NoParams, run: Run) -> dict[str, Any]:
         cursor.execute("SELECT pg_backend_pid(), current_setting('application_name')")
         pid, name = cursor.fetchone()
     return {"pid": pid, "application_name": name}
+
+
+class Format(enum.StrEnum):
+    csv = "csv"
+    json = "json"
+
+
+class Window(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: Annotated[int, Field(ge=0)] = 0
+    end: Annotated[int, Field(ge=0)] = 30
+
+
+class ExportParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    table: Annotated[str, Field(min_length=1, max_length=40, description="The table to export.")]
+    format: Format = Format.csv
+    level: Annotated[Literal[1, 3, 9] | None, Field(description="Compression level; empty for none.")] = None
+    version: Literal["v2"] = "v2"
+    note: Annotated[str | None, Field(min_length=3, max_length=20)] = None
+    dry_run: StrictBool = False
+    batch: Annotated[int, Field(ge=10, le=10_000, multiple_of=10)] = 100
+    limit: Annotated[int | None, Field(ge=1)] = None
+    columns: Annotated[list[str], Field(max_length=5)] = []
+    window: Window = Window()
+
+
+@workload(title="Export")
+def export(params: ExportParams, run: Run) -> dict[str, Any]:
+    """Returns its parameters as the worker parsed them: every shape of parameter the form renders."""
+    return params.model_dump(mode="json")

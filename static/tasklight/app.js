@@ -891,7 +891,7 @@
   }
 
   function fieldType(s) {
-    if (Array.isArray(s.enum)) return 'enum';
+    if (Array.isArray(s.enum) || Object.prototype.hasOwnProperty.call(s, 'const')) return 'enum';
     if (s.type === 'integer' || s.type === 'number' || s.type === 'boolean' || s.type === 'string') return s.type;
     return 'json';
   }
@@ -905,7 +905,10 @@
     var help = s.description ? h('p', { className: 'help', id: id + '-help' }, [String(s.description)]) : null;
     var described = help ? id + '-help' : null;
     var input;
-    var field = { key: key, type: type, required: required, schema: s };
+    // Left empty, an optional field whose default is null (or made by a
+    // factory) is not sent: its default applies, not an empty value.
+    var emptyIsDefault = !required && (!hasDefault || s['default'] === null);
+    var field = { key: key, type: type, required: required, schema: s, emptyIsDefault: emptyIsDefault };
 
     if (type === 'boolean') {
       input = h('input', { type: 'checkbox', id: id, name: key, 'aria-describedby': described });
@@ -922,9 +925,9 @@
     }
 
     if (type === 'enum') {
-      field.enumValues = s['enum'].slice();
+      field.enumValues = Array.isArray(s['enum']) ? s['enum'].slice() : [s['const']];
       input = h('select', { id: id, name: key, 'aria-describedby': described });
-      if (!required && !hasDefault) input.appendChild(h('option', { value: '' }, ['\u2014']));
+      if (emptyIsDefault) input.appendChild(h('option', { value: '' }, ['\u2014']));
       field.enumValues.forEach(function (value, index) {
         var option = h('option', { value: String(index) }, [typeof value === 'string' ? value : compactJSON(value)]);
         if (hasDefault && compactJSON(value) === compactJSON(s['default'])) option.selected = true;
@@ -1043,8 +1046,9 @@
     errorsBox.hidden = false;
   }
 
-  // The parameters, typed per the schema; empty optional numbers are left
-  // out so that the server's defaults apply.
+  // The parameters, typed per the schema; empty optional numbers, and empty
+  // optional strings and choices whose default is null, are left out so that
+  // the server's defaults apply.
   function collectParams() {
     var params = {};
     var local = {};
@@ -1067,6 +1071,7 @@
         if (f.input.value === '') return;
         params[f.key] = f.enumValues[parseInt(f.input.value, 10)];
       } else if (f.type === 'string') {
+        if (f.input.value === '' && f.emptyIsDefault) return;
         params[f.key] = f.input.value;
       } else {
         raw = f.input.value.trim();
