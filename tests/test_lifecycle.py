@@ -73,6 +73,22 @@ def test_a_running_task_stops_at_its_next_check(stack: Any) -> None:
     assert alice.http.post(f"/api/tasks/{task['id']}/cancel/").status_code == 409
 
 
+def test_a_workload_that_returns_once_it_sees_the_cancel_ends_cancelled(stack: Any) -> None:
+    # Before, it ended "succeeded" at 100 % with its partial result, though
+    # its owner's cancel had been answered 202 and the workload had seen it.
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("returns_when_cancelled", seconds=60)
+        socket.events_until(lambda e: e["event"] == "task.started")
+        assert alice.http.post(f"/api/tasks/{task['id']}/cancel/").status_code == 202
+        events = socket.events_until(terminal_for(task["id"]))
+    assert events[-1]["event"] == "task.cancelled"
+    assert (events[-1]["task"]["error"], events[-1]["task"]["result"]) == ("Cancelled by its owner.", None)
+    stored = Task.objects.get(pk=task["id"])
+    assert (stored.finished_at - stored.cancel_requested_at).total_seconds() < 2
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.cancelled"]
+
+
 def test_a_task_that_ignores_cancellation_is_killed_after_the_grace_period(stack: Any) -> None:
     alice = Account.sign_up(stack.base_url)
     with alice.socket() as socket:

@@ -1,6 +1,6 @@
 """Workloads that only the tests install (WORKLOAD_MODULES=tests.workloads_for_tests):
 one written by the recipe in docs/adding-a-workload.md (trimmed), three that
-misbehave, one that reports progress fast, one that names its database and one
+misbehave, one that returns when cancelled, one that reports progress fast, one that names its database and one
 whose parameters take every shape the home page's form renders."""
 
 from __future__ import annotations
@@ -64,6 +64,15 @@ def ignores_cancellation(params: SecondsParams, run: Run) -> dict[str, Any]:
     while time.monotonic() < deadline:
         time.sleep(0.05)
     return {"ran": params.seconds}
+
+
+@workload(title="Returns when cancelled")
+def returns_when_cancelled(params: SecondsParams, run: Run) -> dict[str, Any]:
+    """Checks run.cancelled() and returns what it did so far, as the recipe allows."""
+    deadline = time.monotonic() + params.seconds
+    while time.monotonic() < deadline and not run.cancelled():
+        time.sleep(0.05)
+    return {"stopped_early": run.cancelled()}
 
 
 class ChatterParams(BaseModel):

@@ -66,6 +66,9 @@ class Run:
         self._cancel = cancel or threading.Event()
         self._last_percent: int | None = None
         self._last_sent_at = time.monotonic()
+        # Whether the workload was told of the cancel: then it stopped for it,
+        # whether it raised or returned, and its task ends cancelled.
+        self.saw_cancel = False
 
     def progress(self, done: float, total: float = 100) -> None:
         percent = max(0, min(100, int(100 * done / total))) if total else 0
@@ -77,11 +80,15 @@ class Run:
             self._on_progress(percent)
 
     def cancelled(self) -> bool:
-        """True once the owner asked to cancel: stop soon, return or raise."""
-        return self._cancel.is_set()
+        """True once the owner asked to cancel: stop soon, return or raise
+        (the task ends cancelled either way, its result dropped)."""
+        if self._cancel.is_set():
+            self.saw_cancel = True
+            return True
+        return False
 
     def stop_if_cancelled(self) -> None:
-        if self._cancel.is_set():
+        if self.cancelled():
             raise Cancelled
 
 

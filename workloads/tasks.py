@@ -98,10 +98,9 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
     watchdog = CancelWatchdog.of_this_process()
     watch = watchdog.watch(task_id, cancel)
     ended: Task | None = None
+    run = Run(lambda percent: services.report_progress(task=task, percent=percent), cancel)
     try:
-        result = workload.run(
-            task.params, Run(lambda percent: services.report_progress(task=task, percent=percent), cancel)
-        )
+        result = workload.run(task.params, run)
     except Cancelled:
         ended = services.end_cancelled(task_id=task_id, running=task)
     except WorkloadFailed as exc:
@@ -124,7 +123,12 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
             task_id=task_id, error=f"The workload crashed: {type(exc).__name__}: {exc}", running=task
         )
     else:
-        ended = services.finish_task(task_id=task_id, result=result, running=task)
+        if run.saw_cancel:
+            # It returned because of the cancel (run.cancelled() told it so):
+            # what it returns is a part, and its owner asked for none.
+            ended = services.end_cancelled(task_id=task_id, running=task)
+        else:
+            ended = services.finish_task(task_id=task_id, result=result, running=task)
     finally:
         watchdog.unwatch(watch)
     if ended is not None:
