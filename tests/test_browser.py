@@ -125,17 +125,17 @@ def queue_from_the_form(page: Page) -> dict[str, Any]:
 
 def test_the_form_renders_each_parameter_shape_with_its_default_and_sends_typed_json(stack: Any, page: Page) -> None:
     # tests/workloads_for_tests.py's export: a required short string, an enum
-    # (a $ref), an optional enum and an optional string whose default is null,
-    # a one-value Literal (const), a boolean, bounded integers, an array and a
+    # (a $ref), an optional enum, string and boolean whose default is null, a
+    # one-value Literal (const), a boolean, bounded integers, an array and a
     # nested object. Before, the optional enum showed and sent its first value
     # (level 1, where the default is none), the optional string sent "" (which
-    # its min_length refuses: a 400 on a field left alone) and the const was
-    # a free-text box.
+    # its min_length refuses: a 400 on a field left alone), the optional
+    # boolean was a checkbox that sent false, and the const a free-text box.
     page.goto(stack.base_url + "/signup/")
     sign_up(page)
     page.select_option("#workload-kind", "export")
     fields = page.locator("#param-fields")
-    expect(fields.locator("[data-param]")).to_have_count(10)
+    expect(fields.locator("[data-param]")).to_have_count(11)
 
     level = fields.locator("select[name=level]")
     expect(level.locator("option")).to_have_text(["\u2014", "1", "3", "9"])
@@ -143,6 +143,9 @@ def test_the_form_renders_each_parameter_shape_with_its_default_and_sends_typed_
     expect(fields.locator("select[name=format] option:checked")).to_have_text("csv")
     expect(fields.locator("select[name=version] option")).to_have_text(["v2"])
     expect(fields.locator("input[name=dry_run]")).not_to_be_checked()
+    notify = fields.locator("select[name=notify]")
+    expect(notify.locator("option")).to_have_text(["\u2014", "true", "false"])
+    expect(notify.locator("option:checked")).to_have_text("\u2014")
     batch = fields.locator("input[name=batch]")
     expect(batch).to_have_value("100")
     assert (batch.get_attribute("min"), batch.get_attribute("max"), batch.get_attribute("step")) == (
@@ -172,12 +175,13 @@ def test_the_form_renders_each_parameter_shape_with_its_default_and_sends_typed_
     row = page.get_by_test_id("task-row").first
     expect(row).to_have_attribute("data-status", "succeeded", timeout=30_000)
     task = Task.objects.get(pk=str(row.get_attribute("data-task-id")))
-    assert task.result == {**body["params"], "level": None, "note": None, "limit": None}
+    assert task.result == {**body["params"], "level": None, "note": None, "notify": None, "limit": None}
 
     level.select_option("9")
     fields.locator("select[name=format]").select_option("json")
     fields.locator("[name=note]").fill("nightly")
     fields.locator("input[name=dry_run]").check()
+    notify.select_option("false")
     fields.locator("input[name=limit]").fill("500")
     fields.locator("[name=columns]").fill('["id", "name"]')
     fields.locator("[name=window]").fill('{"start": 7}')
@@ -189,6 +193,7 @@ def test_the_form_renders_each_parameter_shape_with_its_default_and_sends_typed_
         "version": "v2",
         "note": "nightly",
         "dry_run": True,
+        "notify": False,
         "batch": 100,
         "limit": 500,
         "columns": ["id", "name"],

@@ -129,6 +129,7 @@ class ExportParams(BaseModel):
     version: Literal["v2"] = "v2"
     note: Annotated[str | None, Field(min_length=3, max_length=20)] = None
     dry_run: StrictBool = False
+    notify: Annotated[StrictBool | None, Field(description="Mail the owner; empty for their setting.")] = None
     batch: Annotated[int, Field(ge=10, le=10_000, multiple_of=10)] = 100
     limit: Annotated[int | None, Field(ge=1)] = None
     columns: Annotated[list[str], Field(max_length=5)] = []

@@ -898,6 +898,9 @@
 
   function buildField(root, key, raw, required, saved) {
     var s = resolve(root, raw);
+    // A checkbox cannot say "unset": a boolean whose default is null is a
+    // choice of true and false, with an empty one that leaves it unset.
+    if (s.type === 'boolean' && s['default'] === null) s = Object.assign({}, s, { 'enum': [true, false] });
     var type = fieldType(s);
     var id = 'param-' + key;
     var hasDefault = Object.prototype.hasOwnProperty.call(s, 'default');
