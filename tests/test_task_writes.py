@@ -180,6 +180,25 @@ def test_a_result_the_database_cannot_store_fails_the_task_readably(
     assert Event.objects.filter(user=alice).order_by("-sequence").first().kind == "task.failed"
 
 
+@pytest.mark.parametrize("in_a_transaction", [False, True], ids=["one statement", "in a transaction"])
+def test_an_error_with_text_the_database_cannot_store_is_stored_escaped(
+    alice: User, published: list, in_a_transaction: bool
+) -> None:
+    # A workload's own message (WorkloadFailed, or an exception's str) may
+    # quote what it read: before, a NUL or a lone surrogate in it made
+    # PostgreSQL refuse the UPDATE, and the task stayed running.
+    task = running_task(alice)
+    if in_a_transaction:
+        with transaction.atomic():
+            ended = services.fail_task(task_id=task.id, error="Row 3 is malformed: a\x00b \udc80", running=task)
+    else:
+        ended = services.fail_task(task_id=task.id, error="Row 3 is malformed: a\x00b \udc80", running=task)
+    assert ended is not None
+    stored = Task.objects.get(pk=task.id)
+    assert (stored.status, stored.error) == ("failed", "Row 3 is malformed: a\\x00b \\udc80")
+    assert Event.objects.filter(user=alice).order_by("-sequence").first().task["error"] == stored.error
+
+
 def test_a_task_ended_elsewhere_first_is_not_ended_again(alice: User, published: list) -> None:
     task = running_task(alice)
     # Its owner's cancel, ended by the watchdog (no `running`) before the worker ends it.

@@ -450,15 +450,22 @@ def finish_task(*, task_id: uuid.UUID | str, result: Any, running: Task | None =
         return fail_task(task_id=task_id, error="The workload returned a result that is not JSON.", running=running)
     where = next(unstorable_strings(result, "result"), None)
     if where is not None:
-        # The path may hold the very characters that cannot be stored.
-        shown = where.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\x00")
-        error = f"The workload returned text that cannot be stored, at {shown}: {UNSTORABLE_TEXT}"
+        error = f"The workload returned text that cannot be stored, at {where}: {UNSTORABLE_TEXT}"
         return fail_task(task_id=task_id, error=error, running=running)
     return _end(task_id, TaskStatus.SUCCEEDED, result=result, running=running)
 
 
 def fail_task(*, task_id: uuid.UUID | str, error: str, running: Task | None = None) -> Task | None:
-    return _end(task_id, TaskStatus.FAILED, error=error, running=running)
+    """Ends the task as failed with ``error``, in which a NUL or an unpaired
+    surrogate (which PostgreSQL refuses) is written as an escape: a workload's
+    message may quote what it read."""
+    return _end(task_id, TaskStatus.FAILED, error=_storable_text(error), running=running)
+
+
+def _storable_text(text: str) -> str:
+    if "\x00" not in text and (text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
 
 def end_cancelled(
