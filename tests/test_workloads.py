@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pytest
+from django.conf import settings
 from pydantic import BaseModel, ConfigDict, Field
 
 from workloads.builtin import PrimesParams, SimulateParams, TextStatsParams, primes, simulate, text_stats
@@ -185,7 +186,7 @@ def test_parameters_without_a_json_schema_are_refused_at_registration(registerin
 @pytest.mark.parametrize(
     ("soft", "hard", "message"),
     [
-        (30, 10, "must be below time_limit"),
+        (30, 10, r"soft_time_limit \(30 s\) must be below time_limit \(10 s\)"),
         (10, 10, "must be below time_limit"),
         (0, None, "above 0"),
         (None, -1, "above 0"),
@@ -225,3 +226,29 @@ def test_a_field_alias_names_the_parameter_in_the_schema_the_stored_params_and_t
     assert stored == {"rowCount": 3}
     assert described.run(stored, Run()) == {"rows": 3}
     assert described.run(described.normalise({}), Run()) == {"rows": 5}
+
+
+def test_one_time_limit_alone_must_agree_with_the_deployments_other_one(registering: list[str]) -> None:
+    registering.append("limited")
+    hard, soft = settings.TASK_TIME_LIMIT, settings.TASK_SOFT_TIME_LIMIT
+    with pytest.raises(
+        ValueError, match=rf"soft_time_limit \({hard:g} s\) must be below TASK_TIME_LIMIT \({hard:g} s\)"
+    ):
+
+        @workload(name="limited", soft_time_limit=hard)
+        def soft_limit_alone(params: NoParams, run: Run) -> dict[str, Any]:
+            return {}
+
+    with pytest.raises(
+        ValueError, match=rf"TASK_SOFT_TIME_LIMIT \({soft:g} s\) must be below time_limit \({soft:g} s\)"
+    ):
+
+        @workload(name="limited", time_limit=soft)
+        def hard_limit_alone(params: NoParams, run: Run) -> dict[str, Any]:
+            return {}
+
+    @workload(name="limited", soft_time_limit=hard - 1)
+    def soft_limit_below(params: NoParams, run: Run) -> dict[str, Any]:
+        return {}
+
+    assert get_workload("limited").soft_time_limit == hard - 1

@@ -249,9 +249,18 @@ def _check_time_limits(soft: float | None, hard: float | None, where: str) -> No
     for label, limit in (("soft_time_limit", soft), ("time_limit", hard)):
         if limit is not None and not (isinstance(limit, int | float) and 0 < limit < math.inf):
             raise ValueError(f"{where}: {label} is a number of seconds above 0, not {limit!r}")
-    if soft is not None and hard is not None and soft >= hard:
+    if soft is None and hard is None:
+        return
+    # A limit not given is the deployment's (services.send_to_broker).
+    from django.conf import settings
+
+    soft_label = "soft_time_limit" if soft is not None else "TASK_SOFT_TIME_LIMIT"
+    hard_label = "time_limit" if hard is not None else "TASK_TIME_LIMIT"
+    soft = soft if soft is not None else settings.TASK_SOFT_TIME_LIMIT
+    hard = hard if hard is not None else settings.TASK_TIME_LIMIT
+    if soft >= hard:
         raise ValueError(
-            f"{where}: soft_time_limit ({soft:g} s) must be below time_limit ({hard:g} s), or it never strikes"
+            f"{where}: {soft_label} ({soft:g} s) must be below {hard_label} ({hard:g} s), or it never strikes"
         )
 
 
