@@ -10,6 +10,7 @@
  * The notification bell ("inbox") in the nav bar works on every signed-in
  * page; its count is kept live only here, from the socket.
  *
+ * On the log-in and sign-up pages it takes the focus to a form's error.
  * On any other page it finds no task list and does nothing more.
  * Every text reaches the DOM through textContent: never innerHTML with data.
  */
@@ -120,6 +121,22 @@
   function isTask(task) {
     return task !== null && typeof task === 'object' && typeof task.id === 'string' && task.id !== '';
   }
+
+  // ------------------------------------------------------ log-in, sign-up
+
+  // A form sent back with errors: the focus goes to the first field in error
+  // (its message describes it), else to the form's own message, so that a
+  // screen reader starts with what went wrong rather than at the top.
+  (function () {
+    var authForm = document.querySelector('.auth-form');
+    if (!authForm) return;
+    var target = authForm.querySelector('[aria-invalid="true"]');
+    if (!target) {
+      target = authForm.querySelector('.errorlist');
+      if (target) target.setAttribute('tabindex', '-1');
+    }
+    if (target) target.focus();
+  })();
 
   // ----------------------------------------------------------------- toasts
 
@@ -389,6 +406,10 @@
     async function markAllRead() {
       if (marking) return;
       marking = true;
+      // Disabled while the request runs, the button loses the focus: a
+      // keyboard user gets it back (unless the focus went elsewhere meanwhile),
+      // and Escape still closes the panel onto the bell.
+      var hadFocus = markButton !== null && document.activeElement === markButton;
       if (markButton) { markButton.disabled = true; markButton.setAttribute('aria-busy', 'true'); }
       var newestListed = items.reduce(function (max, item) { return Math.max(max, item.id); }, 0);
       var upTo = Math.max(toCount(api.latestEventId()), newestListed);
@@ -412,6 +433,8 @@
       } finally {
         marking = false;
         if (markButton) { markButton.disabled = false; markButton.removeAttribute('aria-busy'); }
+        var lost = document.activeElement === document.body || document.activeElement === null;
+        if (hadFocus && lost && !panel.hidden) markButton.focus();
       }
     }
 
@@ -446,6 +469,13 @@
     document.addEventListener('keydown', function (event) {
       if (event.key !== 'Escape' || panel.hidden) return;
       close(root.contains(document.activeElement));
+    });
+    // Tabbing out of the bell and its panel closes the panel, which would
+    // otherwise hide the controls the focus moves on to (a task row's
+    // buttons lie under it). A focus lost to nothing (a button disabled
+    // while it works) is no leaving.
+    root.addEventListener('focusout', function (event) {
+      if (!panel.hidden && event.relatedTarget && !root.contains(event.relatedTarget)) close(false);
     });
 
     api.onHello = function (frame) {
@@ -487,6 +517,17 @@
   if (!taskList) return; // not the signed-in home page: nothing to do
 
   var emptyState = document.getElementById('tasks-empty');
+  // A polite status line, not shown: a task that starts, a retry or a cancel
+  // accepted, once each. Finished tasks are announced by their toasts,
+  // progress not at all (the bars hold it).
+  var announcer = document.getElementById('task-announcer');
+
+  function announce(text) {
+    if (!announcer) return;
+    // The same words again still change the region, so they are read again.
+    announcer.textContent = announcer.textContent === text ? text + '\u00a0' : text;
+  }
+
   var statusBadge = document.querySelector('[data-testid="connection-status"]');
   var form = document.getElementById('queue-form');
   var tasksUrl = (form && form.dataset.tasksUrl) || '/api/tasks/';
@@ -616,6 +657,20 @@
     p.badge.className = 'badge badge--' + status;
     p.badge.textContent = status;
     p.kind.textContent = String(task.kind || '');
+    // Each button is described by its row (kind, parameters, time): read
+    // out of the row, "Cancel" alone would not say which task.
+    if (!p.kind.id) {
+      var idBase = 'task-' + task.id;
+      p.kind.id = idBase + '-kind';
+      p.params.id = idBase + '-params';
+      p.time.id = idBase + '-time';
+      var describedBy = [p.kind.id, p.params.id, p.time.id].join(' ');
+      p.cancel.setAttribute('aria-describedby', describedBy);
+      p.retry.setAttribute('aria-describedby', describedBy);
+    }
+    // Named, and outside any live region (#task-list is aria-live="off"):
+    // its value is there when looked for, not read out at every report.
+    p.bar.setAttribute('aria-label', 'Progress of ' + (task.kind || 'the task'));
     var summary = paramsSummary(task.params);
     p.params.textContent = truncate(summary, 120);
     p.params.title = truncate(compactJSON(task.params), 500);
@@ -774,7 +829,10 @@
     row.cancelPending = false;
     if (answer.ok) {
       // Still running: it ends cancelled later (a task.cancelled event).
-      if (!TERMINAL[answer.body.status]) row.cancelRequested = true;
+      if (!TERMINAL[answer.body.status]) {
+        row.cancelRequested = true;
+        announce('Cancelling ' + String(answer.body.kind || 'task'));
+      }
       upsert(answer.body);
     } else {
       // 409: it finished meanwhile; the events bring its final state.
@@ -790,8 +848,12 @@
     renderRow(row);
     var answer = await postTaskAction(id, 'retry');
     row.retryPending = false;
-    if (answer.ok) upsert(answer.body, { highlight: true });
-    else toast(truncate(answer.message, 300), 'error');
+    if (answer.ok) {
+      upsert(answer.body, { highlight: true });
+      announce(String(answer.body.kind || 'task') + ' queued again');
+    } else {
+      toast(truncate(answer.message, 300), 'error');
+    }
     if (rowIsCurrent(row)) renderRow(row);
   }
 
@@ -906,7 +968,9 @@
     var hasDefault = Object.prototype.hasOwnProperty.call(s, 'default');
     var label = String(s.title || key);
     var help = s.description ? h('p', { className: 'help', id: id + '-help' }, [String(s.description)]) : null;
-    var described = help ? id + '-help' : null;
+    // The help and the field's errors (empty but for an error) describe it.
+    var errors = h('ul', { className: 'field-errors', id: id + '-errors', hidden: true });
+    var described = (help ? id + '-help ' : '') + id + '-errors';
     var input;
     // Left empty, an optional field whose default is null (or made by a
     // factory) is not sent: its default applies, not an empty value.
@@ -922,7 +986,7 @@
         node: h('div', { className: 'field field--checkbox', dataset: { param: key } }, [
           h('label', { className: 'checkbox', for: id }, [input, ' ' + label]),
           help,
-          h('ul', { className: 'field-errors', hidden: true })
+          errors
         ])
       };
     }
@@ -963,7 +1027,7 @@
     var labelNode = h('label', { for: id }, [label, required ? h('span', { className: 'required', 'aria-hidden': 'true' }, [' *']) : null]);
     return {
       field: field,
-      node: h('div', { className: 'field', dataset: { param: key } }, [labelNode, input, help, h('ul', { className: 'field-errors', hidden: true })])
+      node: h('div', { className: 'field', dataset: { param: key } }, [labelNode, input, help, errors])
     };
   }
 
@@ -1324,6 +1388,10 @@
     if (frame && typeof frame.id === 'number') inbox.onEvent(frame);
     if (typeof frame.id !== 'number' || !markApplied(frame.id)) return; // already applied
     upsert(frame.task);
+    if (frame.event === 'task.started' && isTask(frame.task)) {
+      var started = rows.get(frame.task.id);
+      if (started && started.task.status === 'running') announce(String(frame.task.kind || 'task') + ' started');
+    }
     var outcome = OUTCOMES[frame.event];
     if (outcome && !toasted.has(frame.id)) {
       toasted.add(frame.id);
