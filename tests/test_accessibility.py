@@ -168,9 +168,9 @@ def test_axe_finds_nothing_serious_on_the_signed_in_pages(stack: Any, page: Page
     assert not problems, "\n".join(problems)
 
 
-# Reads what the focused element shows: an opaque outline of 2px or more whose
-# colour stands out 3:1 against what lies behind it (WCAG 1.4.11), and that
-# nothing covers its middle (2.4.11).
+# Reads what the focused element shows: the browser's own ring, or an opaque
+# outline of 2px or more whose colour stands out 3:1 against what lies behind
+# it (WCAG 1.4.11); and that nothing covers its middle (2.4.11).
 FOCUS_CHECK = """
 () => {
   const el = document.activeElement;
@@ -179,10 +179,6 @@ FOCUS_CHECK = """
   const what = el.tagName.toLowerCase() + (el.id ? '#' + el.id : '') + ' "' + label + '"';
   if (!el.matches(':focus-visible')) return what + ' is focused but not :focus-visible';
   const style = getComputedStyle(el);
-  if (style.outlineStyle === 'none' || parseFloat(style.outlineWidth) < 2) {
-    const shown = style.outlineStyle + ' ' + style.outlineWidth + ', box-shadow ' + style.boxShadow;
-    return what + ' shows no outline of 2px (' + shown + ')';
-  }
   const rgba = (text) => {
     const m = text.match(/rgba?\\(([^)]*)\\)/);
     if (!m) return null;
@@ -193,17 +189,23 @@ FOCUS_CHECK = """
     const f = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4); };
     return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
   };
-  const ring = rgba(style.outlineColor);
-  if (!ring || ring.a < 1) return what + ' has an outline that is not opaque: ' + style.outlineColor;
-  let behind = null;
-  for (let node = el.parentElement; node && !behind; node = node.parentElement) {
-    const bg = rgba(getComputedStyle(node).backgroundColor);
-    if (bg && bg.a === 1) behind = bg;
+  if (style.outlineStyle !== 'auto') {  // auto: the browser's own two-tone ring
+    if (style.outlineStyle === 'none' || parseFloat(style.outlineWidth) < 2) {
+      const shown = style.outlineStyle + ' ' + style.outlineWidth + ', box-shadow ' + style.boxShadow;
+      return what + ' shows no outline of 2px (' + shown + ')';
+    }
+    const ring = rgba(style.outlineColor);
+    if (!ring || ring.a < 1) return what + ' has an outline that is not opaque: ' + style.outlineColor;
+    let behind = null;
+    for (let node = el.parentElement; node && !behind; node = node.parentElement) {
+      const bg = rgba(getComputedStyle(node).backgroundColor);
+      if (bg && bg.a === 1) behind = bg;
+    }
+    behind = behind || { r: 255, g: 255, b: 255, a: 1 };
+    const [hi, lo] = [lum(ring), lum(behind)].sort((a, b) => b - a);
+    const ratio = (hi + 0.05) / (lo + 0.05);
+    if (ratio < 3) return what + ' has an outline of contrast ' + ratio.toFixed(2) + ':1';
   }
-  behind = behind || { r: 255, g: 255, b: 255, a: 1 };
-  const [hi, lo] = [lum(ring), lum(behind)].sort((a, b) => b - a);
-  const ratio = (hi + 0.05) / (lo + 0.05);
-  if (ratio < 3) return what + ' has an outline of contrast ' + ratio.toFixed(2) + ':1';
   const box = el.getBoundingClientRect();
   const x = box.left + box.width / 2, y = box.top + box.height / 2;
   if (x < 0 || y < 0 || x > innerWidth || y > innerHeight) return what + ' is off screen';
