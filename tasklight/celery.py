@@ -22,7 +22,7 @@ from celery.signals import (
 )
 
 from . import logs
-from .parent import hold_run_lock, stop_with_parent
+from .parent import hold_run_lock, process_exists, stop_with_parent
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
 # Under make run, the web process and the worker (both import this module
@@ -34,16 +34,6 @@ hold_run_lock()
 # persistent database connections (tasklight/settings.py).
 _own_metrics_dir: str | None = None
 _METRICS_DIR_PREFIX = "tasklight-worker-metrics-"
-
-
-def _runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's process
-    return True
 
 
 def _metrics_base_dir() -> Path:
@@ -59,7 +49,7 @@ def _remove_metrics_dirs_of_dead_workers() -> None:
     for path in _metrics_base_dir().glob(f"{_METRICS_DIR_PREFIX}*-*"):
         pid = path.name.removeprefix(_METRICS_DIR_PREFIX).split("-", 1)[0]
         # A name without a pid is from before the pid was part of it: left.
-        if pid.isdigit() and (int(pid) == os.getpid() or not _runs(int(pid))):
+        if pid.isdigit() and (int(pid) == os.getpid() or not process_exists(int(pid))):
             shutil.rmtree(path, ignore_errors=True)
 
 

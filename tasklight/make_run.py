@@ -28,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tasklight.parent import LOCK_VARIABLE
+from tasklight.parent import LOCK_VARIABLE, process_exists
 
 LOCK_FILE = "make-run.lock"
 DEFAULT_HOST = "127.0.0.1"
@@ -66,16 +66,6 @@ def check_debug_pages(host: str, debug: bool) -> None:
         )
 
 
-def _runs(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # another user's
-    return True
-
-
 def claim(data_dir: Path, *, url: str) -> int:
     """Takes ``data_dir`` for this run: returns the descriptor of its lock,
     held shared and inheritable (exec keeps it), or raises Refused naming
@@ -105,7 +95,7 @@ def claim(data_dir: Path, *, url: str) -> int:
 
 def _already_running(data_dir: Path, holder: list[str]) -> str:
     pid, url = (int(holder[0]), holder[1]) if len(holder) == 2 and holder[0].isdigit() else (None, "")
-    if pid is not None and _runs(pid):
+    if pid is not None and process_exists(pid):
         return (
             f"make run is already running on {data_dir} (pid {pid}, {url}): stop it first (Ctrl-C), "
             "or give this one another TASKLIGHT_DATA_DIR."

@@ -50,3 +50,14 @@ def hold_run_lock() -> None:
     lock = os.open(path, os.O_RDONLY)
     fcntl.flock(lock, fcntl.LOCK_SH)
     _held = lock
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` runs (another user's included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # another user's process
+    return True
