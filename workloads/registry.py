@@ -154,7 +154,7 @@ def unstorable_strings(value: Any, where: str) -> Iterator[str]:
     """The paths of the strings in ``value`` (keys too) that cannot be
     stored, as parse() names fields ("" for the whole, which is "params")."""
     if isinstance(value, str):
-        if "\x00" in value or (not value.isascii() and not _encodes(value)):
+        if not storable(value):
             yield where or "params"
     elif isinstance(value, dict | list):
         for key, item in value.items() if isinstance(value, dict) else enumerate(value):
@@ -164,7 +164,13 @@ def unstorable_strings(value: Any, where: str) -> Iterator[str]:
             yield from unstorable_strings(item, inner)
 
 
-def _encodes(text: str) -> bool:
+def storable(text: str) -> bool:
+    """Whether PostgreSQL stores ``text``: no NUL, no unpaired surrogate
+    (which UTF-8 cannot encode)."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:

@@ -30,7 +30,7 @@ from tasklight import metrics
 
 from . import sent_marks
 from .models import IdempotencyKey, Task, TaskStatus
-from .registry import UNSTORABLE_TEXT, UnknownWorkload, get_workload, unstorable_strings
+from .registry import UNSTORABLE_TEXT, UnknownWorkload, get_workload, storable, unstorable_strings
 
 logger = logging.getLogger(__name__)
 
@@ -463,7 +463,7 @@ def fail_task(*, task_id: uuid.UUID | str, error: str, running: Task | None = No
 
 
 def _storable_text(text: str) -> str:
-    if "\x00" not in text and (text.isascii() or not any("\ud800" <= c <= "\udfff" for c in text)):
+    if storable(text):
         return text
     return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
 
