@@ -47,18 +47,12 @@ $(VENV)/.dev: requirements-dev.txt $(VENV)/.runtime
 migrate: install
 	$(PY) manage.py migrate_all --noinput
 
-# The port make run serves on: honcho gives a PORT in .env precedence over
-# the environment and the command line, so the banner reads it there too.
-ENV_PORT = sed -n -E 's/^[[:space:]]*(export[[:space:]]+)?PORT[[:space:]]*=[[:space:]]*["'"'"']?([^"'"'"'[:space:]\#]*).*/\2/p' .env 2>/dev/null | tail -n 1
-
-# The ASGI server and one worker together on $(PORT); Ctrl-C stops both.
-# tasklight/make_run.py refuses a second run on the same data directory and
-# DEBUG pages on a HOST other than loopback, then migrates and starts honcho.
+# The ASGI server and one worker together on $(PORT) (a PORT in .env wins,
+# as honcho has it); Ctrl-C stops both. tasklight/make_run.py checks the
+# port, refuses a second run on the same data directory and DEBUG pages on a
+# HOST other than loopback, then migrates and starts honcho.
 run: install
-	@port=$$($(ENV_PORT)); port=$${port:-$(PORT)}; \
-	if ! [[ "$$port" =~ ^[0-9]{1,5}$$ ]] || (( 10#$$port < 1 || 10#$$port > 65535 )); then \
-	  echo "PORT must be a number from 1 to 65535, not '$$port'." >&2; exit 2; fi; \
-	exec $(PY) -m tasklight.make_run $$((10#$$port))
+	@PORT='$(PORT)' exec $(PY) -m tasklight.make_run
 
 test: install-dev
 	$(TEST_ENV) $(PY) -m pytest $(PYTEST_ARGS)

@@ -1,8 +1,9 @@
 """`make run`: the checks before it starts anything, then honcho.
 
-``python -m tasklight.make_run PORT`` (the Makefile's run target, the port
-checked already) refuses, with one line and before anything starts:
+``PORT=N python -m tasklight.make_run`` (the Makefile's run target) refuses,
+with one line and before anything starts:
 
+- a PORT (``.env``'s first, as honcho has it) that is not 1 to 65535;
 - DEBUG pages beyond loopback: with ``HOST`` not a loopback address, only
   with ``DEBUG`` off. Django's DEBUG pages show tracebacks and settings
   (and a ``Host`` outside ``ALLOWED_HOSTS`` gets one too).
@@ -24,6 +25,7 @@ from __future__ import annotations
 import fcntl
 import ipaddress
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -116,10 +118,19 @@ def _honcho_environment(root: Path) -> None:
         os.environ.update(parse(env_file.read_text()))
 
 
-def main(argv: list[str]) -> int:
-    port = int(argv[0])
+def port_from(text: str) -> int | None:
+    """A TCP port a server can listen on, 1 to 65535 (0 would be any)."""
+    return int(text) if re.fullmatch(r"[0-9]{1,5}", text) and 1 <= int(text) <= 65535 else None
+
+
+def main() -> int:
     root = Path.cwd()
     _honcho_environment(root)
+    text = os.environ.get("PORT", "")
+    port = port_from(text)
+    if port is None:
+        print(f"PORT must be a number from 1 to 65535, not '{text}'.", file=sys.stderr)
+        return 2
     host = os.environ.get("HOST", "").strip() or DEFAULT_HOST
     os.environ["HOST"] = host
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
@@ -131,7 +142,7 @@ def main(argv: list[str]) -> int:
     try:
         check_debug_pages(host, settings.DEBUG)
         # A run on servers only (the three URLs set) has no files to share.
-        if not settings.DATABASE_URL or settings.RESEND_ABANDONED_TASKS or not settings.CHANNEL_LAYER_URL:
+        if settings.USES_DATA_DIR:
             # Left open: through exec, honcho holds it.
             claim(Path(settings.DATA_DIR), url=url)
             os.environ[LOCK_VARIABLE] = str(Path(settings.DATA_DIR) / LOCK_FILE)
@@ -149,4 +160,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -339,6 +339,9 @@ RELAY_MIN_AGE_SECONDS = decimal_number("RELAY_MIN_AGE_SECONDS", 5.0, minimum=0, 
 # relay also re-sends running tasks whose lease was last renewed more than
 # three leases ago (docs/lifecycle.md). RabbitMQ delivers such messages again.
 RESEND_ABANDONED_TASKS = CELERY_BROKER_URL.startswith("sqla+")
+# Whether a part keeps its files in DATA_DIR (make run locks it then:
+# tasklight/make_run.py).
+USES_DATA_DIR = not DATABASE_URL or RESEND_ABANDONED_TASKS or not CHANNEL_LAYER_URL
 # Keep publishing to a down broker short: the relay sends the task later.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
