@@ -301,13 +301,16 @@ def test_tasks_running_or_waiting_at_ctrl_c_run_at_the_next_make_run(tmp_path: P
     base_url, process = start_make_run(tmp_path / "data", tmp_path / "first.log", **quick)
     try:
         alice = Account.sign_up(base_url)
-        # The running one outlasts the 5 s honcho gives the worker to stop.
-        running, *waiting = alice.queue("simulate", seconds=12), *(alice.queue("simulate", seconds=2) for _ in range(2))
 
         def status(task: dict[str, Any]) -> str:
             return alice.http.get(f"/api/tasks/{task['id']}/").json()["status"]
 
+        # The running one outlasts the 5 s honcho gives the worker to stop. It
+        # starts before the others are queued: queued together, the two pool
+        # processes could start a short one first.
+        running = alice.queue("simulate", seconds=12)
         wait_for(lambda: status(running) == "running", timeout=30, what="the first task to start")
+        waiting = [alice.queue("simulate", seconds=2) for _ in range(2)]
         # The waiting tasks' messages are delivered, held by the worker for their retry.
         broker = f"sqla+sqlite:///{tmp_path / 'data' / 'broker.sqlite3'}"
         wait_for(
