@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+from typing import Any
 
 import django
 
@@ -24,21 +25,24 @@ from tasklight.asgi_handler import SyncChainASGIHandler  # noqa: E402
 django_application = SyncChainASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.conf import settings  # noqa: E402
 from django.urls import get_resolver  # noqa: E402
 
 from live.auth import BrowserOriginValidator, WebSocketAuthMiddleware  # noqa: E402
 from live.routing import websocket_urlpatterns  # noqa: E402
-from tasklight.middleware import RequestIdASGIMiddleware  # noqa: E402
+from tasklight.middleware import LoopbackOnlyWhileDebugASGIMiddleware, RequestIdASGIMiddleware  # noqa: E402
 
-# The request's id around all of it, uvicorn's access line included (tasklight/middleware.py).
-application = RequestIdASGIMiddleware(
-    ProtocolTypeRouter(
-        {
-            "http": django_application,
-            "websocket": BrowserOriginValidator(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))),  # type: ignore[arg-type]
-        }
-    )
+router: Any = ProtocolTypeRouter(
+    {
+        "http": django_application,
+        "websocket": BrowserOriginValidator(WebSocketAuthMiddleware(URLRouter(websocket_urlpatterns))),  # type: ignore[arg-type]
+    }
 )
+if settings.DEBUG:
+    # DEBUG pages for this machine only, whatever address uvicorn was given (the Procfile's 0.0.0.0).
+    router = LoopbackOnlyWhileDebugASGIMiddleware(router)
+# The request's id around all of it, uvicorn's access line included (tasklight/middleware.py).
+application = RequestIdASGIMiddleware(router)
 
 # Everything loaded by now, the URL conf and the views it imports included,
 # moves to the garbage collector's permanent generation: a full collection

@@ -30,6 +30,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tasklight.addresses import is_loopback
 from tasklight.parent import LOCK_VARIABLE, process_exists
 
 LOCK_FILE = "make-run.lock"
@@ -38,17 +39,6 @@ DEFAULT_HOST = "127.0.0.1"
 
 class Refused(Exception):
     """This run must not start; the message says why."""
-
-
-def is_loopback(host: str) -> bool:
-    """Whether uvicorn bound to ``host`` is reachable from this machine only.
-    A name other than localhost is taken as reachable from elsewhere."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 def _every_address(host: str) -> bool:

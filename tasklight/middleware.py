@@ -10,6 +10,7 @@ from django.shortcuts import render
 from django.urls import is_valid_path, resolve
 
 from . import logs
+from .addresses import is_loopback
 from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, error_body, not_found
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,52 @@ class RequestIdASGIMiddleware:
             await self.app(scope, receive, send)
         finally:
             logs.request_id.reset(token)
+
+
+class LoopbackOnlyWhileDebugASGIMiddleware:
+    """With DEBUG on, answers this machine's own clients only: Django's DEBUG
+    pages show tracebacks and settings (a Host outside ALLOWED_HOSTS gets one
+    too), and embedded mode turns DEBUG on by itself. ``make run`` refuses a
+    HOST beyond loopback while DEBUG is on (tasklight/make_run.py), but the
+    Procfile's web line binds 0.0.0.0 and a web process cannot see the
+    address uvicorn was given: it looks at each client instead. Any other
+    client gets a plain 403 saying why (a socket's handshake, a 403 too).
+
+    The client is the one uvicorn names: behind a proxy it trusts
+    (FORWARDED_ALLOW_IPS, 127.0.0.1 by default), the proxy's client, so a
+    proxy on this machine does not open the DEBUG pages to its own clients.
+    A client with no address (a Unix socket) is on this machine. Installed
+    only while DEBUG is on (tasklight/asgi.py): production pays nothing."""
+
+    REFUSAL = (
+        b"DEBUG is on: this server answers this machine's own (loopback) clients only. "
+        b"To serve other machines, set DEBUG=0 with SECRET_KEY, ALLOWED_HOSTS and HTTPS "
+        b"(docs/operations.md#debug-is-for-this-machine-only).\n"
+    )
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        client = scope.get("client")
+        if scope["type"] not in ("http", "websocket") or not client or is_loopback(str(client[0])):
+            return await self.app(scope, receive, send)
+        logger.warning(
+            "debug_loopback_only: refused %s %s from %s: DEBUG is on, only this machine's own clients are answered",
+            "WebSocket" if scope["type"] == "websocket" else scope.get("method", ""),
+            scope.get("path", ""),
+            client[0],
+        )
+        if scope["type"] == "websocket":
+            if (await receive())["type"] == "websocket.connect":
+                await send({"type": "websocket.close", "code": 1008})  # before the accept: a 403
+            return None
+        headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"%d" % len(self.REFUSAL))]
+        if (request_id := logs.request_id.get()) is not None:
+            headers.append((b"x-request-id", request_id.encode("latin-1")))
+        await send({"type": "http.response.start", "status": 403, "headers": headers})
+        await send({"type": "http.response.body", "body": self.REFUSAL})
+        return None
 
 
 class RequestIdMiddleware:

@@ -3,17 +3,33 @@ channels-lite. The same journey as test_journey, through the README's command.""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import signal
+import socket
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from websockets.exceptions import InvalidStatus
+from websockets.sync.client import connect
 
-from .stack import ROOT, Account, Process, free_port, terminal_for, until_all_finished, wait_for
+from .stack import (
+    ROOT,
+    Account,
+    Process,
+    free_port,
+    procfile_command,
+    start,
+    terminal_for,
+    until_all_finished,
+    wait_for,
+)
 
 pytestmark = pytest.mark.embedded
 
@@ -275,6 +291,85 @@ def test_make_run_on_the_network_with_debug_off(tmp_path: Path) -> None:
         )
     finally:
         ctrl_c(process)
+
+
+@contextmanager
+def procfile_web_on_every_address(log_dir: Path, **extra_env: str) -> Iterator[int]:
+    """The Procfile's web line as a platform or honcho runs it, outside make
+    run: HOST unset (0.0.0.0), embedded unless ``extra_env`` says otherwise.
+    Yields its port once it answers on loopback."""
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if key not in (*CONFIGURATION, "HOST", "TASKLIGHT_PROCESS")}
+    env.update(TASKLIGHT_DATA_DIR=str(log_dir / "data"), PORT=str(port), **extra_env)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    web = start("web", ["bash", "-c", f"exec {procfile_command('web')}"], env, log_dir)
+    try:
+
+        def up() -> bool:
+            if web.popen.poll() is not None:
+                raise RuntimeError(f"web exited:\n{web.log()}")
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+
+        wait_for(up, timeout=60, what="the web process to answer on loopback")
+        yield port
+    finally:
+        web.stop()
+
+
+def this_machines_other_address() -> str | None:
+    """An address of this machine other than loopback: the one its route to
+    the outside leaves from (a UDP connect sends nothing), if it has one."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1, never routed for real
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if ipaddress.ip_address(address).is_loopback else address
+
+
+def assert_refused_without_debug_pages(response: httpx.Response) -> None:
+    """A 403 that says why and nothing else: no traceback, no settings."""
+    assert response.status_code == 403, response.text[:500]
+    assert response.text == (
+        "DEBUG is on: this server answers this machine's own (loopback) clients only. To serve other machines, "
+        "set DEBUG=0 with SECRET_KEY, ALLOWED_HOSTS and HTTPS (docs/operations.md#debug-is-for-this-machine-only).\n"
+    )
+
+
+def test_a_web_process_with_debug_on_answers_this_machine_only(tmp_path: Path) -> None:
+    """The Procfile's web line binds 0.0.0.0 and embedded mode turns DEBUG
+    on: run outside make run (honcho, a platform, the image's own command),
+    it showed every client that reached its port Django's DEBUG pages
+    (tracebacks, settings; a Host outside ALLOWED_HOSTS got one too)."""
+    other = this_machines_other_address()
+    if other is None:
+        pytest.skip("this machine has no address other than loopback")
+    with procfile_web_on_every_address(tmp_path) as port:
+        # DEBUG is on: this machine's own requests still get its pages.
+        assert "URLconf" in httpx.get(f"http://127.0.0.1:{port}/no-such-page/").text
+        remote = f"http://{other}:{port}"
+        assert_refused_without_debug_pages(httpx.get(f"{remote}/no-such-page/", headers={"Host": "127.0.0.1"}))
+        assert_refused_without_debug_pages(httpx.get(f"{remote}/", headers={"Host": "elsewhere.example"}))
+        assert_refused_without_debug_pages(httpx.get(f"{remote}/healthz"))
+        with pytest.raises(InvalidStatus) as refused:
+            connect(f"ws://{other}:{port}/ws/", open_timeout=10).close()
+        assert refused.value.response.status_code == 403
+
+
+def test_a_proxy_on_this_machine_does_not_open_the_debug_pages_and_debug_off_serves_everyone(tmp_path: Path) -> None:
+    """A client that reaches a DEBUG web process through a proxy on this
+    machine is the proxy's client (uvicorn believes X-Forwarded-For from
+    127.0.0.1): refused too. With DEBUG off, as a platform runs the Procfile,
+    every client is served."""
+    forwarded = {"X-Forwarded-For": "203.0.113.9"}
+    with procfile_web_on_every_address(tmp_path / "debug") as port:
+        assert_refused_without_debug_pages(httpx.get(f"http://127.0.0.1:{port}/no-such-page/", headers=forwarded))
+    production = {"DEBUG": "0", "SECRET_KEY": "a-secret-of-this-machine-only", "HTTPS": "0"}
+    with procfile_web_on_every_address(tmp_path / "production", **production) as port:
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", headers=forwarded).status_code == 200
+        missing = httpx.get(f"http://127.0.0.1:{port}/no-such-page/", headers=forwarded)
+        assert missing.status_code == 404 and "URLconf" not in missing.text
 
 
 def test_tasks_running_or_waiting_at_ctrl_c_run_at_the_next_make_run(tmp_path: Path) -> None:
