@@ -14,8 +14,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasklight.settings")
 # would write its counts into their files, and the workers' /metrics would
 # add them to theirs (tasklight_tasks_created_total twice).
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
-# Tells the settings this is a web process (its database connections are pooled).
-os.environ.setdefault("TASKLIGHT_PROCESS", "web")
+# Tells the settings this is a web process (its database connections are
+# pooled), whatever the environment says: a worker's TASKLIGHT_PROCESS left in
+# it (one shell or platform environment for both) gave a web process the
+# worker's connections, unpooled and named tasklight-worker.
+os.environ["TASKLIGHT_PROCESS"] = "web"
 # Django must be set up before anything imports models.
 django.setup(set_prefix=False)
 

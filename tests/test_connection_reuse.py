@@ -1,17 +1,24 @@
 """Connections kept, not reopened: a worker's pool process keeps its
 PostgreSQL connection from task to task (WORKER_CONN_MAX_AGE) and names it in
-pg_stat_activity (DATABASE_APPLICATION_NAME); a web process keeps its Redis
-connections for the rate limits from request to request (tasklight/cache.py)."""
+pg_stat_activity (DATABASE_APPLICATION_NAME); a web process pools its own, and
+keeps its Redis connections for the rate limits from request to request
+(tasklight/cache.py)."""
 
 from __future__ import annotations
 
 import threading
+import uuid
+from pathlib import Path
 
+import httpx
 import pytest
 import redis
 from django.conf import settings
+from django.db import connection
 
-from .stack import Account, terminal_for
+from . import stack as processes
+from .conftest import stack_env
+from .stack import Account, terminal_for, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -39,6 +46,41 @@ def test_worker_conn_max_age_zero_connects_per_task(private_stack) -> None:
     results = backend_of_each_task(private_stack(), {"WORKER_CONN_MAX_AGE": "0", "DATABASE_APPLICATION_NAME": "tl-x"})
     assert len({r["pid"] for r in results}) == len(results), results
     assert {r["application_name"] for r in results} == {"tl-x"}
+
+
+def test_a_web_process_is_one_whatever_its_environment_says(tmp_path: Path) -> None:
+    """tasklight/asgi.py set TASKLIGHT_PROCESS=web only where it was unset: a
+    worker's value left in the environment (one shell or platform environment
+    for both) gave a web process the worker's connections, unpooled, kept
+    600 s by each thread and named tasklight-worker in pg_stat_activity."""
+    name = f"tasklight_web_{uuid.uuid4().hex[:8]}"  # a database only this web process uses
+    with connection.cursor() as cursor:
+        cursor.execute(f'CREATE DATABASE "{name}"')
+    try:
+        settings_dict = connection.settings_dict
+        env = stack_env(
+            DATABASE_URL=f"postgres://{settings_dict['USER']}@{settings_dict['HOST']}:{settings_dict['PORT']}/{name}",
+            TASKLIGHT_PROCESS="worker",
+        )
+        env.pop("DATABASE_APPLICATION_NAME", None)
+        web, base_url = processes.start_web(env, tmp_path)
+
+        def named() -> list[str]:
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT application_name FROM pg_stat_activity WHERE datname = %s", [name])
+                return sorted(row[0] for row in cursor.fetchall())
+
+        try:
+            httpx.get(f"{base_url}/readyz", timeout=30)  # its first use of the database
+            assert set(wait_for(named, timeout=30, what="the web process to connect")) == {"tasklight-web"}
+            # The pool opens its minimum of two, where a worker's settings kept one per thread.
+            wait_for(lambda: len(named()) >= 2, timeout=30, what="the pool's two connections")
+            assert set(named()) == {"tasklight-web"}
+        finally:
+            web.stop()
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def connections_received(client: redis.Redis) -> int:
