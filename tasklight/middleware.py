@@ -22,7 +22,8 @@ class RequestIdASGIMiddleware:
     for the request (``uvicorn.access``, as the response starts) and for a
     socket's handshake (``uvicorn.error``): through the context, those lines
     carry the id too. A socket's every line while it is open carries its
-    handshake's id."""
+    handshake's id, and the handshake's answer echoes it in ``X-Request-ID``
+    as an HTTP response does (Django's middleware adds that one)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -32,11 +33,44 @@ class RequestIdASGIMiddleware:
             return await self.app(scope, receive, send)
         # As Django reads it: repeated headers joined by commas (then not a sane id).
         sent = b",".join(value for name, value in scope.get("headers", ()) if name == b"x-request-id")
-        token = logs.request_id.set(logs.request_id_from(sent.decode("latin-1")))
+        request_id = logs.request_id_from(sent.decode("latin-1"))
+        token = logs.request_id.set(request_id)
         try:
+            if scope["type"] == "websocket":
+                send = _echoing_in_the_handshake(scope, send, (b"x-request-id", request_id.encode("latin-1")))
             await self.app(scope, receive, send)
         finally:
             logs.request_id.reset(token)
+
+
+def _echoing_in_the_handshake(scope: dict[str, Any], send: Any, header: tuple[bytes, bytes]) -> Any:
+    """A socket's ``send`` that adds ``header`` to the handshake's answer: the
+    accept's headers; for a refusal (a close before the accept, which the
+    server answers with a bare 403), the same 403 as an HTTP response that
+    carries it, where the server offers ASGI's websocket.http.response
+    extension (uvicorn does). Frames after the handshake pass straight on."""
+    can_answer_in_http = "websocket.http.response" in (scope.get("extensions") or {})
+    answered = False
+
+    async def answer(message: dict[str, Any]) -> None:
+        nonlocal answered
+        kind = message["type"]
+        if kind in ("websocket.accept", "websocket.http.response.start"):
+            answered = True
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        elif kind == "websocket.close":
+            answered = True
+            if can_answer_in_http:
+                await send({"type": "websocket.http.response.start", "status": 403, "headers": [header]})
+                return await send({"type": "websocket.http.response.body", "body": b""})
+        await send(message)
+        return None
+
+    def echoing_send(message: dict[str, Any]) -> Any:
+        # Not a coroutine of its own: after the handshake, a frame costs one call more, not one await.
+        return send(message) if answered else answer(message)
+
+    return echoing_send
 
 
 class LoopbackOnlyWhileDebugASGIMiddleware:

@@ -12,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 from django.test import Client
+from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tasklight import logs
@@ -172,6 +173,47 @@ def test_each_access_line_carries_the_request_id_the_response_echoes(private_sta
         return None
 
     assert wait_for(handshake_line, timeout=10, what="the handshake's line").get("request_id") == f"socket-{probe}"
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_websocket_handshakes_answer_echoes_the_id_its_lines_carry(private_stack: Any) -> None:
+    """An HTTP response echoes X-Request-ID; a socket's handshake answered
+    without it, accepted or refused, so a client could not tell which log
+    lines were its socket's."""
+    running = private_stack(LOG_FORMAT="json")
+    alice = Account.sign_up(running.base_url)
+    probe = uuid.uuid4().hex
+    url = running.base_url.replace("http", "ws", 1) + f"/ws/?probe={probe}"
+    token = {"Authorization": f"Token {alice.token}"}
+
+    def handshake_line(answer: str) -> dict[str, Any]:
+        def find() -> dict[str, Any]:
+            for line in json_lines(running.web.log()):
+                if f'"WebSocket /ws/?probe={probe}&{answer}' in line["message"]:
+                    return line
+            return {}
+
+        return wait_for(find, timeout=10, what=f"the handshake's line ({answer})")
+
+    # The client's own id, kept.
+    with connect(f"{url}&sent", additional_headers={**token, "X-Request-ID": f"socket-{probe}"}, open_timeout=10) as ws:
+        assert ws.response.headers["X-Request-ID"] == f"socket-{probe}"
+        assert json.loads(ws.recv(timeout=10))["type"] == "hello"
+    # None sent: the new one its lines carry.
+    with connect(f"{url}&new", additional_headers=token, open_timeout=10) as ws:
+        given = ws.response.headers["X-Request-ID"]
+    assert handshake_line('new" [accepted]').get("request_id") == given
+    # Refused (a foreign Origin): a 403 that echoes it too.
+    with pytest.raises(InvalidStatus) as refused:
+        connect(
+            f"{url}&refused",
+            additional_headers={"Origin": "http://elsewhere.example", "X-Request-ID": f"refused-{probe}"},
+            open_timeout=10,
+        ).close()
+    assert refused.value.response.status_code == 403
+    assert refused.value.response.headers["X-Request-ID"] == f"refused-{probe}"
+    assert handshake_line('refused" 403').get("request_id") == f"refused-{probe}"
 
 
 @pytest.mark.stack
