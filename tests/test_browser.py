@@ -661,3 +661,63 @@ def test_too_many_toasts_drop_an_older_success_not_an_unseen_failure(stack: Any,
     expect(toasts.first).to_contain_text("Simulated failure")
     now_shown = [toast.get_attribute("data-event-id") for toast in toasts.all()]
     assert now_shown[:4] == [shown[0], *shown[2:]], (shown, now_shown)  # the oldest success went
+
+
+def mark_read_from_the_page(page: Page) -> None:
+    """Marks every notification read over REST with the page's own session,
+    as another tab (or a script) would: this page is not the one that asks."""
+    status = page.evaluate(
+        """async () => (await fetch('/api/notifications/read/', {
+            method: 'POST',
+            headers: {
+                'Content-Type': 'application/json',
+                'X-CSRFToken': document.querySelector('input[name=csrfmiddlewaretoken]').value,
+            },
+            body: JSON.stringify({up_to: 1000000}),
+        })).status"""
+    )
+    assert status == 200
+
+
+def test_mark_all_as_read_takes_away_the_toasts_of_what_it_marked(stack: Any, page: Page) -> None:
+    """A failure's toast stays until dismissed because the bell has it
+    unread; marked read, it goes, and so does a success's still on screen.
+    Before, "Mark all as read" left every failure toast to be closed one by one."""
+    sign_up_with_a_still_clock(stack, page)
+    queue_and_see_its_toast(page, fail=True)
+    queue_and_see_its_toast(page, fail=False)
+    toasts = page.get_by_test_id("notification")
+    expect(toasts).to_have_count(2)
+
+    page.get_by_test_id("inbox-bell").click()
+    expect(page.get_by_test_id("inbox-item")).to_have_count(2)
+    page.get_by_test_id("inbox-mark-read").click()
+    expect(page.get_by_test_id("inbox-unread")).to_have_text("0")
+    expect(toasts).to_have_count(0)
+
+    # What comes after the mark is unread, and toasted as ever.
+    page.keyboard.press("Escape")
+    queue_and_see_its_toast(page, fail=True)
+    expect(toasts).to_have_count(1)
+    expect(toasts).to_contain_text("Simulated failure")
+
+
+def test_a_notification_read_elsewhere_is_not_toasted_when_the_page_catches_up(stack: Any, page: Page) -> None:
+    """A task fails while the page's socket is down and is marked read in the
+    meantime (another tab, a script): the page's resume replays the event,
+    the row turns failed, and no toast asks to be dismissed again."""
+    relay = SocketRelay()
+    page.route_web_socket(re.compile(r"/ws/$"), relay.route)
+    page.goto(stack.base_url + "/signup/")
+    username = sign_up(page)
+    expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+    missed_id = fail_a_task_while_cut_off(page, relay, username)
+    mark_read_from_the_page(page)
+
+    relay.reconnect()
+    expect(page.locator(f'[data-task-id="{missed_id}"]')).to_have_attribute("data-status", "failed", timeout=30_000)
+    expect(page.get_by_test_id("inbox-unread")).to_have_text("0")
+    # A later task's toast is the barrier: the replayed failure's would be shown by now.
+    queue_and_see_its_toast(page, fail=False)
+    expect(page.get_by_test_id("notification")).to_have_count(1)
+    expect(page.get_by_test_id("notification")).to_contain_text("simulate succeeded")

@@ -148,7 +148,9 @@
    * interrupting what is being read.
    *
    * A failure (task.failed) or error toast stays until its close button is
-   * pressed. A success or cancellation goes after TOAST_MS, counted only
+   * pressed, or, a task's, until its notification is marked read (the
+   * bell's "Mark all as read", in any tab). A success or cancellation goes
+   * after TOAST_MS, counted only
    * while the pointer is off it and the keyboard focus out of it; it is also
    * kept in the bell (the inbox), as every failure is.
    *
@@ -184,6 +186,7 @@
     var entry = {
       node: node,
       outcome: outcome,
+      eventId: eventId,
       sticky: Object.prototype.hasOwnProperty.call(STICKY, outcome),
       hovered: false,
       focused: false,
@@ -236,6 +239,15 @@
     return chosen;
   }
 
+  // The toasts of notifications marked read (here, in another tab, or by a
+  // script) go: a failure's stays only while the bell has it unread. The
+  // page's own error toasts are kept nowhere else, and stay.
+  function dismissReadToasts(readUpTo) {
+    shownToasts.filter(function (entry) {
+      return entry.eventId !== undefined && entry.eventId <= readUpTo;
+    }).forEach(removeToast);
+  }
+
   // Focus that was in the toast moves to the close button of the next toast
   // (else the previous one) instead of falling back to the top of the page.
   function removeToast(entry) {
@@ -285,6 +297,7 @@
     var statusLine = root ? root.querySelector('[data-testid="inbox-status"]') : null;
     var api = {
       latestEventId: function () { return 0; }, // the home page plugs in its lastEventId
+      isRead: function () { return false; },
       onHello: function () {},
       onEvent: function () {},
       onInboxFrame: function () {}
@@ -322,6 +335,7 @@
       if (typeof state.last_event_id === 'number') countedUpTo = Math.max(countedUpTo, state.last_event_id);
       renderCount();
       renderItems();
+      dismissReadToasts(readUpTo);
     }
 
     function setStatus(text) {
@@ -484,7 +498,12 @@
       countedUpTo = toCount(frame.last_event_id);
       renderCount();
       renderItems();
+      dismissReadToasts(readUpTo); // marked read while this socket was down
     };
+
+    // Marked read already (elsewhere, while this page was catching up): the
+    // event updates its row, but is not toasted.
+    api.isRead = function (id) { return id <= readUpTo; };
 
     // Every event frame, including the ones a resume replays: hello already
     // counted those up to its last_event_id, and no id is counted twice.
@@ -1393,7 +1412,7 @@
       if (started && started.task.status === 'running') announce(String(frame.task.kind || 'task') + ' started');
     }
     var outcome = OUTCOMES[frame.event];
-    if (outcome && !toasted.has(frame.id)) {
+    if (outcome && !toasted.has(frame.id) && !inbox.isRead(frame.id)) {
       toasted.add(frame.id);
       var task = isTask(frame.task) ? frame.task : {};
       var kind = String(task.kind || 'task');
