@@ -8,15 +8,17 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from django.utils import timezone
-from playwright.sync_api import Browser, Page, WebSocketRoute, expect, sync_playwright
+from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect, sync_playwright
 
 from live.models import Event
 from live.services import delete_expired_events
@@ -64,6 +66,32 @@ def page(browser: Browser) -> Iterator[Page]:
     yield page
     context.close()
     assert not errors, f"the page logged errors: {errors}"
+
+
+@pytest.fixture
+def tabs(browser: Browser, tmp_path: Path) -> Iterator[BrowserContext]:
+    """Chromium as a person has it: its pages are tabs of one window, and a
+    tab behind another is hidden (``document.visibilityState``). Playwright's
+    own launch emulates focus on every page, which keeps each one visible
+    whatever is in front; this Chromium is started alone and driven over CDP
+    with ``no_defaults``, which leaves the browser's own visibility be. Its
+    first page is the first tab."""
+    profile = tmp_path / "chromium-profile"
+    own_launch = ["--headless", "--remote-debugging-port=0", f"--user-data-dir={profile}", "--window-size=1200,800"]
+    process = subprocess.Popen(
+        [CHROMIUM, *CHROMIUM_ARGS, *own_launch, "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        port_file = profile / "DevToolsActivePort"  # Chromium writes the port it chose
+        port = wait_for(lambda: port_file.read_text().split("\n")[0].strip(), timeout=30, what="Chromium's port")
+        over_cdp = browser.browser_type.connect_over_cdp(f"http://127.0.0.1:{port}", no_defaults=True)
+        yield over_cdp.contexts[0]
+        over_cdp.close()
+    finally:
+        process.terminate()
+        process.wait(timeout=20)
 
 
 def sign_up(page: Page) -> str:
@@ -721,3 +749,55 @@ def test_a_notification_read_elsewhere_is_not_toasted_when_the_page_catches_up(s
     queue_and_see_its_toast(page, fail=False)
     expect(page.get_by_test_id("notification")).to_have_count(1)
     expect(page.get_by_test_id("notification")).to_contain_text("simulate succeeded")
+
+
+def queue_from_the_page(page: Page, **params: Any) -> None:
+    """Queues a simulate task with the page's own session, without a click:
+    a hidden tab is sent no input."""
+    status = page.evaluate(
+        """async (params) => (await fetch('/api/tasks/', {
+            method: 'POST',
+            headers: {
+                'Content-Type': 'application/json',
+                'X-CSRFToken': document.querySelector('input[name=csrfmiddlewaretoken]').value,
+            },
+            body: JSON.stringify({kind: 'simulate', params}),
+        })).status""",
+        params,
+    )
+    assert status == 202
+
+
+def test_a_success_toast_waits_while_its_tab_is_hidden(stack: Any, tabs: BrowserContext) -> None:
+    """The person turns to another tab: a success toast on screen, and one
+    for a task that finishes meanwhile, are there when they come back, and
+    go by themselves after that. Before, both ran out in the hidden tab."""
+    page = tabs.pages[0]
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    sign_up_with_a_still_clock(stack, page)
+    toasts = page.get_by_test_id("notification")
+    queue_and_see_its_toast(page, fail=False)
+    first = toasts.get_attribute("data-event-id")
+    page.clock.fast_forward(5000)  # 3 s of its 8 left
+
+    other = tabs.new_page()  # a new tab, in front
+    page.wait_for_function("document.visibilityState === 'hidden'")
+    page.clock.fast_forward(TOAST_MS_PASSED)
+    expect(toasts).to_have_count(1)
+    queue_from_the_page(page, seconds=0)  # finishes while the tab is hidden
+    expect(toasts).to_have_count(2, timeout=30_000)
+    page.clock.fast_forward("10:00")
+    expect(toasts).to_have_count(2)
+
+    page.bring_to_front()
+    page.wait_for_function("document.visibilityState === 'visible'")
+    page.clock.fast_forward(2000)
+    expect(toasts).to_have_count(2)
+    page.clock.fast_forward(1500)  # the first toast's 3 s are up; the second has its 8 s
+    expect(toasts).to_have_count(1)
+    expect(toasts).not_to_have_attribute("data-event-id", str(first))
+    page.clock.fast_forward(TOAST_MS_PASSED)
+    expect(toasts).to_have_count(0)
+    other.close()
+    assert not errors, errors

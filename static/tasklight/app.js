@@ -150,9 +150,9 @@
    * A failure (task.failed) or error toast stays until its close button is
    * pressed, or, a task's, until its notification is marked read (the
    * bell's "Mark all as read", in any tab). A success or cancellation goes
-   * after TOAST_MS, counted only
-   * while the pointer is off it and the keyboard focus out of it; it is also
-   * kept in the bell (the inbox), as every failure is.
+   * after TOAST_MS, counted only while the tab is visible, the pointer off
+   * it and the keyboard focus out of it; it is also kept in the bell (the
+   * inbox), as every failure is.
    *
    * Over MAX_TOASTS on screen, one goes: the oldest timed toast (success,
    * cancellation: the bell keeps it), else the oldest failure (unread in
@@ -161,13 +161,25 @@
    * failure never makes way for a success, which is the one dropped (the
    * newest included) while only failures and errors are shown.
    */
-  // Once the pointer or the focus leaves, a timed toast stays at least this
-  // much longer, however little of TOAST_MS was left: time to move back to it.
+  // Once the pointer or the focus leaves (or the tab is shown again), a timed
+  // toast stays at least this much longer, however little of TOAST_MS was
+  // left: time to move back to it.
   var TOAST_RESUME_MIN_MS = 2000;
   var STICKY = { failed: true, error: true };
   var EVICTION_ORDER = { succeeded: 0, cancelled: 0, failed: 1, error: 2 };
   var toastBox = document.getElementById('toasts');
   var shownToasts = []; // oldest first
+
+  // A hidden tab (another tab in front, the window minimised) shows nothing:
+  // a timed toast's count waits for the person to come back, as it does for
+  // the pointer and the focus. The bell keeps it either way.
+  function pageHidden() { return document.visibilityState === 'hidden'; }
+
+  document.addEventListener('visibilitychange', function () {
+    shownToasts.forEach(function (entry) {
+      if (pageHidden()) entry.pauseTimer(); else entry.startTimer();
+    });
+  });
 
   function toast(message, outcome, eventId) {
     if (!toastBox) return;
@@ -198,7 +210,7 @@
     function held() { return entry.hovered || entry.focused; }
 
     function startTimer() {
-      if (entry.sticky || entry.timer !== null || held() || !node.isConnected) return;
+      if (entry.sticky || entry.timer !== null || held() || pageHidden() || !node.isConnected) return;
       entry.startedAt = performance.now();
       entry.timer = setTimeout(function () { removeToast(entry); }, entry.remaining);
     }
@@ -220,6 +232,8 @@
     });
     closeButton.addEventListener('click', function () { removeToast(entry); });
     entry.held = held;
+    entry.startTimer = startTimer;
+    entry.pauseTimer = pauseTimer;
 
     toastBox.appendChild(node);
     shownToasts.push(entry);
