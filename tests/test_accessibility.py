@@ -5,7 +5,9 @@ stack and Chromium as tests/test_browser.py."""
 
 from __future__ import annotations
 
+import json
 import re
+import time
 import uuid
 from typing import Any
 
@@ -19,7 +21,7 @@ from workloads.models import Task
 
 from . import test_browser
 from .stack import PASSWORD
-from .test_browser import sign_up
+from .test_browser import SocketRelay, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -408,3 +410,70 @@ def test_a_running_task_is_announced_once_not_at_every_progress_report(stack: An
     assert any("simulate succeeded" in text for text in said), said
     assert not any("%" in text for text in said), said
     assert len(said) <= 5, said
+
+
+# From the moment the page is parsed (what is there at load is read, not
+# announced; the page's deferred script runs after this), records each
+# text a live region takes.
+LIVE_REGION_LOG = """
+(() => {
+  window.__said = [];
+  document.addEventListener('readystatechange', () => {
+    if (document.readyState !== 'interactive') return;
+    new MutationObserver((records) => {
+      for (const record of records) {
+        const node = record.target.nodeType === 1 ? record.target : record.target.parentElement;
+        const region = node && node.closest(LIVE_REGIONS);
+        if (region) window.__said.push(region.textContent.trim());
+      }
+    }).observe(document.body, { subtree: true, childList: true, characterData: true });
+  });
+})();
+""".replace("LIVE_REGIONS", json.dumps(LIVE_REGIONS))
+
+
+def said_about_the_connection(page: Page) -> list[str]:
+    said: list[str] = page.evaluate("window.__said")
+    return [text for text in said if re.search("connect", text, re.IGNORECASE)]
+
+
+def test_the_connection_is_announced_when_lost_and_when_back_not_at_every_page_load(stack: Any, page: Page) -> None:
+    """The badge says connecting, then connected, on every page load: in a
+    live region, that was read out each time, for nothing the person did.
+    A lost connection and its recovery are announced, once each, however
+    many attempts the page makes meanwhile."""
+    relay = SocketRelay()
+    page.route_web_socket(re.compile(r"/ws/$"), relay.route)
+    page.add_init_script(LIVE_REGION_LOG)
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+    badge = page.get_by_test_id("connection-status")
+    expect(badge).to_have_text("connected")
+    # In the accessibility tree, the badge is text, in no live region.
+    expect(page.get_by_role("status").filter(has_text=re.compile("connect", re.IGNORECASE))).to_have_count(0)
+    expect(page.locator(".card__header")).to_match_aria_snapshot(
+        '- heading "Your recent tasks" [level=2]\n- text: connected'
+    )
+    assert said_about_the_connection(page) == []
+    page.reload()  # nor on a reload
+    expect(badge).to_have_text("connected")
+    assert said_about_the_connection(page) == []
+
+    relay.cut_off()
+    expect(badge).to_have_text("reconnecting")
+    deadline = time.monotonic() + 30
+    while relay.refused < 2:  # two attempts refused: still said once
+        assert time.monotonic() < deadline, "the page did not try to reconnect twice in 30 s"
+        page.wait_for_timeout(50)  # lets Playwright's loop route the page's attempts
+    status = page.get_by_role("status").filter(has_text="Connection lost")
+    expect(status).to_have_text("Connection lost. Live updates paused; reconnecting.")
+
+    relay.reconnect()
+    expect(badge).to_have_text("connected", timeout=30_000)
+    expect(page.get_by_role("status").filter(has_text="Connected again")).to_have_text(
+        "Connected again. Live updates resumed."
+    )
+    assert said_about_the_connection(page) == [
+        "Connection lost. Live updates paused; reconnecting.",
+        "Connected again. Live updates resumed.",
+    ]

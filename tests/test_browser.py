@@ -305,11 +305,13 @@ class SocketRelay:
     def __init__(self) -> None:
         self.refusing = False
         self.holding = False
+        self.refused = 0
         self.open: list[WebSocketRoute] = []
         self.held: list[tuple[WebSocketRoute, str | bytes]] = []
 
     def route(self, page_side: WebSocketRoute) -> None:
         if self.refusing:
+            self.refused += 1
             page_side.close(code=4000, reason="cut off by the test")
             return
         server = page_side.connect_to_server()

@@ -551,8 +551,8 @@
 
   var emptyState = document.getElementById('tasks-empty');
   // A polite status line, not shown: a task that starts, a retry or a cancel
-  // accepted, once each. Finished tasks are announced by their toasts,
-  // progress not at all (the bars hold it).
+  // accepted, a lost connection and its recovery, once each. Finished tasks
+  // are announced by their toasts, progress not at all (the bars hold it).
   var announcer = document.getElementById('task-announcer');
 
   function announce(text) {
@@ -1256,7 +1256,21 @@
   var stopped = false; // 4401: not signed in any more
   var toasted = new Set(); // event ids already announced
 
+  // The badge is shown, not read out: in a live region, its "connecting",
+  // "connected" was announced at every page load, for nothing the person
+  // did. What is announced (#task-announcer) is a lost connection, once
+  // however many attempts follow, and its recovery. A first connect that
+  // takes a few attempts is no loss: the badge says "connecting" all along.
+  var lossAnnounced = false;
+
   function setConnection(state, text) {
+    if (state === 'reconnecting' && !lossAnnounced) {
+      lossAnnounced = true;
+      announce('Connection lost. Live updates paused; reconnecting.');
+    } else if (state === 'connected' && lossAnnounced) {
+      lossAnnounced = false;
+      announce('Connected again. Live updates resumed.');
+    }
     if (!statusBadge) return;
     statusBadge.dataset.state = state;
     statusBadge.textContent = text || state;
