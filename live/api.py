@@ -38,7 +38,11 @@ class EventListView(APIView):
             OpenApiParameter(
                 "after",
                 {"type": "integer", "minimum": 0, "default": 0},
-                description="Only events with a greater id (default 0).",
+                description=(
+                    "Only events with a greater id (default 0). The newest event's id answers an empty page; "
+                    "an id beyond it is a 400 (the numbering was reset: reload the tasks, then follow the "
+                    "socket from its `hello`), as the socket's `resume` answers `invalid_resume`."
+                ),
             ),
             OpenApiParameter("limit", limit_schema(500), description="Page size, 1 to 500 (default 500)."),
         ],
@@ -59,6 +63,8 @@ class EventListView(APIView):
             events = services.events_after(user_id=user_id, after=after, limit=limit)
         except services.CursorExpired:
             raise CursorGone from None
+        except services.CursorAhead as ahead:
+            raise ValidationError({"after": [str(ahead)]}) from None
         next_url = None
         if len(events) == limit:
             query = urlencode({"after": events[-1].sequence, "limit": limit})

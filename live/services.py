@@ -149,23 +149,48 @@ class CursorExpired(Exception):
         self.newest = newest
 
 
+class CursorAhead(Exception):
+    """The client's cursor is beyond the user's newest event. An id reaches a
+    client only once its event has committed, so this database never gave it
+    out: the client's state comes from other data (a database reset or
+    restored from a backup, a cursor kept for another account). Answered as a
+    bad cursor by both doors (docs/events.md), never as "nothing new": the
+    events up to the cursor, once they exist, would be skipped unseen."""
+
+    def __init__(self, *, after: int, newest: int) -> None:
+        super().__init__(f"No event {after} yet; the newest is {newest}.")
+        self.newest = newest
+
+
+def check_cursor(*, after: int, newest: int) -> None:
+    """Raises CursorAhead if ``after`` is beyond ``newest``; ``after == newest``
+    is a client that is up to date."""
+    if after > newest:
+        raise CursorAhead(after=after, newest=newest)
+
+
 def events_after(*, user_id: int, after: int, limit: int) -> list[Event]:
     """The user's stored events with ids above ``after``, oldest first.
 
     Raises CursorExpired when some of them are gone: ids have no gaps, so the
-    first one returned must be ``after + 1``.
+    first one returned must be ``after + 1``. Raises CursorAhead when
+    ``after`` is beyond the newest event.
     """
     query = Event.objects.filter(user_id=user_id, sequence__gt=after).order_by("sequence")[:limit]
     events = list(query)
     if events and events[0].sequence != after + 1:
         raise CursorExpired(last_event_id(user_id))
-    if not events and after < (newest := last_event_id(user_id)):
-        # Either they are gone, or one committed between the query and the
-        # read of the newest id. Every id up to that one has committed now
-        # (ids commit in order), so a second look tells which.
-        events = list(query.all())
-        if not events or events[0].sequence != after + 1:
-            raise CursorExpired(newest)
+    if not events:
+        newest = last_event_id(user_id)
+        # Read after the query, and ids only grow: beyond it, beyond them all.
+        check_cursor(after=after, newest=newest)
+        if after < newest:
+            # Either they are gone, or one committed between the query and the
+            # read of the newest id. Every id up to that one has committed now
+            # (ids commit in order), so a second look tells which.
+            events = list(query.all())
+            if not events or events[0].sequence != after + 1:
+                raise CursorExpired(newest)
     return events
 
 

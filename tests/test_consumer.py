@@ -14,6 +14,7 @@ from django.contrib.auth.models import User
 from django.db import OperationalError, connections
 from django.test import Client
 from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from accounts.authentication import CachedTokenAuthentication
 from live import consumers, services
@@ -424,6 +425,30 @@ async def test_resume_replays_only_the_users_own_events(open_socket, alice: User
     # Alice's event 2 does not exist for bob: resuming after 1 is the newest.
     await socket.send_json_to({"type": "resume", "after": 2})
     assert (await socket.receive_json_from())["code"] == "invalid_resume"
+
+
+async def test_a_cursor_beyond_the_newest_event_is_refused_by_the_socket_and_over_rest_alike(
+    open_socket, alice: User
+) -> None:
+    """The two doors to the event log agree (docs/events.md): the newest id
+    is up to date (nothing to send, an empty page); one beyond it is a bad
+    cursor, with the same message."""
+    for n in (1, 2):
+        await store_event(alice, n)
+    header = await sync_to_async(token_header)(alice)
+    socket, _, _ = await open_socket(header)
+    await socket.receive_json_from()
+    api = APIClient(HTTP_AUTHORIZATION=header[1].decode())
+    await socket.send_json_to({"type": "resume", "after": 2})
+    await socket.send_json_to({"type": "ping", "id": "up to date"})
+    assert await socket.receive_json_from() == {"type": "pong", "id": "up to date"}
+    up_to_date = await sync_to_async(api.get)("/api/events/?after=2")
+    assert (up_to_date.status_code, up_to_date.json()["results"]) == (200, [])
+    await socket.send_json_to({"type": "resume", "after": 3})
+    refused = await socket.receive_json_from()
+    over_rest = await sync_to_async(api.get)("/api/events/?after=3")
+    assert refused["code"] == "invalid_resume" and over_rest.status_code == 400
+    assert over_rest.json()["error"]["fields"]["after"] == [refused["message"]]
 
 
 async def test_the_database_away_does_not_cost_the_socket(open_socket, alice: User, monkeypatch) -> None:

@@ -57,6 +57,26 @@ def test_an_event_committed_while_the_cursor_is_read_is_not_taken_for_expiry(
     assert [e.sequence for e in live_services.events_after(user_id=alice.pk, after=1, limit=10)] == [2]
 
 
+def test_a_poller_at_the_newest_event_gets_empty_pages_and_one_beyond_it_a_400(
+    alice_api: APIClient, bob_api: APIClient
+) -> None:
+    """A cursor beyond the newest event was never given out by this database
+    (its data was reset, or the cursor is another account's): an empty page
+    would let the poller skip every event up to it unseen."""
+    queue(alice_api)
+    queue(alice_api)
+    newest = alice_api.get("/api/events/?after=0").json()["results"][-1]["id"]
+    assert alice_api.get(f"/api/events/?after={newest}").json() == {"results": [], "next": None}
+    error = assert_error(alice_api.get(f"/api/events/?after={newest + 1}"), 400, "invalid")
+    assert error["fields"] == {"after": [f"No event {newest + 1} yet; the newest is {newest}."]}
+    # Bob, with no events, is up to date at 0 and only there.
+    assert bob_api.get("/api/events/?after=0").json()["results"] == []
+    assert_error(bob_api.get(f"/api/events/?after={newest}"), 400, "invalid")
+    # Once the events exist, the cursor is an ordinary one.
+    queue(alice_api)
+    assert [e["id"] for e in alice_api.get(f"/api/events/?after={newest}").json()["results"]] == [newest + 1]
+
+
 @override_settings(EVENT_RETENTION_DAYS=1)
 def test_retention_is_configurable(alice_api: APIClient, alice: User) -> None:
     queue(alice_api)

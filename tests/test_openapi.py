@@ -238,7 +238,7 @@ def test_refusals_before_the_view_answer_as_documented(alice: User, checked: Cal
     checked("/api/auth/login/", "POST", too_large)
 
 
-def test_an_events_cursor_past_retention_answers_the_documented_410(
+def test_an_events_cursor_past_retention_or_beyond_the_newest_answers_as_documented(
     alice_api: APIClient, alice: User, checked: Callable[..., Any]
 ) -> None:
     for _ in range(3):
@@ -249,6 +249,9 @@ def test_an_events_cursor_past_retention_answers_the_documented_410(
     gone = alice_api.get("/api/events/?after=0")
     assert_error(gone, 410, "resync")
     checked("/api/events/", "GET", gone)
+    ahead = alice_api.get("/api/events/?after=4")  # beyond the newest event, 3
+    assert_error(ahead, 400, "invalid")
+    checked("/api/events/", "GET", ahead)
 
 
 def test_queueing_past_the_rate_limit_answers_the_documented_429(
