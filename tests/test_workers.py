@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,10 +18,11 @@ import httpx
 import pytest
 from django.contrib.auth.models import User
 
+from workloads import tasks
 from workloads.models import Worker
 
 from .proxy import TcpProxy
-from .stack import PASSWORD, wait_for
+from .stack import BIN, PASSWORD, ROOT, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -168,3 +170,69 @@ def test_a_worker_cut_off_from_the_broker_counts_as_gone_until_it_is_back(privat
 def broker_address() -> tuple[str, int]:
     target = urlsplit(os.environ["CELERY_BROKER_URL"])
     return target.hostname or "127.0.0.1", target.port or 5672
+
+
+def database_address() -> tuple[str, int]:
+    from django.db import connection
+
+    return connection.settings_dict["HOST"] or "127.0.0.1", int(connection.settings_dict["PORT"] or 5432)
+
+
+def worker_node(log: str) -> str:
+    match = re.search(r"([\w.-]+@[\w.-]+) ready\.", log)
+    assert match, log
+    return match.group(1)
+
+
+def probe(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """A probe as an orchestrator runs it, in a process of its own."""
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_a_worker_cut_off_from_the_database_stays_alive_and_is_not_ready_until_it_is_back(private_stack) -> None:
+    """Its liveness probe (celery inspect ping) answered yes while it could
+    not reach the database, and no probe said otherwise: a worker that takes
+    tasks only to retry them looked healthy. Readiness now says no; liveness
+    still says yes, so an outage of the database restarts no worker."""
+    running = private_stack()
+    # The probes reach the database directly: their answer is the worker's.
+    probe_env = {**running.worker_env, "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    with TcpProxy(*database_address()) as proxy:
+        worker = running.start_worker(concurrency=1, DATABASE_URL=proxy.url_for(running.worker_env["DATABASE_URL"]))
+        node = worker_node(worker.log())
+        ready = [str(BIN / "python"), "manage.py", "worker_ready", "--destination", node, "--timeout", "10"]
+        alive = [str(BIN / "celery"), "-A", "tasklight", "inspect", "ping", "--destination", node, "--timeout", "10"]
+        up = wait_for(lambda: (p := probe(ready, probe_env)).returncode == 0 and p, timeout=30, what="readiness")
+        assert f"{node}: ready (reported to the database" in up.stdout
+
+        proxy.pause()
+        down = wait_for(
+            lambda: (p := probe(ready, probe_env)).returncode == 1 and p, timeout=30, what="the worker not ready"
+        )
+        assert f"{node} is not ready: cannot reach the database" in down.stderr
+        assert probe(alive, probe_env).returncode == 0, "a database outage must not fail the liveness probe"
+        assert worker.popen.poll() is None
+
+        proxy.resume()
+        wait_for(lambda: probe(ready, probe_env).returncode == 0, timeout=30, what="the worker ready again")
+
+    worker.stop(signal.SIGKILL)
+    gone = probe([*ready[:-2], "--timeout", "2"], probe_env)
+    assert gone.returncode == 69 and f"{node} did not answer within 2 s" in gone.stderr
+
+
+def test_a_worker_whose_round_is_stuck_counts_not_ready_after_three_rounds(monkeypatch, settings) -> None:
+    """A query that never returns (a connection cut without a reset) leaves
+    no failure to see: the last report ages instead, as the About page judges."""
+    settings.RELAY_INTERVAL_SECONDS = 5
+    monkeypatch.setattr(tasks.workers, "report_alive", lambda *args, **kwargs: None)
+    housekeeper = tasks.Housekeeper(name="stuck@test", concurrency=1)
+    assert housekeeper.readiness() == (False, "starting: not reported to the database yet")
+    housekeeper.report_alive()
+    reported_at = housekeeper.reported_at
+    assert reported_at is not None
+    assert housekeeper.readiness(now=reported_at + 15)[0] is True
+    assert housekeeper.readiness(now=reported_at + 16) == (
+        False,
+        "no report to the database for 16 s: its last round has not ended",
+    )

@@ -21,6 +21,7 @@ from celery import Task as CeleryTask
 from celery import shared_task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.worker.control import inspect_command
 from django.conf import settings
 from django.db import close_old_connections, connection
 
@@ -289,6 +290,11 @@ class Housekeeper(threading.Thread):
         self.concurrency = concurrency
         self.consumer = consumer
         self.said_disconnected = False
+        # The worker's readiness (worker_readiness below): when a round last
+        # reported it to the database (time.monotonic()), and why the last
+        # round did not, if it did not.
+        self.reported_at: float | None = None
+        self.not_reported: str | None = "starting: not reported to the database yet"
 
     def run(self) -> None:
         self.report_alive()
@@ -339,6 +345,7 @@ class Housekeeper(threading.Thread):
         # A worker cut off from the broker takes no task: it is not reported,
         # and the About page counts it gone after three missed reports.
         if not self.consuming():
+            self.not_reported = "cut off from the broker"
             if not self.said_disconnected:
                 logger.warning("workers: not reporting this worker alive while it cannot reach the broker")
                 self.said_disconnected = True
@@ -347,7 +354,28 @@ class Housekeeper(threading.Thread):
         try:
             workers.report_alive(self.worker_id, name=self.worker_name, pid=os.getpid(), concurrency=self.concurrency)
         except Exception as exc:
+            self.not_reported = (
+                "cannot reach the database"
+                if isinstance(exc, db.DATABASE_DOWN)
+                else f"its report to the database failed: {type(exc).__name__}"
+            )
             logger.warning("workers: could not report this worker alive, will try again: %s", exc)
+            return
+        self.reported_at = time.monotonic()
+        self.not_reported = None
+
+    def readiness(self, now: float | None = None) -> tuple[bool, str]:
+        """Ready while this worker's last round reported it to the database,
+        less than MISSED_REPORTS rounds ago: what the About page counts as a
+        running worker. A round stuck in a query that never returns (a
+        connection cut without a reset) ages out."""
+        if self.not_reported is not None:
+            return False, self.not_reported
+        assert self.reported_at is not None
+        silent = (time.monotonic() if now is None else now) - self.reported_at
+        if silent > workers.MISSED_REPORTS * settings.RELAY_INTERVAL_SECONDS:
+            return False, f"no report to the database for {silent:.0f} s: its last round has not ended"
+        return True, f"reported to the database {silent:.0f} s ago"
 
     def send_again_what_a_stopped_worker_took(self) -> None:
         try:
@@ -408,6 +436,20 @@ def start_housekeeper(sender: Any = None, **kwargs: Any) -> None:
         consumer=sender,
     )
     _housekeeper.start()
+
+
+@inspect_command()
+def worker_readiness(state: Any, **kwargs: Any) -> dict[str, Any]:
+    """Whether this worker can run tasks now: asked over the broker by
+    ``manage.py worker_ready`` (docs/operations.md, "Health"). Answered from
+    the housekeeper's last round, without a query: the main process that
+    answers forks pool processes, which must not inherit a connection."""
+    if _housekeeper is None:
+        return {"ready": False, "detail": "starting: its housekeeper has not started yet"}
+    if not _housekeeper.is_alive():
+        return {"ready": False, "detail": "its housekeeper has stopped"}
+    ready, detail = _housekeeper.readiness()
+    return {"ready": ready, "detail": detail}
 
 
 @worker_shutdown.connect
