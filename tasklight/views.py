@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from dataclasses import asdict
-
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
@@ -23,7 +21,7 @@ def readyz(request: HttpRequest) -> JsonResponse:
         "status": "ok" if not down else "unavailable",
         "down": down,
         # The backend's kind only: /readyz answers anyone who reaches it.
-        "parts": [{**asdict(part), "backend": part.kind} for part in parts],
+        "parts": [{"name": part.name, "backend": part.kind, "ok": part.ok, "detail": part.detail} for part in parts],
     }
     return JsonResponse(body, status=503 if down else 200)
 

@@ -16,6 +16,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
+from tasklight.health import PartStatus, unknown_workers
+
 from .proxy import TcpProxy
 from .stack import wait_for
 
@@ -141,6 +143,18 @@ def without_the_database(running: Any) -> None:
     assert warning.startswith("database unreachable: "), warning
     about = httpx.get(f"{base_url}/about/", timeout=SCRAPE_TIMEOUT)
     assert about.status_code == 200 and "unknown: the database is unreachable" in about.text
+
+
+@pytest.mark.django_db
+def test_the_workers_are_unknown_for_the_reason_the_database_check_gives(client: Any) -> None:
+    """The About page tells why from the check's flag, not from its wording;
+    the flag is for code, and /readyz shows what it showed."""
+    reworded = PartStatus("database", "postgresql", False, "reworded for people", not_migrated=True)
+    assert unknown_workers(reworded).detail == "unknown: the database is not migrated"
+    unreachable = PartStatus("database", "postgresql", False, "unreachable")
+    assert unknown_workers(unreachable).detail == "unknown: the database is unreachable"
+    parts = client.get("/readyz", HTTP_HOST="web1:8000").json()["parts"]
+    assert [sorted(part) for part in parts] == [["backend", "detail", "name", "ok"]] * 3
 
 
 @pytest.mark.django_db
