@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -141,6 +142,43 @@ def pg_sizes(config: procs.Config) -> None:
     )
 
 
+def from_postgresql(pid: int) -> int:
+    """Bytes the process's open connections to PostgreSQL have received (the
+    kernel's count for each TCP socket, ``ss -i``'s bytes_received)."""
+    listing = subprocess.run(
+        ["ss", "-Htinp", "state", "established", "( dport = :5432 )"], capture_output=True, text=True, check=True
+    ).stdout
+    total = 0
+    mine = False
+    for line in listing.splitlines():
+        if not line.startswith(("\t", " ")):
+            mine = f"pid={pid}," in line
+        elif mine:
+            total += sum(int(word.split(":")[1]) for word in line.split() if word.startswith("bytes_received:"))
+    return total
+
+
+def timed_gets(client: httpx.Client, path: str, web_pid: int, label: str, times: int = 5) -> None:
+    """GETs ``path`` ``times`` times; prints its size, the first and the median
+    time, and what the web process received from PostgreSQL for one (the median)."""
+    elapsed: list[float] = []
+    read: list[int] = []
+    size = 0
+    for _ in range(times):
+        before = from_postgresql(web_pid)
+        started = time.monotonic()
+        answer = client.get(path)
+        elapsed.append((time.monotonic() - started) * 1000)
+        read.append(from_postgresql(web_pid) - before)
+        assert answer.status_code == 200, answer.status_code
+        size = len(answer.content)
+    print(
+        f"  {label}: {size:,} B in {elapsed[0]:.0f} ms, median of {times} {statistics.median(elapsed):.0f} ms; "
+        f"the web process received {statistics.median(read):,.0f} B from PostgreSQL for it",
+        flush=True,
+    )
+
+
 def cli(base_url: str, token: str, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "TASKLIGHT_URL": base_url, "TASKLIGHT_TOKEN": token, "XDG_CONFIG_HOME": tempfile.mkdtemp()}
     env["PYTHONPATH"] = str(procs.ROOT)
@@ -219,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         procs.prepare_template(config)
         procs.fresh_database(config)
         env = config.stack_env()
-        _, base_url = procs.start_web(env, log_dir)
+        web, base_url = procs.start_web(env, log_dir)
         username, token = sign_up(base_url)
         text = text_of(args.text_bytes)
         body = json.dumps({"kind": "text_stats", "params": {"text": text}})
@@ -278,14 +316,10 @@ def main(argv: list[str] | None = None) -> int:
         exits.close()
         pg_sizes(config)
 
-        started = time.monotonic()
-        listing = http.get("/api/tasks/")
-        print(f"  GET /api/tasks/: {len(listing.content):,} B in {(time.monotonic() - started) * 1000:.0f} ms")
+        timed_gets(http, "/api/tasks/", web.pid, "GET /api/tasks/")
         with httpx.Client(base_url=base_url, timeout=60) as session:
             session.post("/api/auth/login/", json={"username": username, "password": PASSWORD})
-            started = time.monotonic()
-            home = session.get("/")
-            print(f"  GET / (signed in): {len(home.content):,} B in {(time.monotonic() - started) * 1000:.0f} ms")
+            timed_gets(session, "/", web.pid, "GET / (signed in)")
         listed = cli(base_url, token, "list")
         print(f"  CLI `tasklight list`: exit {listed.returncode}, {len(listed.stdout):,} B")
         listed = cli(base_url, token, "list", "--json")
