@@ -529,6 +529,32 @@ def test_a_megabyte_parameter_shows_on_the_page_as_it_does_live(stack: Any, page
     expect(params).to_have_attribute("title", json.dumps({"text": text}, separators=(",", ":"))[:499] + "\u2026")
 
 
+def test_a_long_result_shows_on_the_page_as_it_does_live(stack: Any, page: Page) -> None:
+    """The page embeds a result's strings cut to 2,000 characters
+    (workloads/views.py): its row reads as the row drawn from the live event,
+    with the whole result. Astral characters (two UTF-16 units in app.js, one
+    character in the cut) and characters JSON escapes included."""
+    alice = Account.sign_up(stack.base_url)
+    text = '\U0001f600"\\\nab' * 150  # 900 characters, the result 9,000
+    page.goto(stack.base_url + "/login/")
+    page.fill("input[name=username]", alice.username)
+    page.fill("input[name=password]", PASSWORD)
+    page.locator("form button[type=submit]").last.click()
+    expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+    task = alice.queue("reverse", text=text, times=10)
+    row = page.locator(f"[data-testid=task-row][data-task-id='{task['id']}']")
+    expect(row).to_have_attribute("data-status", "succeeded")
+    result = row.locator(".task__result")
+    live = (result.text_content(), result.get_attribute("title"))
+    assert live[1] is not None and live[1].endswith("\u2026") and len(live[1]) > 1500  # the result's JSON, cut
+
+    page.reload()
+    expect(row).to_have_attribute("data-status", "succeeded")
+    embedded = json.loads(page.locator("#initial-tasks").text_content() or "[]")
+    assert embedded[0]["result"]["reversed"] == (text[::-1] * 10)[:1999] + "\u2026"  # the cut copy
+    assert (result.text_content(), result.get_attribute("title")) == live
+
+
 def test_the_older_tasks_button_is_not_shown_without_older_tasks(stack: Any, page: Page) -> None:
     page.goto(stack.base_url + "/signup/")
     sign_up(page)

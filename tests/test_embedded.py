@@ -4,6 +4,7 @@ channels-lite. The same journey as test_journey, through the README's command.""
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import signal
@@ -19,7 +20,10 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from workloads.views import PAGE_TEXT_CHARS
+
 from .stack import (
+    PASSWORD,
     ROOT,
     Account,
     Process,
@@ -138,6 +142,18 @@ def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
         events = bobs.events_until(terminal_for(bobs_task["id"]))
         assert events[-1]["task"]["result"] == {"count": 9592}
         assert all(frame["task"]["id"] == bobs_task["id"] for frame in bobs.frames[1:])
+
+    # The home page cuts a long parameter as on PostgreSQL, where the database
+    # cuts it (here Python does: SQLite has no tasklight_cut_strings).
+    text = "\U0001f600 word " * 100  # 700 characters
+    alice.queue("text_stats", text=text)
+    with httpx.Client(base_url=base_url, timeout=10) as browser:
+        assert browser.post("/api/auth/login/", json={"username": alice.username, "password": PASSWORD}).is_success
+        page = browser.get("/").text
+    start = page.index('<script id="initial-tasks" type="application/json">')
+    shown = json.loads(page[page.index(">", start) + 1 : page.index("</script>", start)])
+    assert shown[0]["params"] == {"text": text[: PAGE_TEXT_CHARS - 1] + "\u2026"}
+    assert alice.http.get("/api/tasks/").json()["results"][0]["params"] == {"text": text}
 
     # A bad request is logged once (DEBUG is on: Django's own handler printed it twice).
     assert alice.http.post("/api/tasks/", json={"kind": "primes", "params": {"below": -1}}).status_code == 400
