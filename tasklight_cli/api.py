@@ -67,6 +67,11 @@ def api_error(response: httpx.Response) -> str | None:
     return " ".join(message.split())
 
 
+def is_workload(value: Any) -> TypeGuard[dict[str, Any]]:
+    """A workload as the API shows it, as far as the CLI reads one: a name, and parameters as a JSON Schema."""
+    return isinstance(value, dict) and isinstance(value.get("name"), str) and isinstance(value.get("params"), dict)
+
+
 class Api:
     def __init__(self, server: str, token: str | None = None, *, refused_advice: str = LOG_IN_AGAIN) -> None:
         self.server = server
@@ -170,6 +175,13 @@ class Api:
         if not isinstance(results, list):
             raise self.not_tasklight()
         return [self.task_in(task) for task in results]
+
+    def workloads(self) -> list[dict[str, Any]]:
+        """The workloads the server runs, as GET /api/workloads/ gives them."""
+        body = self.request("GET", "/api/workloads/", expect=200)
+        if not isinstance(body, list) or not all(is_workload(workload) for workload in body):
+            raise self.not_tasklight()
+        return body
 
     def cancel(self, task_id: str) -> dict[str, Any]:
         return self.task_in(self.request("POST", f"/api/tasks/{quote(task_id, safe='')}/cancel/", expect=202))

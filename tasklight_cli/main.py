@@ -1,4 +1,4 @@
-"""``tasklight``: log in, queue a workload and follow it live, list, cancel (docs/cli.md)."""
+"""``tasklight``: log in, list the workloads, queue one and follow it live, list tasks, cancel (docs/cli.md)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .api import Api, normalise_server
 from .config import DEFAULT_SERVER, Config, ConfigError, Credentials, config_path
 from .errors import CliError, Exit
 from .live import ProgressBar, follow
+from .schema import describe
 
 
 def server_address(args: argparse.Namespace, config: Config) -> str:
@@ -56,16 +57,62 @@ def utf8(value: str) -> str:
     return value
 
 
-def parse_param(param: str) -> tuple[str, Any]:
-    """``k=v``: the value as JSON when it parses (2, true, [1,2], "quoted"), else the string itself."""
-    name, equals, raw = utf8(param).partition("=")
-    if not equals or not name.strip():
-        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {param!r}")
+def json_or_text(raw: str) -> Any:
+    """The value as JSON when it parses (2, true, [1,2], "quoted"), else the string itself."""
     try:
         value = json.loads(raw)
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python reads
-        return name.strip(), raw
-    return name.strip(), value if sendable(value) else raw
+        return raw
+    return value if sendable(value) else raw
+
+
+class ParamReader:
+    """The type of ``--param``: ``NAME=VALUE``, the value as JSON when it parses,
+    else the string itself; ``NAME=@PATH`` is the text of a file and ``NAME=@-``
+    that of standard input, exactly as read (on Linux one argument cannot be
+    longer than 128 KiB). A text that starts with ``@`` is quoted as JSON:
+    ``NAME='"@alice"'``."""
+
+    def __init__(self) -> None:
+        self.stdin_read_for: str | None = None
+
+    def __call__(self, param: str) -> tuple[str, Any]:
+        name, equals, raw = param.partition("=")
+        from_file = raw.startswith("@")
+        utf8(name if from_file else param)  # a file's name may be bytes of any encoding
+        if not equals or not name.strip():
+            raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {param!r}")
+        name = name.strip()
+        if from_file:
+            return name, self.read(name, raw[1:])
+        return name, json_or_text(raw)
+
+    def read(self, name: str, path: str) -> str:
+        if not path:
+            raise argparse.ArgumentTypeError(
+                f"expected a file name after {name}=@ (@- for standard input); "
+                f"a text that starts with @ is quoted as JSON: {name}='\"@...\"'"
+            )
+        where = "standard input" if path == "-" else repr(path)
+        try:
+            if path != "-":
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            elif self.stdin_read_for is not None:
+                raise argparse.ArgumentTypeError(f"standard input is read once, for {self.stdin_read_for} already")
+            elif sys.stdin is None:  # started with its standard input closed
+                raise argparse.ArgumentTypeError(f"no standard input to read for {name}")
+            else:
+                self.stdin_read_for = name
+                data = sys.stdin.buffer.read()
+        except OSError as exc:
+            raise argparse.ArgumentTypeError(f"cannot read {where} for {name}: {exc.strerror or exc}") from None
+        try:
+            return data.decode()
+        except UnicodeDecodeError as exc:
+            raise argparse.ArgumentTypeError(
+                f"{where} is not UTF-8 text (byte {exc.start} is {data[exc.start]:#04x}); {name} is sent as UTF-8"
+            ) from None
 
 
 def task_id(value: str) -> str:
@@ -233,6 +280,21 @@ def list_tasks(args: argparse.Namespace) -> int:
     return Exit.OK
 
 
+def list_workloads(args: argparse.Namespace) -> int:
+    # The list is public: no login needed, and no token sent (a stale one would be refused).
+    with Api(server_address(args, Config.load())) as api:
+        workloads = api.workloads()
+    if args.json:
+        print(json.dumps(workloads, indent=2, ensure_ascii=False))
+        return Exit.OK
+    if not workloads:
+        print("The server runs no workloads.", file=sys.stderr)
+        return Exit.OK
+    for line in describe(workloads):
+        print(line)
+    return Exit.OK
+
+
 def cancel(args: argparse.Namespace) -> int:
     with signed_in_api(args) as api:
         task = api.cancel(args.id)
@@ -264,16 +326,17 @@ def parser() -> argparse.ArgumentParser:
     command.set_defaults(run=logout)
 
     command = commands.add_parser("submit", help="queue a task; with --wait, follow it to its end")
-    command.add_argument("kind", metavar="KIND", type=utf8, help="a workload name, e.g. simulate, primes, text_stats")
+    command.add_argument("kind", metavar="KIND", type=utf8, help="a workload name, as `tasklight workloads` lists them")
     command.add_argument(
         "--param",
         "-p",
         metavar="NAME=VALUE",
         action="append",
-        type=parse_param,
+        type=ParamReader(),
         default=[],
         help='a parameter; VALUE is read as JSON when it parses (2, true, "text"), else as a string '
-        "(NaN and Infinity too). Repeatable.",
+        "(NaN and Infinity too). NAME=@FILE sends the text of FILE, NAME=@- that of standard input; "
+        """a text that starts with @ is quoted as JSON: NAME='"@..."'. Repeatable.""",
     )
     command.add_argument(
         "--wait",
@@ -294,6 +357,12 @@ def parser() -> argparse.ArgumentParser:
     command.add_argument("--json", action="store_true", help="print the tasks as JSON")
     command.set_defaults(run=list_tasks)
 
+    command = commands.add_parser(
+        "workloads", help="the workloads the server runs, with their parameters (no login needed)"
+    )
+    command.add_argument("--json", action="store_true", help="print them as JSON, as GET /api/workloads/ returns them")
+    command.set_defaults(run=list_workloads)
+
     command = commands.add_parser("cancel", help="cancel a queued or running task")
     command.add_argument("id", metavar="ID", type=task_id)
     command.set_defaults(run=cancel)
@@ -301,7 +370,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except KeyboardInterrupt:  # Ctrl-C while a parameter's text is typed at the terminal (NAME=@-)
+        print(file=sys.stderr)
+        return int(Exit.INTERRUPTED)
     try:
         code = int(args.run(args))
         sys.stdout.flush()  # a closed pipe shows here, not in Python's flush at exit

@@ -6,9 +6,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import platform
 import pty
 import re
 import select
+import signal
 import stat
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from .stack import PASSWORD, Account, free_port, wait_for
@@ -277,6 +280,70 @@ def test_the_result_is_printed_in_its_own_letters(tasklight: Run) -> None:
     assert json.loads(result.stdout)["top_words"][0] == ["café", 2]
 
 
+# Longer than one argument may be on Linux (MAX_ARG_STRLEN, 128 KiB): exec refuses it.
+LONG_TEXT = "".join(f"word{n % 7} line {n}\n" for n in range(20_000)) + "the end, no newline"
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("source", ["file", "stdin"])
+def test_a_text_longer_than_an_argument_is_read_from_a_file_or_standard_input(
+    tasklight: Run, account: Account, source: str, tmp_path: Path
+) -> None:
+    assert len(LONG_TEXT.encode()) > 128 * 1024
+    path = tmp_path / "long text.txt"
+    path.write_text(LONG_TEXT)
+    if source == "file":
+        result = tasklight("submit", "text_stats", "-p", f"text=@{path}", "--wait")
+    else:
+        result = tasklight("submit", "text_stats", "-p", "text=@-", "--wait", stdin=LONG_TEXT)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["lines"] == 20_001
+    [task] = account.http.get("/api/tasks/").json()["results"]
+    assert task["params"] == {"text": LONG_TEXT}  # exactly as read: not parsed, not stripped
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_workloads_lists_each_workload_and_its_parameters_without_a_login(stack: Any, tmp_path: Path) -> None:
+    # Never logged in; and a token the server refuses is not sent (it would answer 401).
+    run = runner(tmp_path / "config", TASKLIGHT_URL=stack.base_url, TASKLIGHT_TOKEN="not-a-token")
+
+    result = run("workloads")
+
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    simulate = lines.index("simulate (Simulate)")
+    assert lines[simulate + 1 : simulate + 4] == [
+        "  Waits for the given number of seconds, reporting progress; can be told to fail.",
+        "    seconds  number 0 to 3600, default 2  How long to work, in seconds.",
+        "    fail     boolean, default false       Fail at the end, with a readable error.",
+    ]
+    text_stats = lines.index("text_stats (Text statistics)")
+    assert lines[text_stats + 2] == "    text  string, required  The text to analyse, up to 1 MiB of UTF-8."
+    # Every shape of parameter (tests/workloads_for_tests.py: export), each in a few words.
+    export = lines.index("export (Export)")
+    assert [" ".join(line.split()) for line in lines[export + 2 : export + 13]] == [
+        "table string of 1 to 40 characters, required The table to export.",
+        'format one of "csv", "json", default "csv"',
+        "level one of 1, 3, 9 or null, default null Compression level; empty for none.",
+        'version "v2", default "v2"',
+        "note string of 3 to 20 characters or null, default null",
+        "dry_run boolean, default false",
+        "notify boolean or null, default null Mail the owner; empty for their setting.",
+        "batch integer 10 to 10000, a multiple of 10, default 100",
+        "limit integer >= 1 or null, default null",
+        "columns list of string, at most 5 items, default []",
+        'window object, default {"start":0,"end":30}',
+    ]
+    assert lines[lines.index("database_backend (Database backend)") + 2] == "  no parameters"
+
+    as_json = run("workloads", "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == httpx.get(f"{stack.base_url}/api/workloads/").json()
+
+
 @pytest.mark.stack
 @pytest.mark.django_db(transaction=True)
 def test_a_token_revoked_while_waiting_says_the_task_goes_on(tasklight: Run, account: Account, tmp_path: Path) -> None:
@@ -357,6 +424,74 @@ def test_a_parameter_of_bytes_that_are_not_utf8_is_a_usage_error(tmp_path: Path)
         .splitlines()[-1]
         .startswith("tasklight submit: error: argument --param/-p: not valid UTF-8: ")
     )
+
+
+@pytest.mark.parametrize(
+    ("param", "error"),
+    [
+        (
+            "text=@",
+            "expected a file name after text=@ (@- for standard input); "
+            """a text that starts with @ is quoted as JSON: text='"@..."'""",
+        ),
+        ("text=@{missing}", "cannot read '{missing}' for text: No such file or directory"),
+        ("text=@{directory}", "cannot read '{directory}' for text: Is a directory"),
+        ("text=@{latin1}", "'{latin1}' is not UTF-8 text (byte 3 is 0xe9); text is sent as UTF-8"),
+    ],
+)
+def test_a_parameter_from_a_file_that_cannot_be_read_is_a_usage_error(param: str, error: str, tmp_path: Path) -> None:
+    names = {"missing": tmp_path / "missing.txt", "directory": tmp_path, "latin1": tmp_path / "latin1.txt"}
+    names["latin1"].write_bytes(b"caf\xe9")
+    # Nothing listens there: the parameter is refused before any request.
+    run = runner(tmp_path / "config", TASKLIGHT_URL=f"http://127.0.0.1:{free_port()}", TASKLIGHT_TOKEN="some-token")
+
+    result = run("submit", "text_stats", "-p", param.format(**names))
+
+    assert result.returncode == 2
+    assert stderr_lines(result)[-1] == f"tasklight submit: error: argument --param/-p: {error.format(**names)}"
+
+
+def test_standard_input_is_read_for_one_parameter_only(tmp_path: Path) -> None:
+    run = runner(tmp_path / "config", TASKLIGHT_URL=f"http://127.0.0.1:{free_port()}", TASKLIGHT_TOKEN="some-token")
+
+    result = run("submit", "reverse", "-p", "text=@-", "-p", "times=@-", stdin="once")
+
+    assert result.returncode == 2
+    assert stderr_lines(result)[-1] == (
+        "tasklight submit: error: argument --param/-p: standard input is read once, for text already"
+    )
+
+
+# The number of the read system call, as /proc/PID/syscall shows it.
+READ_SYSCALL = {"x86_64": "0", "aarch64": "63"}
+
+
+def reads_standard_input(pid: int) -> bool:
+    """Whether the process is blocked in read(0, ...)."""
+    number, fd, *_ = Path(f"/proc/{pid}/syscall").read_text().split()
+    return number == READ_SYSCALL[platform.machine()] and int(fd, 16) == 0
+
+
+def test_ctrl_c_while_a_parameter_is_read_from_standard_input_stops_without_a_traceback(tmp_path: Path) -> None:
+    environment = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "TASKLIGHT_TOKEN": "some-token"}
+    environment["TASKLIGHT_URL"] = f"http://127.0.0.1:{free_port()}"
+    reading = subprocess.Popen(
+        [str(TASKLIGHT), "submit", "text_stats", "-p", "text=@-"],
+        stdin=subprocess.PIPE,  # kept open: the text is still being typed
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=environment,
+    )
+    try:
+        wait_for(lambda: reads_standard_input(reading.pid), timeout=30, what="the command to read standard input")
+        reading.send_signal(signal.SIGINT)
+        stdout, stderr = reading.communicate(timeout=30)
+    finally:
+        reading.kill()
+
+    assert reading.returncode == 130
+    assert (stdout, stderr) == ("", "\n")
 
 
 def test_login_with_no_terminal_and_no_password_stdin_says_so(tmp_path: Path) -> None:

@@ -92,6 +92,8 @@ COMMANDS = [
     pytest.param(["submit", "simulate", "--wait"], "", id="submit-wait"),
     pytest.param(["wait", TASK_ID], "", id="wait"),
     pytest.param(["cancel", TASK_ID], "", id="cancel"),
+    pytest.param(["workloads"], "", id="workloads"),
+    pytest.param(["workloads", "--json"], "", id="workloads-json"),
 ]
 
 
@@ -119,6 +121,7 @@ def test_a_server_that_is_not_tasklight_is_named_in_one_line(
         (["login", "--username", "alice", "--password-stdin"], "a password\n", "/api/auth/token/"),
         (["submit", "simulate"], "", "/api/tasks/"),
         (["submit", "simulate", "--wait"], "", "/ws/"),  # the socket is opened first
+        (["workloads"], "", "/api/workloads/"),
     ],
 )
 def test_a_redirecting_server_says_which_address_to_use(
@@ -288,3 +291,32 @@ def test_wait_reads_a_frame_of_a_task_with_a_megabyte_parameter_on_its_socket(tm
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == finished["result"]
     assert sockets == 1
+
+
+def test_a_parameter_from_a_file_or_standard_input_is_sent_exactly_as_read(web_server: Any, tmp_path: Path) -> None:
+    """Not parsed as JSON, the final newline kept; a file's name may be bytes that are not
+    UTF-8; a text that starts with @ is quoted as JSON."""
+    received: list[Any] = []
+
+    def accepted(path: str, body: bytes) -> Answer:
+        received.append(json.loads(body))
+        return 202, {"Content-Type": "application/json"}, json.dumps(RUNNING).encode()
+
+    server = web_server(accepted)
+    named = os.fsencode(tmp_path) + b"/caf\xe9.json"  # Latin-1, not UTF-8
+    Path(os.fsdecode(named)).write_text('{"a": 1}\n')
+    environment = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "TASKLIGHT_URL": server, "TASKLIGHT_TOKEN": "t"}
+    params = [b"table=@" + named, b"note=@-", b'format="@csv"', b"batch=20"]
+
+    result = subprocess.run(
+        [os.fsencode(TASKLIGHT), b"submit", b"export", *(part for param in params for part in (b"-p", param))],
+        input=b"42\n",
+        capture_output=True,
+        env=environment,
+        timeout=30,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert received == [
+        {"kind": "export", "params": {"table": '{"a": 1}\n', "note": "42\n", "format": "@csv", "batch": 20}}
+    ]
