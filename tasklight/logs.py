@@ -133,3 +133,40 @@ def _client_noise(record: logging.LogRecord) -> bool:
     if record.name == "django.security.DisallowedHost":
         return True
     return record.name == "uvicorn.error" and str(record.msg).startswith("Invalid UTF-8 sequence received from client")
+
+
+# How the cancel watchdog ends a pool process whose task did not stop when
+# cancelled (workloads/tasks.py CancelWatchdog): os._exit with this code, at
+# once and without clean-up, as SIGKILL would, but a status that Celery's
+# main process sees and that no SIGKILL from elsewhere (the kernel's OOM
+# killer, an operator) has. Not one billiard gives a meaning (0, 1, 155).
+WATCHDOG_EXIT_CODE = 86
+_WATCHDOG_EXIT = re.compile(rf"\bexitcode {WATCHDOG_EXIT_CODE}\b")
+
+
+class WatchdogExitFilter(logging.Filter):
+    """The two ERROR lines Celery's main process writes when a pool process
+    exits mid-task, billiard's "Process ... exited with 'exitcode 86'" and
+    "Task handler raised error: WorkerLostError(...)", are INFO when the cancel
+    watchdog ended it on purpose (it has said so at WARNING, naming the task
+    and the process): an ERROR should mean something went wrong. A process
+    that dies otherwise (SIGKILL, a crash) keeps its ERROR lines."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and _watchdog_exit(record):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text = None, None
+            record.msg = f"{record.msg} (the cancel watchdog ended it: its task did not stop when cancelled)"
+            # Written where INFO lines are (LOG_LEVEL, the root logger's level; Celery keeps
+            # billiard's logger at ERROR, for the lines of its that are errors).
+            return logging.getLogger().isEnabledFor(logging.INFO)
+        return True
+
+
+def _watchdog_exit(record: logging.LogRecord) -> bool:
+    args = record.args if isinstance(record.args, tuple) else ()
+    if record.msg == "Process %r pid:%r exited with %r" and len(args) == 3:
+        return bool(_WATCHDOG_EXIT.fullmatch(str(args[2])))
+    if record.msg == "Task handler raised error: %r" and len(args) == 1:
+        return type(args[0]).__name__ == "WorkerLostError" and bool(_WATCHDOG_EXIT.search(str(args[0])))
+    return False

@@ -472,13 +472,18 @@ LOGGING = {
     "filters": {
         "context": {"()": "tasklight.logs.ContextFilter"},
         "client_noise": {"()": "tasklight.logs.ClientNoiseFilter"},
+        "watchdog_exit": {"()": "tasklight.logs.WatchdogExitFilter"},
     },
     "formatters": {
         "plain": {"()": "tasklight.logs.PlainFormatter"},
         "json": {"()": "tasklight.logs.JsonFormatter"},
     },
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context", "client_noise"]}
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["context", "client_noise", "watchdog_exit"],
+        }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},
     "loggers": {

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import signal
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from billiard.exceptions import WorkerLostError
 from django.test import Client
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -175,6 +180,20 @@ def test_each_access_line_carries_the_request_id_the_response_echoes(private_sta
     assert wait_for(handshake_line, timeout=10, what="the handshake's line").get("request_id") == f"socket-{probe}"
 
 
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a worker's pool processes)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            # "pid (name) state ppid ...": the name may hold spaces and parentheses.
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
 @pytest.mark.stack
 @pytest.mark.django_db(transaction=True)
 def test_a_websocket_handshakes_answer_echoes_the_id_its_lines_carry(private_stack: Any) -> None:
@@ -218,10 +237,16 @@ def test_a_websocket_handshakes_answer_echoes_the_id_its_lines_carry(private_sta
 
 @pytest.mark.stack
 @pytest.mark.django_db(transaction=True)
-def test_a_task_killed_after_ignoring_its_cancel_leaves_json_lines_that_name_it(private_stack: Any) -> None:
-    """The pool's line about the killed process came in Celery's plain format
-    (billiard's logger had Celery's own handler), and the watchdog's line,
-    written from its thread, named no task."""
+def test_a_process_the_cancel_watchdog_ends_leaves_no_error_lines_but_one_killed_otherwise_does(
+    private_stack: Any,
+) -> None:
+    """The watchdog ends the pool process of a task that ignored its cancel; Celery's
+    main process wrote that exit and the task's loss as ERROR lines ("Process ...
+    exited with 'signal 9 (SIGKILL)'", "Task handler raised error: WorkerLostError"),
+    though nothing went wrong. They are INFO now, in JSON (the pool's line came in
+    Celery's plain format once), and the watchdog's own WARNING names the task and the
+    process. A pool process killed by anything else (SIGKILL: an OOM killer) is still
+    an ERROR."""
     running = private_stack(LOG_FORMAT="json")
     worker = running.start_worker(concurrency=1, LOG_FORMAT="json")
     alice = Account.sign_up(running.base_url)
@@ -231,14 +256,36 @@ def test_a_task_killed_after_ignoring_its_cancel_leaves_json_lines_that_name_it(
         assert alice.http.post(f"/api/tasks/{task['id']}/cancel/").status_code == 202
         socket.events_until(terminal_for(task["id"]))
 
-    def exited() -> list[str]:
-        return [line for line in worker.log().splitlines() if "exited with 'signal 9 (SIGKILL)'" in line]
+    def lines_with(*texts: str) -> list[dict[str, Any]]:
+        return [line for line in json_lines(worker.log()) if all(text in line["message"] for text in texts)]
 
-    (line,) = wait_for(exited, timeout=15, what="the pool's line about the killed process")
-    assert line.startswith("{"), line
-    assert json.loads(line)["level"] == "ERROR"
-    killing = [line for line in json_lines(worker.log()) if "killing its process" in line["message"]]
-    assert [line.get("task_id") for line in killing] == [task["id"]], killing
+    def pool_lines(status: str) -> list[dict[str, Any]]:
+        exited = lines_with(f"exited with '{status}'")
+        lost = lines_with("Task handler raised error: WorkerLostError", status)
+        return exited + lost if exited and lost else []
+
+    exited, lost = wait_for(lambda: pool_lines("exitcode 86"), timeout=30, what="the pool's lines about the exit")
+    (ending,) = lines_with("ending its pool process")
+    assert ending["level"] == "WARNING" and ending["task_id"] == task["id"], ending
+    pid = re.search(r"\(pid (\d+), exit code 86\)", ending["message"]).group(1)
+    assert f"pid:{pid} exited with 'exitcode 86'" in exited["message"], exited
+    for line in (exited, lost):
+        assert line["level"] == "INFO" and "exc_info" not in line, line
+        assert line["message"].endswith("(the cancel watchdog ended it: its task did not stop when cancelled)")
+    assert [line for line in json_lines(worker.log()) if line["level"] == "ERROR"] == []
+
+    # A pool process killed from outside, mid-task: the same two lines stay errors.
+    with alice.socket() as socket:
+        alice.queue("simulate", seconds=3)
+        socket.events_until(lambda frame: frame.get("event") == "task.started")
+        (pool_process,) = children_of(worker.popen.pid)
+        os.kill(pool_process, signal.SIGKILL)
+    exited, lost = wait_for(
+        lambda: pool_lines("signal 9 (SIGKILL)"), timeout=30, what="the pool's lines about the killed process"
+    )
+    assert f"pid:{pool_process} exited" in exited["message"], exited
+    assert exited["level"] == lost["level"] == "ERROR"
+    assert "cancel watchdog" not in exited["message"] + lost["message"]
 
 
 def test_celerys_time_limit_lines_name_their_task() -> None:
@@ -274,6 +321,41 @@ def test_lines_any_client_can_cause_are_warnings(logger: str, message: str) -> N
     logs.ClientNoiseFilter().filter(record)
     parsed = json.loads(logs.JsonFormatter().format(record))
     assert parsed["level"] == "WARNING" and "exc_info" not in parsed
+
+
+@pytest.mark.parametrize(
+    ("message", "args", "intended"),
+    [
+        ("Process %r pid:%r exited with %r", ("ForkPoolWorker-1", 4242, "exitcode 86"), True),
+        ("Process %r pid:%r exited with %r", ("ForkPoolWorker-1", 4242, "signal 9 (SIGKILL)"), False),
+        ("Process %r pid:%r exited with %r", ("ForkPoolWorker-1", 4242, "exitcode 860"), False),
+        ("Process %r pid:%r exited with %r", ("ForkPoolWorker-1", 4242, "exitcode 1"), False),
+        ("Task handler raised error: %r", (WorkerLostError("Worker exited prematurely: exitcode 86 Job: 0."),), True),
+        (
+            "Task handler raised error: %r",
+            (WorkerLostError("Worker exited prematurely: signal 9 (SIGKILL) Job: 0."),),
+            False,
+        ),
+        ("Task handler raised error: %r", (ValueError("exitcode 86"),), False),
+    ],
+)
+def test_only_the_lines_about_a_process_the_cancel_watchdog_ended_are_info(
+    message: str, args: tuple[Any, ...], intended: bool
+) -> None:
+    try:
+        raise RuntimeError("the pool's traceback")
+    except RuntimeError:
+        record = logging.LogRecord("multiprocessing", logging.ERROR, __file__, 1, message, args, sys.exc_info())
+    text = record.getMessage()
+
+    assert logs.WatchdogExitFilter().filter(record)
+
+    if intended:
+        assert (record.levelname, record.exc_info) == ("INFO", None)
+        assert record.getMessage() == f"{text} (the cancel watchdog ended it: its task did not stop when cancelled)"
+    else:
+        assert (record.levelname, record.getMessage()) == ("ERROR", text)
+        assert record.exc_info is not None
 
 
 def test_other_errors_stay_errors() -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 import os
 import random
-import signal
 import socket
 import threading
 import time
@@ -27,7 +26,7 @@ from django.db import close_old_connections, connection
 
 from live.publisher import publisher
 from live.services import delete_expired_events
-from tasklight import db
+from tasklight import db, logs
 from tasklight.embedded_broker import delete_delivered_messages, waiting_task_ids
 
 from . import services, workers
@@ -152,8 +151,8 @@ class CancelWatchdog(threading.Thread):
     requested, or the row is gone (its owner's account deleted), it sets the
     event behind ``run.cancelled()``; if the workload
     has not stopped CANCEL_GRACE_SECONDS later, it ends the task as cancelled
-    and kills this pool process (Celery starts a new one; the message comes
-    back and is dropped, since the task is finished).
+    and ends this pool process at once, with WATCHDOG_EXIT_CODE (Celery starts
+    a new one; the message comes back and is dropped, since the task is finished).
     """
 
     _instance: CancelWatchdog | None = None
@@ -262,13 +261,17 @@ class CancelWatchdog(threading.Thread):
             # started, before the kill.
             if self.watched is watch and not self.stopping:
                 logger.warning(
-                    "task %s %s for %s s: killing its process",
+                    "task %s %s for %s s: ending its pool process (pid %s, exit code %s)",
                     watch.task_id,
                     why,
                     grace,
+                    os.getpid(),
+                    logs.WATCHDOG_EXIT_CODE,
                     extra={"task_id": watch.task_id},  # the watchdog's thread has no task context
                 )
-                os.kill(os.getpid(), signal.SIGKILL)
+                # At once, without clean-up, as SIGKILL would; the exit code tells Celery's main
+                # process (its lines about the exit are INFO: tasklight.logs.WatchdogExitFilter).
+                os._exit(logs.WATCHDOG_EXIT_CODE)
 
 
 class Housekeeper(threading.Thread):
