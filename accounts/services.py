@@ -1,12 +1,17 @@
-"""Account writes: sign-up and API tokens."""
+"""Account writes: sign-up, API tokens, and deleting an account."""
 
 from __future__ import annotations
 
+from django.contrib.auth import SESSION_KEY
 from django.contrib.auth.models import User
 from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
+from django.db.models import QuerySet
+from django.utils import timezone
 from rest_framework.authtoken.models import Token
+
+from .sessions import SessionStore
 
 
 class SignupError(Exception):
@@ -49,3 +54,34 @@ def issue_token(*, user: User) -> str:
 
 def revoke_token(*, user: User) -> None:
     Token.objects.filter(user=user).delete()
+
+
+def delete_accounts(*, users: QuerySet[User]) -> int:
+    """Deletes these users with all that is theirs (the admin's user delete
+    and its "delete selected users" action call this): their tasks (a running one is stopped by its worker's watchdog, a
+    queued one never starts), events, token and sessions; their sockets
+    close once this commits (live/signals.py). The number of users deleted."""
+    with transaction.atomic():
+        user_ids = set(users.values_list("pk", flat=True))
+        _delete_sessions(user_ids)
+        _, per_model = User.objects.filter(pk__in=user_ids).delete()
+        return per_model.get(User._meta.label, 0)
+
+
+def _delete_sessions(user_ids: set[int]) -> None:
+    """A session names its user only inside its signed data: each unexpired
+    one is read (an expired one signs no one in). A bare ``User.delete()``
+    leaves them until they expire, holding the id of no one."""
+    if not user_ids:
+        return
+    store = SessionStore()
+    session_model = store.get_model_class()
+    wanted = {str(pk) for pk in user_ids}  # as login() stores it
+    theirs = [
+        key
+        for key, data in session_model.objects.filter(expire_date__gt=timezone.now())
+        .values_list("session_key", "session_data")
+        .iterator(chunk_size=2000)
+        if str(store.decode(data).get(SESSION_KEY)) in wanted
+    ]
+    session_model.objects.filter(session_key__in=theirs).delete()
