@@ -113,6 +113,22 @@ def test_a_workload_past_its_hard_time_limit_fails_readably(stack: Any) -> None:
     assert events[-1]["task"]["error"] == "The task was stopped at its hard time limit of 2 s."
 
 
+def test_a_progress_that_is_not_a_finite_number_fails_the_task_naming_it(stack: Any) -> None:
+    # Before, NaN failed it as "ValueError: cannot convert float NaN to
+    # integer", and a string as "TypeError: unsupported operand type(s) for
+    # /: 'str' and 'int'" (after making it a hundred times as long).
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        tasks = {report: alice.queue("reports_progress", report=report)["id"] for report in ("nan", "text")}
+        events = socket.events_until(until_all_finished(list(tasks.values())))
+    ended = {e["task"]["id"]: e for e in events if e["event"] in ("task.succeeded", "task.failed", "task.cancelled")}
+    outcomes = {report: (ended[task_id]["event"], ended[task_id]["task"]["error"]) for report, task_id in tasks.items()}
+    assert outcomes == {
+        "nan": ("task.failed", "The workload crashed: ValueError: run.progress() takes finite numbers: done is nan"),
+        "text": ("task.failed", "The workload crashed: TypeError: run.progress() takes numbers: done is '50' (str)"),
+    }
+
+
 def test_a_workload_installed_by_the_recipe_runs_on_the_worker(stack: Any) -> None:
     alice = Account.sign_up(stack.base_url)
     names = [w["name"] for w in alice.http.get("/api/workloads/").json()]

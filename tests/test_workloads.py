@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from decimal import Decimal
+from fractions import Fraction
 from typing import Annotated, Any
 
 import pytest
@@ -87,6 +89,46 @@ def test_progress_is_coalesced() -> None:
     # At most one report per 0.25 s, none in the first: a million calls are a handful.
     assert len(reported) < 20
     assert reported == sorted(set(reported))
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "percent"),
+    [(-1, 100, 0), (1.5, 100, 1), (150, 100, 100), (5, 0, 0), (Decimal("2.5"), 10, 25), (Fraction(1, 3), 1, 33)],
+)
+def test_progress_outside_0_to_100_percent_counts_as_0_or_100(
+    monkeypatch: pytest.MonkeyPatch, done: Any, total: Any, percent: int
+) -> None:
+    monkeypatch.setattr("workloads.registry.PROGRESS_MIN_INTERVAL_SECONDS", 0)
+    reported: list[int] = []
+    Run(reported.append).progress(done, total)
+    assert reported == [percent]
+
+
+@pytest.mark.parametrize(
+    ("done", "total", "error", "message"),
+    [
+        (float("nan"), 100, ValueError, "takes finite numbers: done is nan"),
+        (float("inf"), 100, ValueError, "takes finite numbers: done is inf"),
+        (50, float("-inf"), ValueError, "takes finite numbers: total is -inf"),
+        (Decimal("NaN"), 100, ValueError, r"takes finite numbers: done is Decimal\('NaN'\)"),
+        (10**400, 10**400, ValueError, "takes finite numbers: done is 1000"),
+        ("50", 100, TypeError, r"takes numbers: done is '50' \(str\)"),
+        # Before, 100 * text: a string a hundred times as long, then a TypeError.
+        ("x" * 1_000_000, 100, TypeError, r"takes numbers: done is 'xxxxxxxxxxxx\.\.\.xxxxxxxxxxxxx' \(str\)"),
+        (None, 100, TypeError, r"takes numbers: done is None \(NoneType\)"),
+        (True, 100, TypeError, r"takes numbers: done is True \(bool\)"),
+        (1, "2", TypeError, r"takes numbers: total is '2' \(str\)"),
+    ],
+    ids=["NaN", "inf", "total -inf", "Decimal NaN", "huge int", "str", "long str", "None", "bool", "str total"],
+)
+def test_progress_that_is_not_a_finite_number_raises_naming_it(
+    monkeypatch: pytest.MonkeyPatch, done: Any, total: Any, error: type[Exception], message: str
+) -> None:
+    monkeypatch.setattr("workloads.registry.PROGRESS_MIN_INTERVAL_SECONDS", 0)
+    reported: list[int] = []
+    with pytest.raises(error, match=rf"^run\.progress\(\) {message}"):
+        Run(reported.append).progress(done, total)
+    assert reported == []
 
 
 def test_params_are_validated_with_a_message_per_field() -> None:

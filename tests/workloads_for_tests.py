@@ -1,6 +1,7 @@
 """Workloads that only the tests install (WORKLOAD_MODULES=tests.workloads_for_tests):
 one written by the recipe in docs/adding-a-workload.md (trimmed), three that
-misbehave, one that returns when cancelled, one that reports progress fast, one that names its database and one
+misbehave, one that returns when cancelled, one that reports progress fast, one that reports a
+progress that is not a percent, one that names its database and one
 whose parameters take every shape the home page's form renders."""
 
 from __future__ import annotations
@@ -91,6 +92,22 @@ def chatter(params: ChatterParams, run: Run) -> dict[str, Any]:
     for n in range(params.count):
         push_progress(user_id=task.owner_id, task={"id": str(task.id), "progress": n})
     return {"published": params.count}
+
+
+class ProgressParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    report: Literal["nan", "text"]
+
+
+BAD_PROGRESS: dict[str, Any] = {"nan": float("nan"), "text": "50"}
+
+
+@workload(title="Reports progress")
+def reports_progress(params: ProgressParams, run: Run) -> dict[str, Any]:
+    """Reports a progress that is not a number of percent: NaN, or a string."""
+    run.progress(BAD_PROGRESS[params.report])
+    return {"reported": params.report}
 
 
 class NoParams(BaseModel):
