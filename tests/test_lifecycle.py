@@ -15,6 +15,7 @@ import pytest
 
 from live.models import Event
 from workloads.models import Task
+from workloads.registry import UNSTORABLE_TEXT
 
 from .stack import Account, terminal_for, until_all_finished, wait_for
 
@@ -127,6 +128,31 @@ def test_a_progress_that_is_not_a_finite_number_fails_the_task_naming_it(stack: 
         "nan": ("task.failed", "The workload crashed: ValueError: run.progress() takes finite numbers: done is nan"),
         "text": ("task.failed", "The workload crashed: TypeError: run.progress() takes numbers: done is '50' (str)"),
     }
+
+
+def test_a_task_that_ends_badly_fails_readably_instead_of_staying_running(stack: Any) -> None:
+    # Before, each of these raised out of the worker's task after the
+    # workload had ended: the message was acknowledged and the task stayed
+    # running for good, holding a place of its owner's cap.
+    alice = Account.sign_up(stack.base_url)
+    hows = ["unreadable_error", "tuple_with_nul", "deep_result", "unstorable_outcome"]
+    errors = {}
+    with alice.socket() as socket:
+        for pair in (hows[:2], hows[2:]):  # MAX_RUNNING_TASKS_PER_USER is 2 here
+            tasks = {how: alice.queue("ends_badly", how=how)["id"] for how in pair}
+            events = socket.events_until(until_all_finished(list(tasks.values())))
+            ended = {e["task"]["id"]: e for e in events if e["event"] == "task.failed"}
+            errors.update({how: ended[task_id]["task"]["error"] for how, task_id in tasks.items()})
+        # The pool process that ran the last one ends its next task as usual.
+        after = [alice.queue("reverse", text="ab")["id"] for _ in range(2)]
+        socket.events_until(until_all_finished(after))
+    assert errors == {
+        "unreadable_error": "The workload crashed: UnreadableError: (its message could not be read: RuntimeError)",
+        "tuple_with_nul": "The workload returned text that cannot be stored, at result.rows.0: " + UNSTORABLE_TEXT,
+        "deep_result": "The workload returned a result nested more than 100 levels deep.",
+        "unstorable_outcome": "The workload ended, but its outcome could not be stored (DataError).",
+    }
+    assert [Task.objects.get(pk=task_id).result for task_id in after] == [{"reversed": "ba"}] * 2
 
 
 def test_a_workload_installed_by_the_recipe_runs_on_the_worker(stack: Any) -> None:

@@ -149,6 +149,14 @@ def test_the_worker_ends_its_task_once_with_one_event(alice: User, published: li
     assert published == []
 
 
+def nested(levels: int) -> list[Any]:
+    """Arrays in arrays, ``levels`` deep: [] is one level, [[]] two."""
+    value: list[Any] = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("result", "error"),
     [
@@ -157,8 +165,12 @@ def test_the_worker_ends_its_task_once_with_one_event(alice: User, published: li
         ([float("inf")], "The workload returned a result that is not JSON."),
         ({"text": "a\x00b"}, "The workload returned text that cannot be stored, at result.text: " + UNSTORABLE_TEXT),
         ({"k\ud800": 1}, "The workload returned text that cannot be stored, at result.k\\ud800: " + UNSTORABLE_TEXT),
+        # These three raised on their way to the database: the task stayed running.
+        ({"t": ("a\x00b",)}, "The workload returned text that cannot be stored, at result.t.0: " + UNSTORABLE_TEXT),
+        (nested(101), "The workload returned a result nested more than 100 levels deep."),
+        (nested(100_000), "The workload returned a result nested more than 100 levels deep."),
     ],
-    ids=["a datetime", "NaN", "infinity", "NUL", "a lone surrogate"],
+    ids=["a datetime", "NaN", "infinity", "NUL", "a lone surrogate", "NUL in a tuple", "101 deep", "100000 deep"],
 )
 @pytest.mark.parametrize("in_a_transaction", [False, True], ids=["one statement", "in a transaction"])
 def test_a_result_the_database_cannot_store_fails_the_task_readably(
@@ -178,6 +190,13 @@ def test_a_result_the_database_cannot_store_fails_the_task_readably(
     stored = Task.objects.get(pk=task.id)
     assert (stored.status, stored.result, stored.error) == ("failed", None, error)
     assert Event.objects.filter(user=alice).order_by("-sequence").first().kind == "task.failed"
+
+
+def test_a_result_100_levels_deep_is_stored(alice: User, published: list) -> None:
+    task = running_task(alice)
+    ended = services.finish_task(task_id=task.id, result={"tree": nested(99)}, running=task)
+    assert ended is not None and ended.status == "succeeded"
+    assert Task.objects.get(pk=task.id).result == {"tree": nested(99)}
 
 
 @pytest.mark.parametrize("in_a_transaction", [False, True], ids=["one statement", "in a transaction"])

@@ -1,7 +1,7 @@
 """Workloads that only the tests install (WORKLOAD_MODULES=tests.workloads_for_tests):
 one written by the recipe in docs/adding-a-workload.md (trimmed), three that
 misbehave, one that returns when cancelled, one that reports progress fast, one that reports a
-progress that is not a percent, one that names its database and one
+progress that is not a percent, one that ends badly, one that names its database and one
 whose parameters take every shape the home page's form renders."""
 
 from __future__ import annotations
@@ -108,6 +108,46 @@ def reports_progress(params: ProgressParams, run: Run) -> dict[str, Any]:
     """Reports a progress that is not a number of percent: NaN, or a string."""
     run.progress(BAD_PROGRESS[params.report])
     return {"reported": params.report}
+
+
+class UnreadableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+class EndingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    how: Literal["unreadable_error", "tuple_with_nul", "deep_result", "unstorable_outcome"]
+
+
+@workload(title="Ends badly")
+def ends_badly(params: EndingParams, run: Run) -> Any:
+    """Ends in a way that once left its task running for good: an exception
+    whose str() raises, a result whose NUL hides in a tuple or that nests
+    past Python's recursion limit, or (standing in for what no check
+    foresees) an outcome the database refuses once."""
+    if params.how == "unreadable_error":
+        raise UnreadableError
+    if params.how == "tuple_with_nul":
+        return {"rows": ("a\x00b",)}
+    if params.how == "deep_result":
+        nested: list[Any] = []
+        for _ in range(100_000):
+            nested = [nested]
+        return nested
+    from django.db import DataError
+
+    from workloads import services
+
+    finish_task = services.finish_task
+
+    def refused(**kwargs: Any) -> Any:
+        services.finish_task = finish_task  # this pool process's next task ends as usual
+        raise DataError("refused, as PostgreSQL may")
+
+    services.finish_task = refused
+    return {"ok": True}
 
 
 class NoParams(BaseModel):

@@ -194,12 +194,28 @@ def unstorable_strings(value: Any, where: str) -> Iterator[str]:
     if isinstance(value, str):
         if not storable(value):
             yield where or "params"
-    elif isinstance(value, dict | list):
+    elif isinstance(value, dict | list | tuple):  # json.dumps writes a tuple as an array
         for key, item in value.items() if isinstance(value, dict) else enumerate(value):
             inner = f"{where}.{key}" if where else str(key)
             if isinstance(key, str):
                 yield from unstorable_strings(key, inner)
             yield from unstorable_strings(item, inner)
+
+
+def nested_deeper_than(value: Any, levels: int) -> bool:
+    """Whether the arrays and objects (lists, tuples, dicts) in ``value``
+    nest more than ``levels`` deep; without recursion, a level at a time."""
+    containers = [value] if isinstance(value, dict | list | tuple) else []
+    for _ in range(levels):
+        containers = [
+            item
+            for container in containers
+            for item in (container.values() if isinstance(container, dict) else container)
+            if isinstance(item, dict | list | tuple)
+        ]
+        if not containers:
+            return False
+    return bool(containers)
 
 
 def storable(text: str) -> bool:

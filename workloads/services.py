@@ -30,7 +30,14 @@ from tasklight import metrics
 
 from . import sent_marks
 from .models import IdempotencyKey, Task, TaskStatus
-from .registry import UNSTORABLE_TEXT, UnknownWorkload, get_workload, storable, unstorable_strings
+from .registry import (
+    UNSTORABLE_TEXT,
+    UnknownWorkload,
+    get_workload,
+    nested_deeper_than,
+    storable,
+    unstorable_strings,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -440,6 +447,14 @@ def task_exists(*, task_id: uuid.UUID | str) -> bool:
     return Task.objects.filter(pk=task_id).exists()
 
 
+# Arrays and objects in a result nest at most this deep. Deeper, the checks
+# below recursed past Python's limit (RecursionError: the task stayed running
+# for good), and a client's JSON parser may refuse the task: serde_json's
+# default limit is 128 levels, and a result sits two or three levels down in
+# an answer.
+MAX_RESULT_DEPTH = 100
+
+
 def finish_task(*, task_id: uuid.UUID | str, result: Any, running: Task | None = None) -> Task | None:
     """Ends the task with the workload's result, or fails it readably when
     the database could not store that result: the UPDATE would raise, and
@@ -448,6 +463,13 @@ def finish_task(*, task_id: uuid.UUID | str, result: Any, running: Task | None =
         json.dumps(result, allow_nan=False)  # NaN and Infinity are not JSON; jsonb refuses them
     except (TypeError, ValueError):
         return fail_task(task_id=task_id, error="The workload returned a result that is not JSON.", running=running)
+    except RecursionError:
+        too_deep = True
+    else:
+        too_deep = nested_deeper_than(result, MAX_RESULT_DEPTH)
+    if too_deep:
+        error = f"The workload returned a result nested more than {MAX_RESULT_DEPTH} levels deep."
+        return fail_task(task_id=task_id, error=error, running=running)
     where = next(unstorable_strings(result, "result"), None)
     if where is not None:
         error = f"The workload returned text that cannot be stored, at {where}: {UNSTORABLE_TEXT}"

@@ -31,7 +31,7 @@ from tasklight.embedded_broker import delete_delivered_messages, waiting_task_id
 
 from . import services, workers
 from .models import Task
-from .registry import Cancelled, Run, UnknownWorkload, WorkloadFailed, get_workload
+from .registry import Cancelled, Run, UnknownWorkload, Workload, WorkloadFailed, get_workload
 
 logger = logging.getLogger(__name__)
 
@@ -97,14 +97,39 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
     cancel = threading.Event()
     watchdog = CancelWatchdog.of_this_process()
     watch = watchdog.watch(task_id, cancel)
-    ended: Task | None = None
     run = Run(lambda percent: services.report_progress(task=task, percent=percent), cancel)
+    try:
+        ended = _run_workload(workload, task, run)
+    except db.DATABASE_DOWN:
+        raise
+    except Exception as exc:
+        # Its outcome could not be written (a bug of ours, or a result or an
+        # exception that defeated the checks): still, the task must end, or
+        # it stays running for good, holding a place of its owner's cap (the
+        # message is acknowledged, and RabbitMQ never delivers it again).
+        logger.exception("task %s (%s): its outcome could not be stored; failing it", task_id, task.kind)
+        connection.close()  # it may have failed in the middle of a query (a soft time limit)
+        ended = services.fail_task(
+            task_id=task_id,
+            error=f"The workload ended, but its outcome could not be stored ({type(exc).__name__}).",
+            running=task,
+        )
+    finally:
+        watchdog.unwatch(watch)
+    if ended is not None:
+        logger.info("task ended", extra={"kind": ended.kind, "outcome": ended.status})
+
+
+def _run_workload(workload: Workload, task: Task, run: Run) -> Task | None:
+    """Runs the workload and ends its task by what it did; the task as
+    ended, or None if something else ended it first."""
+    task_id = task.pk
     try:
         result = workload.run(task.params, run)
     except Cancelled:
-        ended = services.end_cancelled(task_id=task_id, running=task)
+        return services.end_cancelled(task_id=task_id, running=task)
     except WorkloadFailed as exc:
-        ended = services.fail_task(task_id=task_id, error=str(exc), running=task)
+        return services.fail_task(task_id=task_id, error=_message_of(exc), running=task)
     except SoftTimeLimitExceeded:
         # The limit may strike in the middle of a query, which psycopg leaves
         # in progress on the connection ("another command is already in
@@ -112,27 +137,30 @@ def _run(self: CeleryTask, task_id: str, again: bool) -> None:
         # for the database being down, retried, and the task ran again.
         connection.close()
         limit = workload.soft_time_limit or settings.TASK_SOFT_TIME_LIMIT
-        ended = services.fail_task(
+        return services.fail_task(
             task_id=task_id, error=f"The task ran longer than its time limit of {limit:g} s.", running=task
         )
     except db.DATABASE_DOWN:
         raise
     except Exception as exc:
         logger.exception("task %s (%s) raised", task_id, task.kind)
-        ended = services.fail_task(
-            task_id=task_id, error=f"The workload crashed: {type(exc).__name__}: {exc}", running=task
+        return services.fail_task(
+            task_id=task_id, error=f"The workload crashed: {type(exc).__name__}: {_message_of(exc)}", running=task
         )
-    else:
-        if run.saw_cancel:
-            # It returned because of the cancel (run.cancelled() told it so):
-            # what it returns is a part, and its owner asked for none.
-            ended = services.end_cancelled(task_id=task_id, running=task)
-        else:
-            ended = services.finish_task(task_id=task_id, result=result, running=task)
-    finally:
-        watchdog.unwatch(watch)
-    if ended is not None:
-        logger.info("task ended", extra={"kind": ended.kind, "outcome": ended.status})
+    if run.saw_cancel:
+        # It returned because of the cancel (run.cancelled() told it so):
+        # what it returns is a part, and its owner asked for none.
+        return services.end_cancelled(task_id=task_id, running=task)
+    return services.finish_task(task_id=task_id, result=result, running=task)
+
+
+def _message_of(exc: BaseException) -> str:
+    """``str(exc)``, which a workload's own exception class may break (its
+    ``__str__`` raised, and the task stayed running)."""
+    try:
+        return str(exc)
+    except Exception as broken:
+        return f"(its message could not be read: {type(broken).__name__})"
 
 
 @dataclass(eq=False)
