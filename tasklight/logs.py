@@ -42,6 +42,22 @@ def request_id_from(header: str | None) -> str:
 _TASK_IN_TEXT = re.compile(r"\[([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\]")
 
 
+# A traceback longer than this is cut in its middle, its start (the
+# outermost frames, the exception's first words) and end (the innermost
+# frames of the last exception, in a chain) kept. An exception's message may
+# hold a whole file (a workload's, quoting what it read): a log line of 10 MB
+# is split or dropped by log shippers (Docker's json-file splits lines at
+# 16 KiB; Loki and CloudWatch refuse them past 256 KiB).
+MAX_TRACEBACK_LENGTH = 16_000
+
+
+def cut_traceback(text: str) -> str:
+    if len(text) <= MAX_TRACEBACK_LENGTH:
+        return text
+    kept = MAX_TRACEBACK_LENGTH // 2
+    return f"{text[:kept]}\n… [cut: {len(text) - 2 * kept:,} characters] …\n{text[-kept:]}"
+
+
 def _message(record: logging.LogRecord) -> str:
     try:
         return record.getMessage()
@@ -91,6 +107,10 @@ class JsonFormatter(_JsonFormatter):
             **kwargs,
         )
 
+    def formatException(self, ei: Any) -> str | list[str]:  # type: ignore[override]  # the base class says so too
+        text = super().formatException(ei)
+        return cut_traceback(text) if isinstance(text, str) else text
+
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
         # ISO 8601 in UTC with milliseconds: sorts, and compares across machines.
         return datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -113,6 +133,9 @@ class PlainFormatter(logging.Formatter):
         ]
         record.context = f" [{' '.join(ids)}]" if ids else ""
         return super().format(record)
+
+    def formatException(self, ei: Any) -> str:
+        return cut_traceback(super().formatException(ei))
 
 
 class ClientNoiseFilter(logging.Filter):

@@ -3,6 +3,7 @@ the delivery guarantees when workers die or the broker is away."""
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -153,6 +154,27 @@ def test_a_task_that_ends_badly_fails_readably_instead_of_staying_running(stack:
         "unstorable_outcome": "The workload ended, but its outcome could not be stored (DataError).",
     }
     assert [Task.objects.get(pk=task_id).result for task_id in after] == [{"reversed": "ba"}] * 2
+
+
+def test_a_long_error_is_cut_in_the_database_the_events_and_the_log(stack: Any) -> None:
+    # Before, a workload's 10 MB message was stored whole, and sent in every
+    # frame and answer that held its task; the worker logged it in one line.
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        tasks = [alice.queue("fails_at_length", length=10_000_000, crash=crash)["id"] for crash in (False, True)]
+        events = socket.events_until(until_all_finished(tasks))
+    sent = {e["task"]["id"]: e["task"]["error"] for e in events if e["event"] == "task.failed"}
+    listed = {t["id"]: t["error"] for t in alice.http.get("/api/tasks/").json()["results"]}
+    for task_id, start in zip(tasks, ["EEEE", "The workload crashed: RuntimeError: EEEE"], strict=True):
+        stored = Task.objects.get(pk=task_id).error
+        assert len(stored) == 2000
+        assert stored.startswith(start)
+        assert stored.endswith(f"E… [cut: {10_000_000 + len(start) - 4:,} characters in all]")
+        assert sent[task_id] == listed[task_id] == stored
+    [crash_line] = [line for line in stack.workers[0].log().splitlines() if f"task {tasks[1]} (" in line]
+    assert json.loads(crash_line)["level"] == "ERROR"
+    assert len(crash_line) < 20_000
+    assert "characters] …" in json.loads(crash_line)["exc_info"]
 
 
 def test_a_workload_installed_by_the_recipe_runs_on_the_worker(stack: Any) -> None:

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import sys
+import traceback
 import uuid
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,31 @@ def test_a_plain_line_is_readable_and_names_the_task() -> None:
     finally:
         logs.task_id.reset(task_token)
     assert line.endswith(" INFO tasklight.test [task=t-2]: task started")
+
+
+def test_an_overlong_traceback_is_cut_in_its_middle() -> None:
+    try:
+        raise RuntimeError("C" * 1_000_000)
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    for formatter in (logs.JsonFormatter(), logs.PlainFormatter()):
+        record = logging.LogRecord("tasklight.test", logging.ERROR, __file__, 1, "raised", None, exc_info)
+        line = formatter.format(record)
+        assert len(line) < logs.MAX_TRACEBACK_LENGTH + 1000
+        text = json.loads(line)["exc_info"] if isinstance(formatter, logs.JsonFormatter) else line
+        assert text.startswith("Traceback (most recent call last):") or "raised\nTraceback" in text
+        assert "RuntimeError: CCCC" in text
+        assert f"… [cut: {len(''.join(traceback.format_exception(*exc_info))) - 16_000 - 1:,} characters] …" in text
+        assert text.endswith("C" * 100)
+
+
+def test_a_short_traceback_is_whole() -> None:
+    try:
+        raise RuntimeError("short")
+    except RuntimeError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("tasklight.test", logging.ERROR, __file__, 1, "raised", None, exc_info)
+    assert json.loads(logs.JsonFormatter().format(record))["exc_info"].endswith("RuntimeError: short")
 
 
 def test_a_sane_request_id_is_kept_and_echoed(db: None) -> None:

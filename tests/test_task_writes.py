@@ -218,6 +218,35 @@ def test_an_error_with_text_the_database_cannot_store_is_stored_escaped(
     assert Event.objects.filter(user=alice).order_by("-sequence").first().task["error"] == stored.error
 
 
+def cut(kept: str, marker: str) -> str:
+    """``kept``, cut to end with ``marker`` at 2000 characters."""
+    return kept[: 2000 - len(marker)] + marker
+
+
+@pytest.mark.parametrize(
+    ("error", "stored"),
+    [
+        ("E" * 2000, "E" * 2000),
+        ("E" * 2001, cut("E" * 2000, "… [cut: 2,001 characters in all]")),
+        ("E" * 10_000_000, cut("E" * 2000, "… [cut: 10,000,000 characters in all]")),
+        # Escaped (\x00 is four characters), then cut to the length.
+        ("\x00" * 600, cut("\\x00" * 600, "… [cut: 600 characters in all]")),
+    ],
+    ids=["2000", "2001", "10 million", "escapes past the length"],
+)
+def test_an_error_is_stored_and_sent_cut_to_2000_characters(
+    alice: User, published: list, error: str, stored: str
+) -> None:
+    task = running_task(alice)
+    published.clear()
+    ended = services.fail_task(task_id=task.id, error=error, running=task)
+    assert ended is not None and ended.error == stored
+    assert len(stored) <= services.MAX_ERROR_LENGTH == 2000
+    assert Task.objects.get(pk=task.id).error == stored
+    assert Event.objects.filter(user=alice).order_by("-sequence").first().task["error"] == stored
+    assert [frame["task"]["error"] for _, frame in published] == [stored]
+
+
 def test_a_task_ended_elsewhere_first_is_not_ended_again(alice: User, published: list) -> None:
     task = running_task(alice)
     # Its owner's cancel, ended by the watchdog (no `running`) before the worker ends it.

@@ -1,8 +1,9 @@
 """Workloads that only the tests install (WORKLOAD_MODULES=tests.workloads_for_tests):
 one written by the recipe in docs/adding-a-workload.md (trimmed), three that
-misbehave, one that returns when cancelled, one that reports progress fast, one that reports a
-progress that is not a percent, one that ends badly, one that names its database and one
-whose parameters take every shape the home page's form renders."""
+misbehave, one that returns when cancelled, one that reports progress fast, one
+that reports a progress that is not a percent, one that ends badly, one that
+fails with a long message, one that names its database and one whose
+parameters take every shape the home page's form renders."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Literal
 from celery.exceptions import SoftTimeLimitExceeded
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from workloads.registry import Run, workload
+from workloads.registry import Run, WorkloadFailed, workload
 
 
 class ReverseParams(BaseModel):
@@ -148,6 +149,23 @@ def ends_badly(params: EndingParams, run: Run) -> Any:
 
     services.finish_task = refused
     return {"ok": True}
+
+
+class LongMessageParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    length: Annotated[int, Field(ge=1, le=10_000_000)]
+    crash: StrictBool = False
+
+
+@workload(title="Fails at length")
+def fails_at_length(params: LongMessageParams, run: Run) -> Any:
+    """Fails with a message ``length`` characters long: its own
+    (WorkloadFailed) or, with ``crash``, a RuntimeError's."""
+    message = "E" * params.length
+    if params.crash:
+        raise RuntimeError(message)
+    raise WorkloadFailed(message)
 
 
 class NoParams(BaseModel):

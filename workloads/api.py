@@ -52,7 +52,11 @@ class TaskSerializer(serializers.Serializer[Task]):
     status = serializers.ChoiceField(choices=TaskStatus.choices)
     progress = serializers.IntegerField(min_value=0, max_value=100)
     result = serializers.JSONField(allow_null=True)
-    error = serializers.CharField(allow_null=True)
+    error = serializers.CharField(
+        allow_null=True,
+        max_length=services.MAX_ERROR_LENGTH,
+        help_text="Why it failed or was cancelled; a longer message is cut, to end in '… [cut: N characters in all]'.",
+    )
     created_at = serializers.DateTimeField()
     started_at = serializers.DateTimeField(allow_null=True)
     finished_at = serializers.DateTimeField(allow_null=True)

@@ -477,11 +477,30 @@ def finish_task(*, task_id: uuid.UUID | str, result: Any, running: Task | None =
     return _end(task_id, TaskStatus.SUCCEEDED, result=result, running=running)
 
 
+# A task's error is cut to this many characters (with a marker saying so):
+# it is a message for a person, and every event and answer that shows the
+# task carries it. A workload's exception may hold a whole file: before, a
+# 10 MB message was stored, and sent in each frame and list that held the task.
+MAX_ERROR_LENGTH = 2000
+
+
 def fail_task(*, task_id: uuid.UUID | str, error: str, running: Task | None = None) -> Task | None:
-    """Ends the task as failed with ``error``, in which a NUL or an unpaired
-    surrogate (which PostgreSQL refuses) is written as an escape: a workload's
-    message may quote what it read."""
-    return _end(task_id, TaskStatus.FAILED, error=_storable_text(error), running=running)
+    """Ends the task as failed with ``error``, cut to MAX_ERROR_LENGTH
+    characters, in which a NUL or an unpaired surrogate (which PostgreSQL
+    refuses) is written as an escape: a workload's message may quote what it
+    read."""
+    return _end(task_id, TaskStatus.FAILED, error=error_as_stored(error), running=running)
+
+
+def error_as_stored(error: str) -> str:
+    """``error`` storable and at most MAX_ERROR_LENGTH characters long: an
+    overlong one keeps its start and ends with "… [cut: N characters in all]"."""
+    # Cut first: escaping 10 MB to keep 2 kB of it would be a waste.
+    stored = _storable_text(error[:MAX_ERROR_LENGTH])
+    if len(error) <= MAX_ERROR_LENGTH and len(stored) <= MAX_ERROR_LENGTH:
+        return stored
+    marker = f"… [cut: {len(error):,} characters in all]"
+    return stored[: MAX_ERROR_LENGTH - len(marker)] + marker
 
 
 def _storable_text(text: str) -> str:
