@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import pytest
 from django.conf import settings
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from workloads.builtin import PrimesParams, SimulateParams, TextStatsParams, primes, simulate, text_stats
 from workloads.registry import (
@@ -268,6 +268,70 @@ def test_a_field_alias_names_the_parameter_in_the_schema_the_stored_params_and_t
     assert stored == {"rowCount": 3}
     assert described.run(stored, Run()) == {"rows": 3}
     assert described.run(described.normalise({}), Run()) == {"rows": 5}
+
+
+class ValidationAliasParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    row_count: Annotated[int, Field(validation_alias="rowCount", ge=1)] = 5
+
+
+class SerializationAliasParams(BaseModel):
+    row_count: Annotated[int, Field(serialization_alias="rowCount", ge=1)] = 5
+
+
+class NestedValidationAliasParams(BaseModel):
+    windows: list[ValidationAliasParams] = []
+
+
+class ReadsByNameParams(BaseModel):
+    model_config = ConfigDict(validate_by_name=True)
+
+    row_count: Annotated[int, Field(validation_alias="rowCount", ge=1)] = 5
+
+
+class AliasAmongChoicesParams(BaseModel):
+    row_count: Annotated[int, Field(alias="rowCount", validation_alias=AliasChoices("rowCount", "rows"), ge=1)] = 5
+
+
+@pytest.mark.parametrize(
+    ("params_model", "message"),
+    [
+        (ValidationAliasParams, r"parameter 'row_count' is stored as 'row_count' and read back as 'rowCount'"),
+        (SerializationAliasParams, r"parameter 'row_count' is stored as 'rowCount' and read back as 'row_count'"),
+        (NestedValidationAliasParams, r"parameter 'windows\.row_count' is stored as 'row_count'"),
+    ],
+    ids=["validation_alias alone", "serialization_alias alone", "in a nested model"],
+)
+def test_a_parameter_the_worker_could_not_read_back_is_refused_at_registration(
+    registering: list[str], params_model: type[BaseModel], message: str
+) -> None:
+    # Before, a validation_alias= alone registered: the stored params held
+    # row_count, which the worker's parse did not read, so the task crashed
+    # ("InvalidParams: invalid parameters") or, without extra="forbid", ran
+    # with the default instead of the value sent.
+    registering.append("aliased")
+
+    def aliased(params: Any, run: Run) -> dict[str, Any]:
+        return {}
+
+    aliased.__annotations__["params"] = params_model
+    with pytest.raises(TypeError, match=rf"^workload 'aliased' \(.*\): {message}.* alias= alone"):
+        workload()(aliased)
+    assert "aliased" not in {w.name for w in all_workloads()}
+
+
+@pytest.mark.parametrize("params_model", [ReadsByNameParams, AliasAmongChoicesParams, AliasedParams])
+def test_aliases_the_worker_reads_back_are_accepted(registering: list[str], params_model: type[BaseModel]) -> None:
+    registering.append("aliased")
+
+    def aliased(params: Any, run: Run) -> dict[str, Any]:
+        return {"rows": params.row_count}
+
+    aliased.__annotations__["params"] = params_model
+    workload()(aliased)
+    registered = get_workload("aliased")
+    assert registered.run(registered.normalise({"rowCount": 3}), Run()) == {"rows": 3}
 
 
 def test_one_time_limit_alone_must_agree_with_the_deployments_other_one(registering: list[str]) -> None:

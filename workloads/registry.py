@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, PydanticUserError, ValidationError
+from pydantic import AliasChoices, AliasPath, BaseModel, PydanticUserError, ValidationError
 
 
 class UnknownWorkload(LookupError):
@@ -267,6 +267,7 @@ def workload(
             raise TypeError(
                 f"{where}: its parameters have no JSON Schema, which the API and the form need: {exc}"
             ) from exc
+        _check_aliases(params_model, where, prefix="", seen=set())
         if key in _registry and _registry[key].function is not function:
             existing = _registry[key].function
             raise ValueError(
@@ -303,6 +304,53 @@ def _params_model(function: WorkloadFunction, where: str) -> type[BaseModel]:
     if not (inspect.isclass(params_model) and issubclass(params_model, BaseModel)):
         raise TypeError(f"{where}: annotate its first parameter, {first!r}, with a pydantic model")
     return params_model
+
+
+def _check_aliases(model: type[BaseModel], where: str, *, prefix: str, seen: set[type[BaseModel]]) -> None:
+    """Refuses a parameter (of the model or of a model nested in it) that the
+    worker could not read back: a task stores its parameters as
+    ``model_dump(by_alias=True)`` writes them, under each field's
+    serialization alias (``alias=``'s, else the field's name), and the worker
+    parses them again, under its validation alias. A ``validation_alias=``
+    alone made the worker miss the value: the task crashed (extra="forbid")
+    or, worse, ran with the default."""
+    if model in seen:
+        return
+    seen.add(model)
+    config = model.model_config
+    by_name = bool(config.get("validate_by_name") or config.get("populate_by_name"))
+    by_alias = config.get("validate_by_alias", True)
+    for name, field in model.model_fields.items():
+        stored = field.serialization_alias or field.alias or name
+        validation_alias = field.validation_alias if field.validation_alias is not None else field.alias
+        read = _alias_keys(validation_alias) if by_alias and validation_alias is not None else {name}
+        if by_name:
+            read.add(name)
+        if stored not in read:
+            raise TypeError(
+                f"{where}: parameter {prefix + name!r} is stored as {stored!r} and read back as "
+                f"{' or '.join(map(repr, sorted(read))) or 'nothing'}: the worker would not find its value. "
+                "Name a parameter with alias= alone, without validation_alias= or serialization_alias="
+            )
+        for nested in _models_in(field.annotation):
+            _check_aliases(nested, where, prefix=f"{prefix}{name}.", seen=seen)
+
+
+def _alias_keys(alias: str | AliasPath | AliasChoices) -> set[str]:
+    """The top-level keys a validation alias reads a value from."""
+    if isinstance(alias, str):
+        return {alias}
+    if isinstance(alias, AliasPath):
+        return {alias.path[0]} if len(alias.path) == 1 and isinstance(alias.path[0], str) else set()
+    return set().union(*(_alias_keys(choice) for choice in alias.choices))
+
+
+def _models_in(annotation: Any) -> Iterator[type[BaseModel]]:
+    """The pydantic models in a field's type: ``Window``, ``list[Window]``, ``Window | None``…"""
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        yield annotation
+    for argument in typing.get_args(annotation):
+        yield from _models_in(argument)
 
 
 def _check_time_limits(soft: float | None, hard: float | None, where: str) -> None:
