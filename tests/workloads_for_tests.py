@@ -2,7 +2,7 @@
 one written by the recipe in docs/adding-a-workload.md (trimmed), three that
 misbehave, one that returns when cancelled, one that reports progress fast, one
 that reports a progress that is not a percent, one that ends badly, one that
-fails with a long message, one that names its database and one whose
+fails with a long message, one that names its database and two whose
 parameters take every shape the home page's form renders."""
 
 from __future__ import annotations
@@ -209,6 +209,20 @@ class ExportParams(BaseModel):
     limit: Annotated[int | None, Field(ge=1)] = None
     columns: Annotated[list[str], Field(max_length=5)] = []
     window: Window = Window()
+
+
+class PickParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["fast", "slow"]
+    key: int | str = 0
+    tag: Literal["only"]
+
+
+@workload(title="Picks")
+def picks(params: PickParams, run: Run) -> dict[str, Any]:
+    """Returns its parameters: a choice the user must make, a union, a required one-value choice."""
+    return params.model_dump(mode="json")
 
 
 @workload(title="Export")

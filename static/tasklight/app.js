@@ -958,7 +958,9 @@
   }
 
   // Follows $ref into $defs, unwraps anyOf/oneOf with null (Optional fields)
-  // and single allOf, keeping the outer title/description/default.
+  // and single allOf, keeping the outer title/description/default. A union
+  // of several types (int | str) resolves to none: a JSON box, in which the
+  // user can type any of them (5, or "5").
   function resolve(root, schema) {
     var s = schema || {};
     for (var depth = 0; depth < 8; depth++) {
@@ -968,8 +970,8 @@
         inner = s.$ref.slice(2).split('/').reduce(function (node, key) { return node && node[key]; }, root) || {};
         delete outer.$ref;
       } else if (Array.isArray(s.anyOf) || Array.isArray(s.oneOf)) {
-        var options = s.anyOf || s.oneOf;
-        inner = options.filter(function (o) { return o && o.type !== 'null'; })[0] || {};
+        var options = (s.anyOf || s.oneOf).filter(function (o) { return o && o.type !== 'null'; });
+        inner = options.length === 1 ? options[0] : {};
         delete outer.anyOf;
         delete outer.oneOf;
       } else if (Array.isArray(s.allOf) && s.allOf.length === 1) {
@@ -980,7 +982,8 @@
       s = Object.assign({}, inner, outer);
     }
     if (Array.isArray(s.type)) {
-      s = Object.assign({}, s, { type: s.type.filter(function (t) { return t !== 'null'; })[0] || 'string' });
+      var types = s.type.filter(function (t) { return t !== 'null'; });
+      s = Object.assign({}, s, { type: types.length === 1 ? types[0] : (types.length ? 'union' : 'string') });
     }
     return s;
   }
@@ -1026,8 +1029,13 @@
 
     if (type === 'enum') {
       field.enumValues = Array.isArray(s['enum']) ? s['enum'].slice() : [s['const']];
-      input = h('select', { id: id, name: key, 'aria-describedby': described });
+      // A required choice without a default starts unchosen: queued so, the
+      // server answers that it is required, instead of the page sending its
+      // first value for the user. With one value there is nothing to choose.
+      var unchosen = required && !hasDefault && field.enumValues.length > 1;
+      input = h('select', { id: id, name: key, required: unchosen, 'aria-describedby': described });
       if (emptyIsDefault) input.appendChild(h('option', { value: '' }, ['\u2014']));
+      else if (unchosen) input.appendChild(h('option', { value: '' }, ['Choose\u2026']));
       field.enumValues.forEach(function (value, index) {
         var option = h('option', { value: String(index) }, [typeof value === 'string' ? value : compactJSON(value)]);
         if (hasDefault && compactJSON(value) === compactJSON(s['default'])) option.selected = true;
