@@ -14,17 +14,23 @@ the socket by the next heartbeat at the latest, even if no later event comes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
+import redis
 from channels.consumer import get_handler_name
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.utils import timezone
 
@@ -43,8 +49,14 @@ delivery_logger = logging.getLogger("live.delivery")
 # many sockets for one user, or too many frames from one socket.
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_MANY = 4429
-# The database did not answer (docs/events.md): reconnect and resume later.
+# The database or the channel layer did not answer (docs/events.md):
+# reconnect and resume later.
 CLOSE_TRY_AGAIN = 1013
+# What a channel layer that went away raises: Redis refusing the connection,
+# resetting it (restarted, or the connection killed) or not answering
+# (redis-py's errors, and the OSError beneath them). A reason to tell the
+# client to try again, never a 500.
+LAYER_DOWN = (redis.RedisError, OSError, TimeoutError)
 REPLAY_BATCH = 500
 # A session's expiry that could not be read is looked up again this much later.
 SESSION_RECHECK_SECONDS = 60
@@ -107,13 +119,36 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     # A session's socket closes when the session expires (its timer).
     session_timer: asyncio.TimerHandle | None = None
     session_check: asyncio.Task[None] | None = None
+    # Why the channel layer could not take this socket (None: it did).
+    layer_down: Exception | None = None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        """A socket gives its slot back however it ends: a client gone in
-        the middle of a replay makes sending raise, and disconnect() is then
+        """Channels' own ``AsyncConsumer.__call__``, but for two things.
+
+        A layer that cannot give the socket its channel (Redis away: the
+        pub/sub layer subscribes to it at once) made Channels raise before
+        reading the handshake, and uvicorn answered it with a 500. Now
+        connect() closes the socket with 1013, as for a group it cannot join.
+
+        A socket gives its slot back however it ends: a client gone in the
+        middle of a replay makes sending raise, and disconnect() is then
         never called (Channels calls it only on a websocket.disconnect)."""
+        self.scope = scope
+        self.base_send = send
+        layer = get_channel_layer(self.channel_layer_alias)
+        assert layer is not None, "CHANNEL_LAYERS is not configured"
+        self.channel_layer = layer
+        sources = [receive]
         try:
-            await super().__call__(scope, receive, send)
+            self.channel_name = await once_more_if_down(layer.new_channel)
+        except LAYER_DOWN as exc:
+            self.layer_down = exc
+        else:
+            sources.append(functools.partial(layer.receive, self.channel_name))
+        try:
+            await await_many_dispatch(sources, self.dispatch)
+        except StopConsumer:
+            pass
         finally:
             await self.release()
 
@@ -137,8 +172,25 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.budget = FrameBudget()
         self.group = user_group(user.id)
         # Join before reading the last id, so that nothing committed after
-        # the read can be missed: it arrives live.
-        await self.channel_layer.group_add(self.group, self.channel_name)
+        # the read can be missed: it arrives live. A socket that cannot join
+        # would hear nothing live: told to come back, it resumes from the
+        # last id its client has, and misses nothing.
+        if self.layer_down is None:
+            try:
+                await once_more_if_down(functools.partial(self.channel_layer.group_add, self.group, self.channel_name))
+            except LAYER_DOWN as exc:
+                self.layer_down = exc
+        if self.layer_down is not None:
+            logger.warning(
+                "socket of user %s refused for now (closed with %d), the channel layer is unavailable: %s",
+                user.id,
+                CLOSE_TRY_AGAIN,
+                describe(self.layer_down),
+            )
+            await self.release()
+            await self.accept()
+            await self.close(code=CLOSE_TRY_AGAIN)
+            return
         await self.accept()
         try:
             hello = await database_sync_to_async(services.hello_state)(user.id, self.session_key)
@@ -208,6 +260,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         metrics.open_sockets.dec()
         if _sockets_per_user[self.user_id] <= 0:
             del _sockets_per_user[self.user_id]
+        if not hasattr(self, "channel_name"):
+            return  # the layer gave it no channel: it joined nothing
         try:
             await self.channel_layer.group_discard(self.group, self.channel_name)
         except Exception as exc:  # the layer is away: its membership expires with it
@@ -373,6 +427,29 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         by_token = self.session_key is None
         if message["token"] if by_token else message["session"] in (self.session_key, ANY_SESSION):
             await self.close(code=CLOSE_UNAUTHENTICATED)
+
+
+async def once_more_if_down[T](call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, and once more if the layer was down. A connection that
+    Redis reset (Redis restarted, the connection killed) fails the command
+    that finds it so, even though redis-py reconnects as it fails: the second
+    try goes through. A Redis that is really away fails both at once (a
+    refused connection), and the socket is told to try again."""
+    try:
+        return await call()
+    except LAYER_DOWN as exc:
+        logger.info("the channel layer failed, trying once more: %s", describe(exc))
+        return await call()
+
+
+def describe(exc: BaseException) -> str:
+    """The error and what caused it, in one line: redis-py's "Connection
+    lost" says more with the reset beneath it."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__
+    if cause is not None and str(cause) not in text:
+        text += f" ({type(cause).__name__}: {cause})"
+    return text
 
 
 def log_failure(task: asyncio.Task[None]) -> None:

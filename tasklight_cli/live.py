@@ -27,6 +27,9 @@ PING_EVERY = 15.0
 RECONNECT_FOR = 60.0
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_MANY = 4429
+# The server cannot serve the socket for now (its database or its channel
+# layer is away): reconnect, as after a drop, even before the task exists.
+CLOSE_TRY_AGAIN = 1013
 BAR_WIDTH = 30
 
 
@@ -93,6 +96,7 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
     delay = 0.5
     pings = itertools.count(1)
     while True:
+        try_again = False
         try:
             with api.open_socket() as socket:
                 hello = parse_frame(api, socket.recv(timeout=PING_EVERY))
@@ -132,7 +136,11 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
                 raise CliError(f"the server refused the token on /ws/. {api.refused_advice}", Exit.AUTH) from None
             if code == CLOSE_TOO_MANY:
                 raise CliError("the server refused another socket: too many open for this user", Exit.REFUSED) from None
-            reason = f"connection closed ({code})" if code is not None else "connection lost"
+            try_again = code == CLOSE_TRY_AGAIN
+            if try_again:
+                reason = f"the server asked to try again later ({code})"
+            else:
+                reason = f"connection closed ({code})" if code is not None else "connection lost"
         except CliError as error:
             # Before the task exists, or for anything but a lost connection, stop here.
             if task is None or error.code != Exit.UNREACHABLE:
@@ -144,7 +152,7 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
             if task is None:
                 raise api.unreachable(exc) from None
             reason = describe_connection_error(exc)
-        if task is None:
+        if task is None and not try_again:
             raise CliError(f"{api.server}/ws/: {reason}", Exit.UNREACHABLE)
         now = time.monotonic()
         lost_since = lost_since or now

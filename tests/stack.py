@@ -137,11 +137,15 @@ class Account:
     @classmethod
     def sign_up(cls, base_url: str, username: str | None = None) -> Account:
         username = username or f"user-{uuid.uuid4().hex[:10]}"
-        http = httpx.Client(base_url=base_url, timeout=10)
-        response = http.post("/api/auth/signup/", json={"username": username, "password": PASSWORD})
+        response = httpx.post(f"{base_url}/api/auth/signup/", json={"username": username, "password": PASSWORD})
         assert response.status_code == 201, response.text
+        return cls.log_in(base_url, username)
+
+    @classmethod
+    def log_in(cls, base_url: str, username: str) -> Account:
+        """A user signed up elsewhere (a page), with an API token of its own."""
+        http = httpx.Client(base_url=base_url, timeout=10)
         token = http.post("/api/auth/token/", json={"username": username, "password": PASSWORD}).json()["token"]
-        http.cookies.clear()
         http.headers["Authorization"] = f"Token {token}"
         return cls(base_url, username, token, http)
 

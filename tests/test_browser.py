@@ -9,11 +9,13 @@ import os
 import re
 import shutil
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -24,6 +26,7 @@ from live.models import Event
 from live.services import delete_expired_events
 from workloads.models import Task
 
+from .proxy import TcpProxy
 from .stack import PASSWORD, ROOT, Account, terminal_for, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -403,6 +406,45 @@ def fail_a_task_while_cut_off(page: Page, relay: SocketRelay, username: str) -> 
     )
     page.locator("input[name=fail]").uncheck()
     return missed_id
+
+
+def test_the_page_rides_out_redis_being_cut_off_and_misses_nothing(private_stack, page: Page) -> None:
+    """The page's socket drops while its web process is cut off from Redis,
+    its channel layer (behind a proxy of the test's own; the worker and
+    another web process reach Redis directly): each reconnection is told to
+    try again (close 1013; the handshake was a 500). Once Redis is back the
+    page reconnects, resumes, and shows the task that finished meanwhile,
+    its toast once."""
+    target = urlsplit(os.environ["CHANNEL_LAYER_URL"])
+    with TcpProxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
+        cut_off = private_stack(CHANNEL_LAYER_URL=proxy.url_for(os.environ["CHANNEL_LAYER_URL"]))
+        direct = private_stack()
+        direct.start_worker(concurrency=1)
+        relay = SocketRelay()
+        page.route_web_socket(re.compile(r"/ws/$"), relay.route)
+        page.goto(cut_off.base_url + "/signup/")
+        username = sign_up(page)
+        status = page.get_by_test_id("connection-status")
+        expect(status).to_have_text("connected")
+
+        proxy.pause()
+        relay.cut_off()  # the socket drops; the page's next ones reach the server
+        expect(status).to_have_text("reconnecting")
+        relay.reconnect()
+        deadline = time.monotonic() + 30
+        while "refused for now (closed with 1013)" not in cut_off.web.log():
+            assert time.monotonic() < deadline, "no reconnection was told to try again in 30 s"
+            page.wait_for_timeout(50)  # lets Playwright's loop route the page's attempts
+        script = Account.log_in(direct.base_url, username)
+        task = script.queue("simulate", seconds=0)
+        wait_for(lambda: Event.objects.filter(user__username=username).count() == 3, timeout=30, what="the task")
+        expect(status).to_have_text("reconnecting")
+
+        proxy.resume()
+        row = page.locator(f'[data-testid="task-row"][data-task-id="{task["id"]}"]')
+        expect(row).to_have_attribute("data-status", "succeeded", timeout=30_000)
+        expect(status).to_have_text("connected")
+        expect(page.get_by_test_id("notification").filter(has_text="simulate succeeded")).to_have_count(1)
 
 
 def test_events_replayed_after_a_newer_live_one_still_reach_the_page(stack: Any, page: Page) -> None:

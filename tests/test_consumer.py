@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
+import redis
 from asgiref.sync import sync_to_async
-from channels.layers import get_channel_layer
+from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import User
@@ -514,6 +516,62 @@ async def test_a_handshake_while_the_database_is_away_is_told_to_try_again(
     assert await socket.receive_output() == {"type": "websocket.close", "code": 1013}
     # No consumer ran to close the connection token_header() opened in its thread.
     await sync_to_async(connections.close_all)()
+
+
+def layer_away(failures: int | None = None) -> Callable[..., Any]:
+    """A layer call that fails as channels_redis does when Redis resets or
+    refuses the connection: the first ``failures`` times, or always."""
+    calls = 0
+
+    def fail(call: Callable[..., Any]) -> Callable[..., Any]:
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if failures is None or calls <= failures:
+                raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+            return await call(*args, **kwargs)
+
+        return failing
+
+    return fail
+
+
+@pytest.mark.parametrize("step", ["new_channel", "group_add"])
+async def test_a_socket_the_channel_layer_cannot_take_is_told_to_try_again(
+    open_socket, alice: User, monkeypatch, caplog, step: str
+) -> None:
+    """Redis away when the socket is given its channel or joins its user's
+    group: the handshake was answered with a 500 (an ERROR traceback in
+    uvicorn's log). Now accepted and closed with 1013, as for a database
+    away, with a warning that names the cause; the slot is given back."""
+    monkeypatch.setattr(InMemoryChannelLayer, step, layer_away()(getattr(InMemoryChannelLayer, step)))
+    socket, connected, _ = await open_socket(await sync_to_async(token_header)(alice))
+    assert connected
+    assert await socket.receive_output() == {"type": "websocket.close", "code": 1013}
+    warned = [r for r in caplog.records if r.name == "live.consumers" and r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warned] == [
+        f"socket of user {alice.id} refused for now (closed with 1013), the channel layer is unavailable: "
+        "ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused."
+    ]
+    assert alice.id not in consumers._sockets_per_user
+    # No credentials: still 4401 (do not come back), not 1013.
+    anonymous, connected, _ = await open_socket()
+    assert connected
+    assert await anonymous.receive_output() == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+
+
+@pytest.mark.parametrize("step", ["new_channel", "group_add"])
+async def test_a_layer_call_that_finds_its_connection_reset_is_tried_once_more(
+    open_socket, alice: User, monkeypatch, step: str
+) -> None:
+    """A connection Redis reset (restarted, or the connection killed) fails
+    the one command that finds it so; redis-py has reconnected meanwhile."""
+    monkeypatch.setattr(InMemoryChannelLayer, step, layer_away(failures=1)(getattr(InMemoryChannelLayer, step)))
+    socket, connected, _ = await open_socket(await sync_to_async(token_header)(alice))
+    assert connected
+    assert (await socket.receive_json_from())["type"] == "hello"
+    await push(alice, await store_event(alice, 1))
+    assert (await socket.receive_json_from())["id"] == 1  # in its group: live events reach it
 
 
 @pytest.mark.parametrize("path", ["/ws", "/ws/x/", "/api/tasks/", "/nope"])

@@ -1,0 +1,135 @@
+"""A web process cut off from Redis, its channel layer: a socket it cannot
+subscribe is told to try again (close 1013), never answered with a 500, and
+the client that comes back once Redis is back misses nothing. Redis "goes
+down" behind a TCP proxy of the test's own (tests/proxy.py): the machine's
+Redis keeps serving the other suites, and a second web process and the
+worker reach it directly, as other machines of a deployment would."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from live.models import Event
+
+from .proxy import TcpProxy
+from .stack import Account, LiveSocket, wait_for
+
+pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+TASKLIGHT = Path(sys.executable).parent / "tasklight"
+REFUSED = "refused for now (closed with 1013), the channel layer is unavailable"
+
+
+@pytest.fixture
+def redis_proxy() -> Iterator[TcpProxy]:
+    target = urlsplit(os.environ["CHANNEL_LAYER_URL"])
+    with TcpProxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
+        yield proxy
+
+
+def cut_off_and_direct(private_stack: Any, proxy: TcpProxy) -> tuple[Any, Any]:
+    """A web process that reaches Redis through the proxy, and one (with a
+    worker) that reaches it directly, on the same queue and database."""
+    cut_off = private_stack(CHANNEL_LAYER_URL=proxy.url_for(os.environ["CHANNEL_LAYER_URL"]))
+    direct = private_stack()
+    direct.start_worker(concurrency=1)
+    return cut_off, direct
+
+
+def close_code_of_a_handshake(base_url: str, token: str) -> int | None:
+    """The close code of a socket that is accepted and closed at once."""
+    url = base_url.replace("http", "ws", 1) + "/ws/"
+    with (
+        connect(url, additional_headers={"Authorization": f"Token {token}"}, open_timeout=10) as ws,
+        pytest.raises(ConnectionClosed) as closed,
+    ):
+        ws.recv(timeout=10)
+    return closed.value.rcvd.code if closed.value.rcvd is not None else None
+
+
+def stored_events(username: str) -> int:
+    return Event.objects.filter(user__username=username).count()
+
+
+def events_until_pong(socket: LiveSocket, ping_id: str) -> list[int]:
+    socket.ws.send(json.dumps({"type": "ping", "id": ping_id}))
+    ids = []
+    while (frame := socket.next(timeout=30))["type"] != "pong":
+        if frame["type"] == "event":
+            ids.append(frame["id"])
+    return ids
+
+
+def test_a_socket_opened_while_redis_is_cut_off_is_told_to_try_again_and_misses_nothing(
+    private_stack, redis_proxy: TcpProxy
+) -> None:
+    """The handshake was answered with a 500, and uvicorn logged an ERROR
+    traceback ("Exception in ASGI application"). A socket already open stays
+    open and catches up; a new one, once Redis is back, resumes."""
+    cut_off, direct = cut_off_and_direct(private_stack, redis_proxy)
+    alice = Account.sign_up(direct.base_url)
+    with alice.socket(cut_off.base_url) as already_open:
+        redis_proxy.pause()
+        task = alice.queue("simulate", seconds=0)  # on the other web process and the worker
+        wait_for(lambda: stored_events(alice.username) == 3, timeout=30, what="the task to finish")
+        assert close_code_of_a_handshake(cut_off.base_url, alice.token) == 1013
+        assert close_code_of_a_handshake(cut_off.base_url, alice.token) == 1013
+        redis_proxy.resume()
+        # The open socket heard none of it live; its next ping brings it all.
+        assert events_until_pong(already_open, "after the outage") == [1, 2, 3]
+
+    with alice.socket(cut_off.base_url) as again:
+        assert again.hello["last_event_id"] == 3
+        again.ws.send(json.dumps({"type": "resume", "after": 0}))
+        events = again.events_until(lambda frame: frame["id"] == 3, timeout=30)
+        assert [(frame["id"], frame["task"]["id"]) for frame in events] == [(n, task["id"]) for n in (1, 2, 3)]
+
+    log = cut_off.web.log()
+    assert "Exception in ASGI application" not in log and "500 Internal Server Error" not in log, log
+    refusals = [json.loads(line) for line in log.splitlines() if REFUSED in line]
+    assert len(refusals) == 2, log
+    assert all(line["level"] == "WARNING" and line["logger"] == "live.consumers" for line in refusals)
+    assert all("ConnectionError" in line["message"] for line in refusals)  # the cause, named
+
+
+def test_tasklight_wait_rides_out_redis_being_cut_off(private_stack, redis_proxy: TcpProxy, tmp_path: Path) -> None:
+    """Told to try again (1013) before its first hello, the command exited 3
+    ("connection closed (1013)"; with the 500 before it, "the WebSocket
+    handshake was refused (HTTP 500)"). Now it tries again, within the
+    minute it gives any lost connection, and prints the result."""
+    cut_off, direct = cut_off_and_direct(private_stack, redis_proxy)
+    alice = Account.sign_up(direct.base_url)
+    task = alice.queue("simulate", seconds=2)
+    redis_proxy.pause()
+    environment = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "TASKLIGHT_URL": cut_off.base_url,
+        "TASKLIGHT_TOKEN": alice.token,
+    }
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        waiting = subprocess.Popen(
+            [str(TASKLIGHT), "wait", task["id"]], stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
+        )
+    try:
+        wait_for(lambda: REFUSED in cut_off.web.log(), timeout=30, what="the command's socket to be refused")
+        wait_for(lambda: stored_events(alice.username) == 3, timeout=30, what="the task to finish")
+        assert waiting.poll() is None, stderr_path.read_text()
+        redis_proxy.resume()
+        stdout, _ = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, stderr_path.read_text()
+    assert json.loads(stdout) == {"slept": 2}
