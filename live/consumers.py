@@ -36,6 +36,7 @@ from django.utils import timezone
 
 from tasklight import metrics
 from tasklight.db import DATABASE_DOWN
+from tasklight.logs import describe_error
 
 from . import services
 from .events import ANY_SESSION, user_group
@@ -54,9 +55,9 @@ CLOSE_TOO_MANY = 4429
 CLOSE_TRY_AGAIN = 1013
 # What a channel layer that went away raises: Redis refusing the connection,
 # resetting it (restarted, or the connection killed) or not answering
-# (redis-py's errors, and the OSError beneath them). A reason to tell the
-# client to try again, never a 500.
-LAYER_DOWN = (redis.RedisError, OSError, TimeoutError)
+# (redis-py's errors, and the OSError beneath them; TimeoutError is one). A
+# reason to tell the client to try again, never a 500.
+LAYER_DOWN = (redis.RedisError, OSError)
 REPLAY_BATCH = 500
 # A session's expiry that could not be read is looked up again this much later.
 SESSION_RECHECK_SECONDS = 60
@@ -185,7 +186,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 "socket of user %s refused for now (closed with %d), the channel layer is unavailable: %s",
                 user.id,
                 CLOSE_TRY_AGAIN,
-                describe(self.layer_down),
+                describe_error(self.layer_down),
             )
             await self.release()
             await self.accept()
@@ -438,18 +439,8 @@ async def once_more_if_down[T](call: Callable[[], Awaitable[T]]) -> T:
     try:
         return await call()
     except LAYER_DOWN as exc:
-        logger.info("the channel layer failed, trying once more: %s", describe(exc))
+        logger.info("the channel layer failed, trying once more: %s", describe_error(exc))
         return await call()
-
-
-def describe(exc: BaseException) -> str:
-    """The error and what caused it, in one line: redis-py's "Connection
-    lost" says more with the reset beneath it."""
-    text = f"{type(exc).__name__}: {exc}"
-    cause = exc.__cause__
-    if cause is not None and str(cause) not in text:
-        text += f" ({type(cause).__name__}: {cause})"
-    return text
 
 
 def log_failure(task: asyncio.Task[None]) -> None:

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 import uuid
+from collections import Counter
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
+import redis
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
 
@@ -193,3 +196,58 @@ def _watchdog_exit(record: logging.LogRecord) -> bool:
     if record.msg == "Task handler raised error: %r" and len(args) == 1:
         return type(args[0]).__name__ == "WorkerLostError" and bool(_WATCHDOG_EXIT.search(str(args[0])))
     return False
+
+
+def describe_error(exc: BaseException) -> str:
+    """An error and what caused it, in one line: redis-py's "Connection
+    lost" says more with the reset beneath it."""
+    text = f"{type(exc).__name__}: {exc}"
+    cause = exc.__cause__
+    if cause is not None and str(cause) not in text:
+        text += f" ({type(cause).__name__}: {cause})"
+    return text
+
+
+# How often each of channels_redis' lines about Redis being away is written
+# at most (see below); those in between are counted.
+LAYER_REPEAT_SECONDS = 60.0
+
+
+class ChannelLayerOutageFilter(logging.Filter):
+    """channels_redis' pub/sub layer writes an ERROR with a traceback every
+    second while Redis is away ("Unexpected exception in receive task", from
+    the loop that reads its subscriptions and reconnects them) and one for
+    each socket that ends meanwhile ("Unexpected exception while cleaning-up
+    channel"). Redis away is a dependency down, not a bug: /readyz names it,
+    the layer comes back by itself, and sockets catch up from the database
+    (docs/events.md). Each such line (a redis-py or socket error, as
+    live.consumers.LAYER_DOWN has it; any other error stays an ERROR) becomes
+    a WARNING with the cause in one line, and each is written once a minute
+    at most, saying how many were left out meanwhile."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self._written_at: dict[str, float] = {}
+        self._left_out: Counter[str] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != "channels_redis.pubsub" or record.levelno < logging.ERROR or not record.exc_info:
+            return True
+        exc = record.exc_info[1]
+        if not isinstance(exc, redis.RedisError | OSError):
+            return True
+        line = str(record.msg)
+        now = time.monotonic()
+        written_at = self._written_at.get(line)
+        if written_at is not None and now - written_at < LAYER_REPEAT_SECONDS:
+            self._left_out[line] += 1
+            return False
+        self._written_at[line] = now
+        left_out = self._left_out.pop(line, 0)
+        message = f"{record.getMessage().rstrip(': ')}: the channel layer cannot reach Redis: {describe_error(exc)}"
+        if left_out:
+            message += f" ({left_out} more such lines in the last {now - (written_at or now):.0f} s)"
+        record.msg, record.args = message, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        return True

@@ -473,6 +473,7 @@ LOGGING = {
         "context": {"()": "tasklight.logs.ContextFilter"},
         "client_noise": {"()": "tasklight.logs.ClientNoiseFilter"},
         "watchdog_exit": {"()": "tasklight.logs.WatchdogExitFilter"},
+        "channel_layer_outage": {"()": "tasklight.logs.ChannelLayerOutageFilter"},
     },
     "formatters": {
         "plain": {"()": "tasklight.logs.PlainFormatter"},
@@ -482,7 +483,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["context", "client_noise", "watchdog_exit"],
+            "filters": ["context", "client_noise", "watchdog_exit", "channel_layer_outage"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

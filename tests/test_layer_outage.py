@@ -97,10 +97,17 @@ def test_a_socket_opened_while_redis_is_cut_off_is_told_to_try_again_and_misses_
 
     log = cut_off.web.log()
     assert "Exception in ASGI application" not in log and "500 Internal Server Error" not in log, log
-    refusals = [json.loads(line) for line in log.splitlines() if REFUSED in line]
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    refusals = [line for line in lines if REFUSED in line["message"]]
     assert len(refusals) == 2, log
     assert all(line["level"] == "WARNING" and line["logger"] == "live.consumers" for line in refusals)
     assert all("ConnectionError" in line["message"] for line in refusals)  # the cause, named
+    # The layer's own loop, which lost the open socket's subscription, said
+    # so once (it wrote an ERROR traceback every second of the outage).
+    assert [line for line in lines if line["level"] == "ERROR"] == []
+    from_the_layer = [line for line in lines if line["logger"] == "channels_redis.pubsub"]
+    assert [line["message"].split(":")[0] for line in from_the_layer] == ["Unexpected exception in receive task"]
+    assert from_the_layer[0]["level"] == "WARNING" and "cannot reach Redis" in from_the_layer[0]["message"]
 
 
 def test_tasklight_wait_rides_out_redis_being_cut_off(private_stack, redis_proxy: TcpProxy, tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import redis
 from billiard.exceptions import WorkerLostError
 from django.test import Client
 from websockets.exceptions import InvalidStatus
@@ -388,3 +389,40 @@ def test_other_errors_stay_errors() -> None:
     record = logging.LogRecord("django.request", logging.ERROR, __file__, 1, "Internal Server Error: /", None, None)
     logs.ClientNoiseFilter().filter(record)
     assert record.levelname == "ERROR"
+
+
+def channels_redis_error(message: str, error: BaseException) -> logging.LogRecord:
+    """A record as channels_redis' pub/sub layer writes it: logger.exception."""
+    try:
+        raise error
+    except BaseException:
+        return logging.LogRecord("channels_redis.pubsub", logging.ERROR, __file__, 1, message, None, sys.exc_info())
+
+
+def test_the_channel_layers_lines_about_redis_away_are_one_warning_a_minute(monkeypatch) -> None:
+    """While Redis is away, channels_redis wrote an ERROR traceback every
+    second ("Unexpected exception in receive task"), for the whole outage,
+    in every web process. Now a WARNING naming the cause, once a minute,
+    saying how many it left out; any other error it reports stays an ERROR."""
+    now = [1000.0]
+    monkeypatch.setattr(logs.time, "monotonic", lambda: now[0])
+    refused = redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    outage = logs.ChannelLayerOutageFilter()
+    written = []
+    for second in range(125):
+        now[0] = 1000.0 + second
+        record = channels_redis_error("Unexpected exception in receive task", refused)
+        if outage.filter(record):
+            written.append((second, json.loads(logs.JsonFormatter().format(record))))
+    assert [second for second, _ in written] == [0, 60, 120]
+    assert all(line["level"] == "WARNING" and "exc_info" not in line for _, line in written)
+    assert written[0][1]["message"] == (
+        "Unexpected exception in receive task: the channel layer cannot reach Redis: "
+        "ConnectionError: Error 111 connecting to 127.0.0.1:6379. Connection refused."
+    )
+    assert written[1][1]["message"].endswith("Connection refused. (59 more such lines in the last 60 s)")
+
+    cleaning_up = channels_redis_error("Unexpected exception while cleaning-up channel:", refused)
+    assert outage.filter(cleaning_up) and cleaning_up.levelname == "WARNING"  # a line of its own
+    bug = channels_redis_error("Unexpected exception in receive task", KeyError("not Redis"))
+    assert outage.filter(bug) and bug.levelname == "ERROR" and bug.exc_info is not None
