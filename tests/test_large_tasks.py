@@ -23,6 +23,8 @@ from workloads.registry import PROGRESS_MIN_INTERVAL_SECONDS, Run
 from workloads.services import create_task
 from workloads.views import PAGE_TEXT_CHARS
 
+from .stack import Account
+
 MEGABYTE_TEXT = ("every word counts " * (MAX_TEXT_BYTES // 18 + 1))[:MAX_TEXT_BYTES]
 
 
@@ -211,3 +213,52 @@ def test_the_database_cuts_every_string_as_the_page_did_at_any_depth(alice: User
     assert (shown["params"], shown["result"]) == (cut(params, 500), cut(result, 2000))
     # Nothing but strings changes: the numbers read back as PostgreSQL stored them.
     assert shown["params"]["numbers"] == Task.objects.get().params["numbers"]
+
+
+# Accented letters (2 bytes of UTF-8), CJK (3) and an emoji beyond the BMP
+# (4 bytes; a surrogate pair, 12 bytes, as JSON escapes).
+NON_ASCII_WORDS = "café crème 東京の天気 😀 "
+NON_ASCII_TEXT = NON_ASCII_WORDS * (MAX_TEXT_BYTES // len(NON_ASCII_WORDS.encode()))
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_non_ascii_text_goes_over_the_socket_as_utf8_not_as_escapes(stack: Any) -> None:
+    """WebSocket text frames are UTF-8. Channels' encode_json escaped every
+    character outside ASCII (\\u00e9, \\ud83d\\ude00): each frame of a 1 MiB
+    text of these words was 2.3 MB. Now each character goes as itself, and
+    the frame is the text's size plus the task's other fields."""
+    alice = Account.sign_up(stack.base_url)
+    text_bytes = len(NON_ASCII_TEXT.encode())
+    with alice.socket() as live:
+        task = alice.queue("text_stats", text=NON_ASCII_TEXT)
+        raw_frames = []
+        while True:
+            raw = live.ws.recv(timeout=60)
+            frame = json.loads(raw)
+            if frame["type"] == "event":
+                raw_frames.append(raw)
+                if frame["event"] in ("task.succeeded", "task.failed"):
+                    break
+    assert frame["event"] == "task.succeeded" and frame["task"]["id"] == task["id"]
+    assert [json.loads(raw)["event"] for raw in raw_frames] == ["task.queued", "task.started", "task.succeeded"]
+    for raw in raw_frames:
+        assert json.loads(raw)["task"]["params"] == {"text": NON_ASCII_TEXT}  # intact, the emoji too
+        assert "\\u" not in raw  # no escape anywhere: the top words are non-ASCII too
+        assert text_bytes < len(raw.encode()) < text_bytes + 2_000
+    assert frame["task"]["result"]["top_words"][0] == ["café", MAX_TEXT_BYTES // len(NON_ASCII_WORDS.encode())]
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_pong_echoing_a_lone_surrogate_keeps_its_escape(stack: Any) -> None:
+    """A ping's id is echoed as the client sent it, and "\\ud800" is JSON;
+    it has no UTF-8, so that one frame is written with JSON's escapes."""
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as live:
+        live.ws.send('{"type": "ping", "id": ["\\ud800", "café"]}')
+        raw = live.ws.recv(timeout=30)
+        assert json.loads(raw) == {"type": "pong", "id": ["\ud800", "café"]}
+        assert raw == '{"type": "pong", "id": ["\\ud800", "caf\\u00e9"]}'
+        live.ws.send('{"type": "ping", "id": "café"}')  # the socket goes on, in UTF-8 again
+        assert live.ws.recv(timeout=30) == '{"type": "pong", "id": "café"}'
