@@ -387,6 +387,17 @@ class SocketRelay:
         self.held.clear()
 
 
+def signed_up_behind_a_relay(page: Page, base_url: str) -> tuple[SocketRelay, str]:
+    """A new user signed up on a page whose socket goes through a SocketRelay,
+    connected; the relay and the username."""
+    relay = SocketRelay()
+    page.route_web_socket(re.compile(r"/ws/$"), relay.route)
+    page.goto(base_url + "/signup/")
+    username = sign_up(page)
+    expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+    return relay, username
+
+
 def fail_a_task_while_cut_off(page: Page, relay: SocketRelay, username: str) -> str:
     """Queues a failing task from the page while its socket is cut off;
     returns its id once it has failed."""
@@ -420,12 +431,8 @@ def test_the_page_rides_out_redis_being_cut_off_and_misses_nothing(private_stack
         cut_off = private_stack(CHANNEL_LAYER_URL=proxy.url_for(os.environ["CHANNEL_LAYER_URL"]))
         direct = private_stack()
         direct.start_worker(concurrency=1)
-        relay = SocketRelay()
-        page.route_web_socket(re.compile(r"/ws/$"), relay.route)
-        page.goto(cut_off.base_url + "/signup/")
-        username = sign_up(page)
+        relay, username = signed_up_behind_a_relay(page, cut_off.base_url)
         status = page.get_by_test_id("connection-status")
-        expect(status).to_have_text("connected")
 
         proxy.pause()
         relay.cut_off()  # the socket drops; the page's next ones reach the server
@@ -452,12 +459,8 @@ def test_events_replayed_after_a_newer_live_one_still_reach_the_page(stack: Any,
     older ones its resume asks for (docs/events.md). Made to happen every
     time: a task fails while the page is cut off; on the next connection the
     page's resume is held back until a later task's live events have arrived."""
-    relay = SocketRelay()
-    page.route_web_socket(re.compile(r"/ws/$"), relay.route)
-    page.goto(stack.base_url + "/signup/")
-    username = sign_up(page)
+    relay, username = signed_up_behind_a_relay(page, stack.base_url)
     status = page.get_by_test_id("connection-status")
-    expect(status).to_have_text("connected")
 
     missed_id = fail_a_task_while_cut_off(page, relay, username)
     relay.reconnect(holding_resume=True)
@@ -478,11 +481,7 @@ def test_a_page_whose_missed_events_expired_reloads_its_tasks_and_goes_on_live(s
     """Retention deleted the events the page missed: its resume is answered
     with resync, the page reloads the tasks over REST, and later events still
     apply."""
-    relay = SocketRelay()
-    page.route_web_socket(re.compile(r"/ws/$"), relay.route)
-    page.goto(stack.base_url + "/signup/")
-    username = sign_up(page)
-    expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+    relay, username = signed_up_behind_a_relay(page, stack.base_url)
     missed_id = fail_a_task_while_cut_off(page, relay, username)
     # As if the page had been away longer than EVENT_RETENTION_DAYS.
     Event.objects.filter(user__username=username).update(created_at=timezone.now() - timedelta(days=30))
@@ -847,11 +846,7 @@ def test_a_notification_read_elsewhere_is_not_toasted_when_the_page_catches_up(s
     """A task fails while the page's socket is down and is marked read in the
     meantime (another tab, a script): the page's resume replays the event,
     the row turns failed, and no toast asks to be dismissed again."""
-    relay = SocketRelay()
-    page.route_web_socket(re.compile(r"/ws/$"), relay.route)
-    page.goto(stack.base_url + "/signup/")
-    username = sign_up(page)
-    expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+    relay, username = signed_up_behind_a_relay(page, stack.base_url)
     missed_id = fail_a_task_while_cut_off(page, relay, username)
     mark_read_from_the_page(page)
 
