@@ -1,4 +1,5 @@
-"""Account writes: sign-up, API tokens, and deleting an account."""
+"""Account writes: sign-up, API tokens, deleting an account, and deleting
+expired sessions."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
+
+from tasklight import retention
 
 from .sessions import SessionStore
 
@@ -85,3 +88,15 @@ def _delete_sessions(user_ids: set[int]) -> None:
         if str(store.decode(data).get(SESSION_KEY)) in wanted
     ]
     session_model.objects.filter(session_key__in=theirs).delete()
+
+
+def delete_expired_sessions(*, batch: int = retention.BATCH) -> int:
+    """Deletes the sessions past their expiry, in batches; returns how many.
+    Each log-in makes a row (a browser's, and each script that signs in over
+    the JSON API instead of using a token) that outlives its expiry until
+    deleted: Django leaves that to ``clearsessions`` run by cron, which the
+    Procfile has none of, so every worker's cleanup does it (and
+    ``clearsessions`` comes here too). An expired session signs no one in,
+    and its sockets closed when it expired (docs/events.md)."""
+    expired = SessionStore.get_model_class().objects.filter(expire_date__lt=timezone.now())
+    return retention.delete_in_batches(expired, batch=batch)

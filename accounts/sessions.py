@@ -6,6 +6,9 @@ else). The sockets opened with it belonged to the user it held; they close
 with 4401 on every web process (live/signals.py). Before this, only a log-out
 told them: a browser whose session was taken over by a second user's log-in
 (a shared computer) kept streaming the first user's events.
+
+Expired sessions are deleted by every worker's cleanup, in batches
+(accounts/services.py delete_expired_sessions), as is ``clearsessions``.
 """
 
 from __future__ import annotations
@@ -23,3 +26,9 @@ class SessionStore(DatabaseSessionStore):
             from live.signals import session_ended
 
             session_ended(user_id=int(user_id), session_key=key)
+
+    @classmethod
+    def clear_expired(cls) -> None:
+        from .services import delete_expired_sessions
+
+        delete_expired_sessions()

@@ -18,6 +18,8 @@ from django.contrib.sessions.models import Session
 from django.db import connection, transaction
 from django.utils import timezone
 
+from tasklight import retention
+
 from .events import EventFrame, EventKind, ProgressFrame, user_group
 from .models import Event, EventStream
 from .publisher import publisher
@@ -194,15 +196,10 @@ def events_after(*, user_id: int, after: int, limit: int) -> list[Event]:
     return events
 
 
-def delete_expired_events(*, batch: int = 10_000) -> int:
+def delete_expired_events(*, batch: int = retention.BATCH) -> int:
     """Deletes events older than EVENT_RETENTION_DAYS, in batches; returns how many."""
     cutoff = timezone.now() - timedelta(days=settings.EVENT_RETENTION_DAYS)
-    deleted = 0
-    while True:
-        ids = list(Event.objects.filter(created_at__lt=cutoff).values_list("id", flat=True)[:batch])
-        if not ids:
-            return deleted
-        deleted += Event.objects.filter(id__in=ids).delete()[0]
+    return retention.delete_in_batches(Event.objects.filter(created_at__lt=cutoff), batch=batch)
 
 
 # --- The inbox: terminal events are notifications -------------------------

@@ -26,7 +26,7 @@ from django.utils import timezone
 from live.events import EventKind
 from live.models import EventStream
 from live.services import change_with_event, one_statement_possible, push_progress, record_event
-from tasklight import metrics
+from tasklight import metrics, retention
 
 from . import sent_marks
 from .models import IdempotencyKey, Task, TaskStatus
@@ -285,9 +285,10 @@ def idempotency_key_in_use(*, owner_id: int, key: str) -> bool:
     return IdempotencyKey.objects.filter(owner_id=owner_id, key=key, created_at__gte=cutoff).exists()
 
 
-def delete_expired_idempotency_keys() -> int:
+def delete_expired_idempotency_keys(*, batch: int = retention.BATCH) -> int:
+    """Deletes the keys older than IDEMPOTENCY_WINDOW, in batches; returns how many."""
     cutoff = timezone.now() - IDEMPOTENCY_WINDOW
-    return IdempotencyKey.objects.filter(created_at__lt=cutoff).delete()[0]
+    return retention.delete_in_batches(IdempotencyKey.objects.filter(created_at__lt=cutoff), batch=batch)
 
 
 # --- Running ----------------------------------------------------------------

@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from celery import Task as CeleryTask
 from celery import shared_task
@@ -24,6 +24,7 @@ from celery.worker.control import inspect_command
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from accounts.services import delete_expired_sessions
 from live.publisher import publisher
 from live.services import delete_expired_events
 from tasklight import db, logs
@@ -307,8 +308,8 @@ class Housekeeper(threading.Thread):
     the broker (every RELAY_INTERVAL_SECONDS) and, on a broker that does not
     deliver a dead worker's message again, what a stopped worker took with
     it (once, at start) and running tasks abandoned by their worker;
-    deletes expired events and idempotency keys, and the embedded broker's
-    delivered messages (every CLEANUP_INTERVAL_SECONDS). Doing any of it in
+    deletes expired events, idempotency keys and sessions, and the embedded
+    broker's delivered messages (every CLEANUP_INTERVAL_SECONDS). Doing any of it in
     several workers at once is harmless. Reports the worker alive on each
     round, and gone as it stops (workloads/workers.py)."""
 
@@ -347,14 +348,9 @@ class Housekeeper(threading.Thread):
             if time.monotonic() >= self.next_cleanup:
                 self.next_cleanup = time.monotonic() + settings.CLEANUP_INTERVAL_SECONDS
                 try:
-                    events, keys, messages = cleanup()
-                    if events or keys or messages:
-                        logger.info(
-                            "cleanup: deleted %d expired event(s), %d idempotency key(s), %d delivered message(s)",
-                            events,
-                            keys,
-                            messages,
-                        )
+                    cleaned = cleanup()
+                    if any(cleaned):
+                        logger.info("cleanup: deleted %s", cleaned)
                 except Exception as exc:
                     logger.warning("cleanup: will try again: %s", exc)
         try:
@@ -417,10 +413,31 @@ class Housekeeper(threading.Thread):
             logger.warning("relay: tasks a stopped worker held not sent again (the next start will): %s", exc)
 
 
-def cleanup() -> tuple[int, int, int]:
-    """Deletes expired events and idempotency keys, and the embedded broker's
-    delivered messages; returns how many of each."""
-    return delete_expired_events(), services.delete_expired_idempotency_keys(), delete_delivered_messages()
+class Cleaned(NamedTuple):
+    """How many rows one cleanup deleted, of each kind."""
+
+    events: int
+    idempotency_keys: int
+    sessions: int
+    broker_messages: int
+
+    def __str__(self) -> str:
+        return (
+            f"{self.events} expired event(s), {self.idempotency_keys} idempotency key(s), "
+            f"{self.sessions} expired session(s) and {self.broker_messages} delivered broker message(s)"
+        )
+
+
+def cleanup() -> Cleaned:
+    """Deletes what Tasklight keeps only for a while, once it has expired:
+    events, idempotency keys, sessions, and the embedded broker's delivered
+    messages (docs/operations.md, "What Tasklight keeps, and for how long")."""
+    return Cleaned(
+        events=delete_expired_events(),
+        idempotency_keys=services.delete_expired_idempotency_keys(),
+        sessions=delete_expired_sessions(),
+        broker_messages=delete_delivered_messages(),
+    )
 
 
 _housekeeper: Housekeeper | None = None
