@@ -318,6 +318,11 @@ if TASK_LEASE_SECONDS <= CANCEL_GRACE_SECONDS:
         f"TASK_LEASE_SECONDS ({TASK_LEASE_SECONDS:g}) must be more than CANCEL_GRACE_SECONDS "
         f"({CANCEL_GRACE_SECONDS:g}), during which a cancelled task's lease is not renewed"
     )
+# A task whose worker died while running it runs again from the start, up to
+# this many starts in all; found running after the last one (its workload
+# ends its own process: os._exit, a segfault, the out-of-memory killer), it
+# fails instead of killing a pool process on every delivery (docs/lifecycle.md).
+TASK_MAX_STARTS = whole_number("TASK_MAX_STARTS", 3, minimum=1, maximum=100)
 # Stored events older than this are deleted; a client resuming from before
 # them is told to resync (docs/events.md).
 EVENT_RETENTION_DAYS = decimal_number("EVENT_RETENTION_DAYS", 7, minimum=0, minimum_allowed=False, unit="days")

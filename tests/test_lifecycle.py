@@ -156,6 +156,54 @@ def test_a_task_that_ends_badly_fails_readably_instead_of_staying_running(stack:
     assert [Task.objects.get(pk=task_id).result for task_id in after] == [{"reversed": "ba"}] * 2
 
 
+def test_a_workload_that_calls_sys_exit_fails_at_once_naming_the_call(stack: Any) -> None:
+    # Before, its SystemExit ended the pool process (argparse's error in a
+    # workload does it): Celery took it for a lost worker, the message went
+    # back to the queue, and the task ran again for good, killing a pool
+    # process each time, and stayed running.
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("ends_its_process", how="sys_exit")
+        events = socket.events_until(terminal_for(task["id"]), timeout=30)
+        assert events[-1]["event"] == "task.failed"
+        assert events[-1]["task"]["error"] == "The workload called sys.exit(2)."
+        after = alice.queue("reverse", text="ab")
+        assert socket.events_until(terminal_for(after["id"]))[-1]["event"] == "task.succeeded"
+    assert Task.objects.get(pk=task["id"]).starts == 1  # not run again
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.failed"]
+
+
+def test_a_workload_that_ends_its_process_fails_after_three_starts_naming_how(stack: Any) -> None:
+    # Before, the task ran again on every redelivery, for good, killing a
+    # pool process each time, and stayed running.
+    hows = {"os_exit": "exitcode 1", "segfault": "signal 11 (SIGSEGV)", "killed": "signal 9 (SIGKILL)"}
+    accounts = {how: Account.sign_up(stack.base_url) for how in hows}  # each its own cap of running tasks
+    tasks = {how: account.queue("ends_its_process", how=how)["id"] for how, account in accounts.items()}
+    wait_for(
+        lambda: Task.objects.filter(pk__in=tasks.values(), status="failed").count() == len(tasks),
+        timeout=120,
+        what="each task to fail",
+        interval=0.2,
+    )
+    for how, task_id in tasks.items():
+        task = Task.objects.get(pk=task_id)
+        assert task.error == (
+            f"Its worker process died 3 times while running it (the last time: {hows[how]}), so it is not run again."
+        )
+        assert task.starts == 3
+        assert kinds_for(task_id) == ["task.queued", "task.started", "task.failed"]
+
+
+def test_a_task_whose_pool_process_died_once_runs_again_and_succeeds(stack: Any) -> None:
+    alice = Account.sign_up(stack.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("ends_its_process", how="first_start_only")
+        events = socket.events_until(terminal_for(task["id"]), timeout=60)
+    assert events[-1]["event"] == "task.succeeded"
+    assert events[-1]["task"]["result"] == {"starts": 2}
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
+
+
 def test_a_long_error_is_cut_in_the_database_the_events_and_the_log(stack: Any) -> None:
     # Before, a workload's 10 MB message was stored whole, and sent in every
     # frame and answer that held its task; the worker logged it in one line.

@@ -378,3 +378,60 @@ def test_a_running_task_abandoned_by_its_worker_is_sent_again_and_taken_over(
     assert last_event_id(alice) == events  # no second task.started
     assert services.resend_abandoned(older_than=30) == 0
     assert Task.objects.get(pk=alive.pk).status == "running"
+
+
+def lapse_lease(task: Task) -> None:
+    """As if its worker died: its lease was last renewed a minute ago."""
+    Task.objects.filter(pk=task.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=60))
+
+
+def test_a_task_whose_worker_died_runs_again_until_its_last_start_then_fails(
+    alice: User, published: list, settings: Any
+) -> None:
+    """A workload that ends its own process (os._exit, a segfault, the
+    out-of-memory killer) ran again on every redelivery, for good."""
+    settings.TASK_MAX_STARTS = 2
+    task = running_task(alice)
+    assert Task.objects.get(pk=task.pk).starts == 1
+    events = last_event_id(alice)
+    lapse_lease(task)
+    again = services.start_task(task_id=task.id, redelivered=True)
+    assert again is not None and Task.objects.get(pk=task.pk).starts == 2
+    assert last_event_id(alice) == events  # taken over without a second task.started
+    lapse_lease(task)
+    assert services.start_task(task_id=task.id, redelivered=True) is None
+    failed = Task.objects.get(pk=task.pk)
+    assert (failed.status, failed.starts) == ("failed", 2)
+    assert failed.error == "Its worker process died 2 times while running it, so it is not run again."
+    assert [e.kind for e in Event.objects.filter(user=alice, sequence__gt=events)] == ["task.failed"]
+
+
+def test_a_pool_process_that_died_on_the_last_start_fails_its_task_naming_how(
+    alice: User, published: list, settings: Any
+) -> None:
+    settings.TASK_MAX_STARTS = 2
+    task = running_task(alice)
+    still = services.pool_process_died(task_id=task.id, how="signal 9 (SIGKILL)")
+    assert still is not None and still.status == "running"  # its message goes back: it runs again
+    lapse_lease(task)
+    assert services.start_task(task_id=task.id, redelivered=True) is not None
+    ended = services.pool_process_died(task_id=task.id, how="signal 11 (SIGSEGV)")
+    assert ended is not None and ended.status == "failed"
+    assert Task.objects.get(pk=task.pk).error == (
+        "Its worker process died 2 times while running it (the last time: signal 11 (SIGSEGV)), so it is not run again."
+    )
+    assert services.pool_process_died(task_id=task.id, how="exitcode 1") is None  # finished: nothing more
+    assert services.start_task(task_id=task.id, redelivered=True) is None  # its message is dropped
+
+
+def test_a_cancelled_task_whose_worker_died_on_its_last_start_ends_cancelled(
+    alice: User, published: list, settings: Any
+) -> None:
+    settings.TASK_MAX_STARTS = 1
+    task = running_task(alice)
+    services.cancel_task(task_id=task.id, owner=alice)
+    assert services.pool_process_died(task_id=task.id, how="exitcode 1") is None
+    lapse_lease(task)
+    assert services.start_task(task_id=task.id, redelivered=True) is None
+    cancelled = Task.objects.get(pk=task.pk)
+    assert (cancelled.status, cancelled.error) == ("cancelled", "Cancelled by its owner.")

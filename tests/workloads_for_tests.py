@@ -2,8 +2,8 @@
 one written by the recipe in docs/adding-a-workload.md (trimmed), three that
 misbehave, one that returns when cancelled, one that reports progress fast, one
 that reports a progress that is not a percent, one that ends badly, one that
-fails with a long message, one that names its database and two whose
-parameters take every shape the home page's form renders."""
+ends its own process, one that fails with a long message, one that names its
+database and two whose parameters take every shape the home page's form renders."""
 
 from __future__ import annotations
 
@@ -229,3 +229,38 @@ def picks(params: PickParams, run: Run) -> dict[str, Any]:
 def export(params: ExportParams, run: Run) -> dict[str, Any]:
     """Returns its parameters as the worker parsed them: every shape of parameter the form renders."""
     return params.model_dump(mode="json")
+
+
+class DyingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    how: Literal["sys_exit", "os_exit", "segfault", "killed", "first_start_only"]
+
+
+@workload(title="Ends its process")
+def ends_its_process(params: DyingParams, run: Run) -> Any:
+    """Ends the pool process that runs it: sys.exit(2) (as argparse does on
+    a bad argument), os._exit(1), a segfault, SIGKILL (as the kernel's
+    out-of-memory killer sends), or os._exit(1) the first time its task
+    starts and returns the next time."""
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    from tasklight.logs import task_id
+    from workloads.models import Task
+
+    if params.how == "first_start_only":
+        starts = Task.objects.get(pk=str(task_id.get())).starts
+        if starts > 1:
+            return {"starts": starts}
+        os._exit(1)
+    if params.how == "sys_exit":
+        sys.exit(2)
+    if params.how == "os_exit":
+        os._exit(1)
+    if params.how == "segfault":
+        ctypes.string_at(0)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return None

@@ -65,6 +65,7 @@ class TaskAdmin(ReadOnlyAdmin):
         "sent_at",
         "started_at",
         "heartbeat_at",
+        "starts",
         "cancel_requested_at",
         "finished_at",
         "retry_of",

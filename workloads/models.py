@@ -43,6 +43,11 @@ class Task(models.Model):
     # Renewed by the worker running the task: its lease. A redelivered task
     # whose lease is fresh is still running somewhere and is not run again.
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    # How many times a worker started running it: a task found running in a
+    # redelivered message (its worker died) runs again until it has been
+    # started TASK_MAX_STARTS times, then fails (docs/lifecycle.md). A
+    # database default: web processes of the release before still insert tasks.
+    starts = models.PositiveSmallIntegerField(default=0, db_default=0)
     # Indexed only where set (task_retries below).
     retry_of = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="retries", db_index=False

@@ -318,15 +318,29 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
             lease_age = (timezone.now() - task.heartbeat_at).total_seconds() if task.heartbeat_at else None
             if lease_age is not None and lease_age < settings.TASK_LEASE_SECONDS:
                 raise StillRunningElsewhere
-            task.heartbeat_at = timezone.now()  # taken over: ours now
-            task.save(update_fields=["heartbeat_at"])
         if task.cancel_requested_at is not None:
             _close(task, TaskStatus.CANCELLED, error="Cancelled by its owner.")
             return None
+        if task.status == TaskStatus.RUNNING:
+            # Its worker died while running it. A workload that ends its own
+            # process (os._exit, a segfault, the out-of-memory killer) would
+            # otherwise run again for good, killing a pool process each time.
+            if task.starts >= settings.TASK_MAX_STARTS:
+                _close(task, TaskStatus.FAILED, error=died_running_it(task.starts))
+                return None
+            task.heartbeat_at = timezone.now()  # taken over: ours now
+            task.starts += 1
+            task.save(update_fields=["heartbeat_at", "starts"])
         if task.status == TaskStatus.QUEUED:
             limit = settings.MAX_RUNNING_TASKS_PER_USER
             now = timezone.now()
-            started = {"status": TaskStatus.RUNNING, "started_at": now, "heartbeat_at": now, "progress": 0}
+            started = {
+                "status": TaskStatus.RUNNING,
+                "started_at": now,
+                "heartbeat_at": now,
+                "progress": 0,
+                "starts": task.starts + 1,
+            }
             if on_postgresql:
                 # The row is locked: the update and its event in one statement,
                 # which also counts the owner's running tasks, in its own
@@ -426,6 +440,30 @@ def _running_tasks_locked(owner_id: int) -> int:
             [owner_id, TaskStatus.RUNNING.value],
         )
         return int(cursor.fetchone()[0])
+
+
+def died_running_it(starts: int, *, last: str | None = None) -> str:
+    """The error of a task whose worker process died each of the ``starts``
+    times it ran; ``last``: how it died the last time, if known."""
+    times = "once" if starts == 1 else f"{starts} times"
+    how = f" (the last time: {last})" if last else ""
+    return f"Its worker process died {times} while running it{how}, so it is not run again."
+
+
+def pool_process_died(*, task_id: uuid.UUID | str, how: str) -> Task | None:
+    """The worker's main process saw the pool process running this task
+    die (``how``: billiard's "exitcode 1", "signal 11 (SIGSEGV)"). A task
+    started TASK_MAX_STARTS times fails now, naming how; another one's
+    message goes back to the queue and it runs again once its lease lapses
+    (start_task). The task as it is then; None if it is not running, or its
+    owner asked to cancel it (its redelivery ends it as cancelled)."""
+    with transaction.atomic():
+        task = Task.objects.select_for_update().filter(pk=task_id, status=TaskStatus.RUNNING).first()
+        if task is None or task.cancel_requested_at is not None:
+            return None
+        if task.starts >= settings.TASK_MAX_STARTS:
+            _close(task, TaskStatus.FAILED, error=died_running_it(task.starts, last=how))
+        return task
 
 
 def report_progress(*, task: Task, percent: int) -> None:

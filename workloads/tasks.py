@@ -6,21 +6,29 @@ and each worker a relay that sends tasks the broker never accepted.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
+import re
 import socket
+import sys
 import threading
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+# billiard >= 4.3.2 (Celery 5.7's own requirement); the type stubs predate both.
+from billiard.common import terminate_handler_fired  # type: ignore[attr-defined]
+from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
+from billiard.exceptions import WorkerLostError
 from celery import Task as CeleryTask
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerShutdown, WorkerTerminate
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from celery.worker.control import inspect_command
+from celery.worker.request import Request
 from django.conf import settings
 from django.db import close_old_connections, connection
 
@@ -37,7 +45,66 @@ from .registry import Cancelled, Run, UnknownWorkload, Workload, WorkloadFailed,
 logger = logging.getLogger(__name__)
 
 
+class TasklightRequest(Request):
+    """A task's message in the worker's main process."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        # The pool process running the task died: Celery sends the message
+        # back to the queue (task_reject_on_worker_lost) and the task runs
+        # again. Its start is counted: the last one allowed fails it here.
+        exc = exc_info.exception
+        if isinstance(exc, ExceptionWithTraceback):  # as billiard hands it over
+            exc = exc.exc
+        if isinstance(exc, WorkerLostError):
+            _pool_process_died(self.id, str(exc))
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+# billiard's WorkerLostError: "Worker exited prematurely: signal 9 (SIGKILL) Job: 3."
+_HOW_IT_DIED = re.compile(r"exited prematurely: (?P<how>.+?)(?: Job: \d+)?\.?$")
+
+
+def _pool_process_died(task_id: str, message: str) -> None:
+    match = _HOW_IT_DIED.search(message)
+    how = match["how"] if match else message
+    if how == f"exitcode {logs.WATCHDOG_EXIT_CODE}":
+        return  # the cancel watchdog's: it ended the task first
+    try:
+        task = services.pool_process_died(task_id=task_id, how=how)
+    except Exception as exc:
+        # The redelivered message counts the start all the same (start_task).
+        logger.warning("task %s: its pool process died (%s); could not look at its task: %s", task_id, how, exc)
+        return
+    finally:
+        connection.close()  # this process forks pool processes: none may inherit a connection
+    if task is None:
+        return
+    if task.is_finished:
+        logger.warning(
+            "task %s: its pool process died (%s), the %s time it ran it: failed",
+            task_id,
+            how,
+            _ordinal(task.starts),
+            extra={"task_id": task_id},
+        )
+    else:
+        logger.warning(
+            "task %s: its pool process died (%s); it runs again (it has started %d of at most %d times)",
+            task_id,
+            how,
+            task.starts,
+            settings.TASK_MAX_STARTS,
+            extra={"task_id": task_id},
+        )
+
+
+def _ordinal(number: int) -> str:
+    return {1: "first", 2: "second", 3: "third"}.get(number, f"{number}th")
+
+
 class TasklightTask(CeleryTask):
+    Request = TasklightRequest
+
     def on_failure(self, exc: Exception, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
         # On a hard time limit Celery kills the process running the task and
         # calls this in the worker's main process: the task must still end.
@@ -131,6 +198,19 @@ def _run_workload(workload: Workload, task: Task, run: Run) -> Task | None:
         return services.end_cancelled(task_id=task_id, running=task)
     except WorkloadFailed as exc:
         return services.fail_task(task_id=task_id, error=_message_of(exc), running=task)
+    except SystemExit as exc:
+        # billiard's own handler of a signal that ends this pool process
+        # (SIGTERM, SIGQUIT...) raises SystemExit, after setting the flag
+        # that terminate_handler_fired() reads; Celery's are
+        # WorkerShutdown and WorkerTerminate. Those are let through. Any
+        # other was the workload's (argparse on a bad argument calls
+        # sys.exit(2)): before, it ended the pool process, and the task ran
+        # again on every redelivery.
+        if terminate_handler_fired() or isinstance(exc, (WorkerShutdown, WorkerTerminate)):
+            raise
+        _forget_exit_code()
+        called = "sys.exit()" if exc.code is None else f"sys.exit({exc.code!r})"
+        return services.fail_task(task_id=task_id, error=f"The workload called {called}.", running=task)
     except SoftTimeLimitExceeded:
         # The limit may strike in the middle of a query, which psycopg leaves
         # in progress on the connection ("another command is already in
@@ -153,6 +233,15 @@ def _run_workload(workload: Workload, task: Task, run: Run) -> Task | None:
         # what it returns is a part, and its owner asked for none.
         return services.end_cancelled(task_id=task_id, running=task)
     return services.finish_task(task_id=task_id, result=result, running=task)
+
+
+def _forget_exit_code() -> None:
+    """billiard's pool process wraps sys.exit() to remember the code it
+    was called with, and exits with it when it ends, even long after and
+    for another reason (its worker's warm shutdown, which exits 0). A call
+    without a code puts back what it remembered before the workload's."""
+    with contextlib.suppress(SystemExit):
+        sys.exit()
 
 
 def _message_of(exc: BaseException) -> str:
