@@ -5,13 +5,17 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
+from pydantic import BaseModel, ConfigDict
 from rest_framework.test import APIClient
 
 from live.models import Event
 from workloads.models import Task
+from workloads.registry import Run, unregister, workload
 
 from .test_auth_api import assert_error
 
@@ -303,6 +307,52 @@ def test_a_body_nested_too_deeply_is_a_400(alice_api: APIClient) -> None:
     body = '{"kind": "simulate", "params": ' + "[" * 100_000 + "]" * 100_000 + "}"
     assert_error(alice_api.post("/api/tasks/", body, content_type="application/json"), 400, "parse_error")
     assert not Task.objects.exists()
+
+
+class AnyJsonParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    data: dict[str, Any] = {}
+    value: Any = None
+
+
+@pytest.fixture
+def any_json() -> Iterator[str]:
+    """A workload whose parameters take any JSON: an object, and any value."""
+
+    @workload()
+    def any_json(params: AnyJsonParams, run: Run) -> None:
+        return None
+
+    yield "any_json"
+    unregister("any_json")
+
+
+def nested(levels: int) -> str:
+    """JSON arrays nested ``levels`` deep."""
+    return "[" * levels + "]" * levels
+
+
+@pytest.mark.parametrize("levels", [100, 300, 1000, 9000])
+@pytest.mark.parametrize("field", ["data", "value"])
+def test_parameters_nested_more_than_100_levels_deep_are_a_400(
+    alice_api: APIClient, any_json: str, field: str, levels: int
+) -> None:
+    # Before: from ~250 levels a 500 (pydantic's "Maximum serialization
+    # depth exceeded"), and below it a task that every answer and event holding
+    # it nested past what some clients' JSON parsers take (128 levels).
+    inner = nested(levels) if field == "value" else '{"x": ' + nested(levels - 1) + "}"
+    body = f'{{"kind": "{any_json}", "params": {{"{field}": {inner}}}}}'
+    error = assert_error(alice_api.post("/api/tasks/", body, content_type="application/json"), 400, "invalid")
+    assert error["fields"] == {f"params.{field}": ["Nested too deeply: parameters nest at most 100 levels deep."]}
+    assert not Task.objects.exists()
+
+
+def test_parameters_nested_100_levels_deep_are_stored(alice_api: APIClient, any_json: str) -> None:
+    params = json.loads(nested(99))  # inside the params object: 100 levels
+    response = alice_api.post("/api/tasks/", {"kind": any_json, "params": {"value": params}}, format="json")
+    assert response.status_code == 202, response.content
+    assert Task.objects.get().params == {"data": {}, "value": params}
 
 
 def test_a_body_that_is_not_json_is_a_400(alice_api: APIClient) -> None:

@@ -164,6 +164,10 @@ class Workload:
         every string storable (no NUL, no unpaired surrogate). A field's
         ``alias=`` names it here as in the schema and the request: the worker
         parses these again."""
+        if isinstance(raw, dict):
+            too_deep = [key for key, value in raw.items() if nested_deeper_than(value, MAX_PARAMS_DEPTH - 1)]
+            if too_deep:
+                raise InvalidParams({str(key): [TOO_DEEP] for key in too_deep})
         params = self.parse(raw).model_dump(mode="json", by_alias=True)
         fields = {where: [UNSTORABLE_TEXT] for where in unstorable_strings(params, "")}
         if fields:
@@ -181,6 +185,15 @@ class Workload:
             "params": self.params_model.model_json_schema(),
         }
 
+
+# Parameters nest at most this deep (their object is the first level), as a
+# result does (services.MAX_RESULT_DEPTH): every answer and event that holds
+# the task holds them, a client's JSON parser may stop at 128 levels
+# (serde_json's default), and pydantic's serializer stops at ~250 (the task
+# was a 500: "Maximum serialization depth exceeded"). Checked before
+# validation, without recursion.
+MAX_PARAMS_DEPTH = 100
+TOO_DEEP = f"Nested too deeply: parameters nest at most {MAX_PARAMS_DEPTH} levels deep."
 
 # JSON may spell both ("\u0000", "\ud800"); PostgreSQL refuses the first in
 # jsonb, and the second, which SQLite stores, cannot be written out as UTF-8
