@@ -17,6 +17,7 @@ from channels_redis.pubsub import RedisPubSubChannelLayer
 
 import live.publisher
 from live.publisher import REDIS_CONNECTIONS, REDIS_TIMEOUT_SECONDS, Publisher
+from workloads.registry import MAX_INTEGER, MIN_INTEGER
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -57,6 +58,25 @@ async def test_pushes_on_redis_reach_a_member_of_the_group_in_order(redis_layer:
     assert received == messages
     # Sent from the pushing thread: no loop thread was started for them.
     assert publisher._loop is None
+
+
+async def test_the_integers_a_task_may_hold_reach_a_member_of_the_group(redis_layer: RedisPubSubChannelLayer) -> None:
+    """The bounds of workloads.registry (MIN_INTEGER, MAX_INTEGER) are what
+    the layer carries: one past them cannot be packed at all."""
+    publisher = Publisher()
+    channel = await redis_layer.new_channel()
+    await redis_layer.group_add("user-6", channel)
+    message = {"type": "live.event", "frame": {"id": 1, "task": {"result": [MIN_INTEGER, MAX_INTEGER]}}}
+    try:
+        await sync_to_async(publisher.push)("user-6", message)
+        received = await redis_layer.receive(channel)
+    finally:
+        await redis_layer.group_discard("user-6", channel)
+        await redis_layer.flush()
+    assert received == message
+    for past in (MIN_INTEGER - 1, MAX_INTEGER + 1):
+        with pytest.raises(OverflowError):
+            redis_layer.serialize({"type": "live.event", "frame": {"task": {"result": past}}})
 
 
 async def test_other_groups_hear_nothing(redis_layer: RedisPubSubChannelLayer) -> None:

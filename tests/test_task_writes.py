@@ -149,6 +149,9 @@ def test_the_worker_ends_its_task_once_with_one_event(alice: User, published: li
     assert published == []
 
 
+PAST_64_BITS = "return it as text (JavaScript reads no integer past 2**53 exactly)."
+
+
 def nested(levels: int) -> list[Any]:
     """Arrays in arrays, ``levels`` deep: [] is one level, [[]] two."""
     value: list[Any] = []
@@ -169,8 +172,22 @@ def nested(levels: int) -> list[Any]:
         ({"t": ("a\x00b",)}, "The workload returned text that cannot be stored, at result.t.0: " + UNSTORABLE_TEXT),
         (nested(101), "The workload returned a result nested more than 100 levels deep."),
         (nested(100_000), "The workload returned a result nested more than 100 levels deep."),
+        # Stored, but no event of the task could be pushed live (msgpack's 64 bits).
+        ({"n": [2**64]}, "The workload returned an integer past 64 bits, at result.n.0: " + PAST_64_BITS),
+        ({2**64: "k"}, f"The workload returned an integer past 64 bits, at result.{2**64}: " + PAST_64_BITS),
     ],
-    ids=["a datetime", "NaN", "infinity", "NUL", "a lone surrogate", "NUL in a tuple", "101 deep", "100000 deep"],
+    ids=[
+        "a datetime",
+        "NaN",
+        "infinity",
+        "NUL",
+        "a lone surrogate",
+        "NUL in a tuple",
+        "101 deep",
+        "100000 deep",
+        "a 65-bit integer",
+        "a 65-bit key",
+    ],
 )
 @pytest.mark.parametrize("in_a_transaction", [False, True], ids=["one statement", "in a transaction"])
 def test_a_result_the_database_cannot_store_fails_the_task_readably(
@@ -190,6 +207,13 @@ def test_a_result_the_database_cannot_store_fails_the_task_readably(
     stored = Task.objects.get(pk=task.id)
     assert (stored.status, stored.result, stored.error) == ("failed", None, error)
     assert Event.objects.filter(user=alice).order_by("-sequence").first().kind == "task.failed"
+
+
+def test_a_result_holding_integers_of_64_bits_is_stored(alice: User, published: list) -> None:
+    task = running_task(alice)
+    ended = services.finish_task(task_id=task.id, result={"least": -(2**63), "most": 2**64 - 1}, running=task)
+    assert ended is not None and ended.status == "succeeded"
+    assert Task.objects.get(pk=task.id).result == {"least": -(2**63), "most": 2**64 - 1}
 
 
 def test_a_result_100_levels_deep_is_stored(alice: User, published: list) -> None:

@@ -355,6 +355,32 @@ def test_parameters_nested_100_levels_deep_are_stored(alice_api: APIClient, any_
     assert Task.objects.get().params == {"data": {}, "value": params}
 
 
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [({"value": 2**64}, "params.value"), ({"data": {"x": [1, -(2**63) - 1]}}, "params.data.x.1")],
+)
+def test_an_integer_past_64_bits_in_the_parameters_is_a_400(
+    alice_api: APIClient, any_json: str, params: dict, field: str
+) -> None:
+    # Before, stored: then none of the task's events could be pushed live
+    # (channels_redis' msgpack raised OverflowError), each reached its owner's
+    # sockets only at their next ping.
+    error = assert_error(alice_api.post("/api/tasks/", {"kind": any_json, "params": params}, format="json"), 400)
+    assert error["fields"] == {
+        field: [
+            "Must be an integer from -9223372036854775808 to 18446744073709551615 (64 bits); send a larger one as text."
+        ]
+    }
+    assert not Task.objects.exists()
+
+
+def test_integers_of_64_bits_in_the_parameters_are_stored(alice_api: APIClient, any_json: str) -> None:
+    params = {"data": {"least": -(2**63), "most": 2**64 - 1}, "value": None}
+    response = alice_api.post("/api/tasks/", {"kind": any_json, "params": params}, format="json")
+    assert response.status_code == 202, response.content
+    assert Task.objects.get().params == params
+
+
 def test_a_body_that_is_not_json_is_a_400(alice_api: APIClient) -> None:
     response = alice_api.post("/api/tasks/", "kind=simulate", content_type="application/x-www-form-urlencoded")
     assert_error(response, 400, "unsupported_media_type")

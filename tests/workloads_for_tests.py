@@ -119,7 +119,7 @@ class UnreadableError(Exception):
 class EndingParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    how: Literal["unreadable_error", "tuple_with_nul", "deep_result", "unstorable_outcome"]
+    how: Literal["unreadable_error", "tuple_with_nul", "deep_result", "unstorable_outcome", "huge_integer"]
 
 
 @workload(title="Ends badly")
@@ -127,11 +127,14 @@ def ends_badly(params: EndingParams, run: Run) -> Any:
     """Ends in a way that once left its task running for good: an exception
     whose str() raises, a result whose NUL hides in a tuple or that nests
     past Python's recursion limit, or (standing in for what no check
-    foresees) an outcome the database refuses once."""
+    foresees) an outcome the database refuses once; or in a way whose
+    task.succeeded could not be pushed live: an integer past 64 bits."""
     if params.how == "unreadable_error":
         raise UnreadableError
     if params.how == "tuple_with_nul":
         return {"rows": ("a\x00b",)}
+    if params.how == "huge_integer":
+        return {"counts": [1, 2**64]}  # one past what 64 bits hold
     if params.how == "deep_result":
         nested: list[Any] = []
         for _ in range(100_000):

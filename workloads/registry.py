@@ -160,8 +160,9 @@ class Workload:
             raise InvalidParams(fields) from None
 
     def normalise(self, raw: Any) -> dict[str, Any]:
-        """The parameters as stored: validated, with defaults filled in, and
-        every string storable (no NUL, no unpaired surrogate). A field's
+        """The parameters as stored: validated, with defaults filled in,
+        nested at most MAX_PARAMS_DEPTH levels, every string storable (no NUL,
+        no unpaired surrogate) and every integer within 64 bits. A field's
         ``alias=`` names it here as in the schema and the request: the worker
         parses these again."""
         if isinstance(raw, dict):
@@ -170,6 +171,8 @@ class Workload:
                 raise InvalidParams({str(key): [TOO_DEEP] for key in too_deep})
         params = self.parse(raw).model_dump(mode="json", by_alias=True)
         fields = {where: [UNSTORABLE_TEXT] for where in unstorable_strings(params, "")}
+        for where in integers_past_64_bits(params, ""):
+            fields.setdefault(where, []).append(INTEGER_PAST_64_BITS)
         if fields:
             raise InvalidParams(fields)
         return params
@@ -229,6 +232,31 @@ def nested_deeper_than(value: Any, levels: int) -> bool:
         if not containers:
             return False
     return bool(containers)
+
+
+# The integers a task's parameters and result may hold: those the channel
+# layer carries. channels_redis packs each live event with msgpack, which
+# takes -2**63 to 2**64 - 1 and raises OverflowError past them: the event
+# was stored, but its push failed ("could not publish"), and it reached a
+# socket only at the socket's next ping or event. A JavaScript client reads
+# no integer past 2**53 exactly anyway: such values belong in strings.
+MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
+INTEGER_PAST_64_BITS = f"Must be an integer from {MIN_INTEGER} to {MAX_INTEGER} (64 bits); send a larger one as text."
+
+
+def integers_past_64_bits(value: Any, where: str) -> Iterator[str]:
+    """The paths of the integers in ``value`` (keys too: json.dumps writes
+    them as text, msgpack as integers) outside MIN_INTEGER..MAX_INTEGER,
+    named as unstorable_strings names them."""
+    if isinstance(value, int):
+        if not MIN_INTEGER <= value <= MAX_INTEGER:
+            yield where or "params"
+    elif isinstance(value, dict | list | tuple):
+        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
+            inner = f"{where}.{key}" if where else str(key)
+            if isinstance(value, dict) and isinstance(key, int) and not MIN_INTEGER <= key <= MAX_INTEGER:
+                yield inner
+            yield from integers_past_64_bits(item, inner)
 
 
 def storable(text: str) -> bool:

@@ -34,6 +34,7 @@ from .registry import (
     UNSTORABLE_TEXT,
     UnknownWorkload,
     get_workload,
+    integers_past_64_bits,
     nested_deeper_than,
     storable,
     unstorable_strings,
@@ -512,6 +513,14 @@ def finish_task(*, task_id: uuid.UUID | str, result: Any, running: Task | None =
     where = next(unstorable_strings(result, "result"), None)
     if where is not None:
         error = f"The workload returned text that cannot be stored, at {where}: {UNSTORABLE_TEXT}"
+        return fail_task(task_id=task_id, error=error, running=running)
+    where = next(integers_past_64_bits(result, "result"), None)
+    if where is not None:
+        # Stored, it could not be pushed live (registry.MAX_INTEGER).
+        error = (
+            f"The workload returned an integer past 64 bits, at {where}: return it as text "
+            f"(JavaScript reads no integer past 2**53 exactly)."
+        )
         return fail_task(task_id=task_id, error=error, running=running)
     return _end(task_id, TaskStatus.SUCCEEDED, result=result, running=running)
 
