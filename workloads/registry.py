@@ -170,9 +170,9 @@ class Workload:
             if too_deep:
                 raise InvalidParams({str(key): [TOO_DEEP] for key in too_deep})
         params = self.parse(raw).model_dump(mode="json", by_alias=True)
-        fields = {where: [UNSTORABLE_TEXT] for where in unstorable_strings(params, "")}
-        for where in integers_past_64_bits(params, ""):
-            fields.setdefault(where, []).append(INTEGER_PAST_64_BITS)
+        fields: dict[str, list[str]] = {}
+        for where, why in unfit_values(params, ""):
+            fields.setdefault(where, []).append(why)
         if fields:
             raise InvalidParams(fields)
         return params
@@ -204,20 +204,6 @@ TOO_DEEP = f"Nested too deeply: parameters nest at most {MAX_PARAMS_DEPTH} level
 UNSTORABLE_TEXT = "Must be text without NUL characters or unpaired surrogates."
 
 
-def unstorable_strings(value: Any, where: str) -> Iterator[str]:
-    """The paths of the strings in ``value`` (keys too) that cannot be
-    stored, as parse() names fields ("" for the whole, which is "params")."""
-    if isinstance(value, str):
-        if not storable(value):
-            yield where or "params"
-    elif isinstance(value, dict | list | tuple):  # json.dumps writes a tuple as an array
-        for key, item in value.items() if isinstance(value, dict) else enumerate(value):
-            inner = f"{where}.{key}" if where else str(key)
-            if isinstance(key, str):
-                yield from unstorable_strings(key, inner)
-            yield from unstorable_strings(item, inner)
-
-
 def nested_deeper_than(value: Any, levels: int) -> bool:
     """Whether the arrays and objects (lists, tuples, dicts) in ``value``
     nest more than ``levels`` deep; without recursion, a level at a time."""
@@ -244,19 +230,24 @@ MIN_INTEGER, MAX_INTEGER = -(2**63), 2**64 - 1
 INTEGER_PAST_64_BITS = f"Must be an integer from {MIN_INTEGER} to {MAX_INTEGER} (64 bits); send a larger one as text."
 
 
-def integers_past_64_bits(value: Any, where: str) -> Iterator[str]:
-    """The paths of the integers in ``value`` (keys too: json.dumps writes
-    them as text, msgpack as integers) outside MIN_INTEGER..MAX_INTEGER,
-    named as unstorable_strings names them."""
-    if isinstance(value, int):
+def unfit_values(value: Any, where: str) -> Iterator[tuple[str, str]]:
+    """The paths of the values in ``value`` (keys too) that a task cannot
+    hold, each with why: a string PostgreSQL cannot store (UNSTORABLE_TEXT),
+    an integer past 64 bits (INTEGER_PAST_64_BITS; a key too: json.dumps
+    writes it as text, msgpack as an integer). Named as parse() names fields
+    ("" for the whole, which is "params"). One walk for both."""
+    if isinstance(value, str):
+        if not storable(value):
+            yield where or "params", UNSTORABLE_TEXT
+    elif isinstance(value, int):
         if not MIN_INTEGER <= value <= MAX_INTEGER:
-            yield where or "params"
-    elif isinstance(value, dict | list | tuple):
+            yield where or "params", INTEGER_PAST_64_BITS
+    elif isinstance(value, dict | list | tuple):  # json.dumps writes a tuple as an array
         for key, item in value.items() if isinstance(value, dict) else enumerate(value):
             inner = f"{where}.{key}" if where else str(key)
-            if isinstance(value, dict) and isinstance(key, int) and not MIN_INTEGER <= key <= MAX_INTEGER:
-                yield inner
-            yield from integers_past_64_bits(item, inner)
+            if isinstance(value, dict):
+                yield from unfit_values(key, inner)
+            yield from unfit_values(item, inner)
 
 
 def storable(text: str) -> bool:

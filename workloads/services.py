@@ -34,10 +34,9 @@ from .registry import (
     UNSTORABLE_TEXT,
     UnknownWorkload,
     get_workload,
-    integers_past_64_bits,
     nested_deeper_than,
     storable,
-    unstorable_strings,
+    unfit_values,
 )
 
 logger = logging.getLogger(__name__)
@@ -510,17 +509,16 @@ def finish_task(*, task_id: uuid.UUID | str, result: Any, running: Task | None =
     if too_deep:
         error = f"The workload returned a result nested more than {MAX_RESULT_DEPTH} levels deep."
         return fail_task(task_id=task_id, error=error, running=running)
-    where = next(unstorable_strings(result, "result"), None)
-    if where is not None:
-        error = f"The workload returned text that cannot be stored, at {where}: {UNSTORABLE_TEXT}"
-        return fail_task(task_id=task_id, error=error, running=running)
-    where = next(integers_past_64_bits(result, "result"), None)
-    if where is not None:
-        # Stored, it could not be pushed live (registry.MAX_INTEGER).
-        error = (
-            f"The workload returned an integer past 64 bits, at {where}: return it as text "
-            f"(JavaScript reads no integer past 2**53 exactly)."
-        )
+    unfit = next(unfit_values(result, "result"), None)
+    if unfit is not None:
+        where, why = unfit
+        if why == UNSTORABLE_TEXT:
+            error = f"The workload returned text that cannot be stored, at {where}: {UNSTORABLE_TEXT}"
+        else:  # stored, it could not be pushed live (registry.MAX_INTEGER)
+            error = (
+                f"The workload returned an integer past 64 bits, at {where}: return it as text "
+                f"(JavaScript reads no integer past 2**53 exactly)."
+            )
         return fail_task(task_id=task_id, error=error, running=running)
     return _end(task_id, TaskStatus.SUCCEEDED, result=result, running=running)
 
