@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -459,3 +460,24 @@ def test_a_cancelled_task_whose_worker_died_on_its_last_start_ends_cancelled(
     assert services.start_task(task_id=task.id, redelivered=True) is None
     cancelled = Task.objects.get(pk=task.pk)
     assert (cancelled.status, cancelled.error) == ("cancelled", "Cancelled by its owner.")
+
+
+@pytest.mark.parametrize("again", [False, True])
+def test_a_task_is_sent_with_the_args_repr_celery_would_write(monkeypatch: pytest.MonkeyPatch, again: bool) -> None:
+    """send_to_broker gives Celery the repr of its arguments (what logs and
+    Flower show) instead of letting it build them with saferepr: the same text."""
+    from celery.utils.saferepr import saferepr
+
+    from tasklight.celery import app
+
+    headers: list[dict[str, Any]] = []
+    monkeypatch.setattr(
+        app.amqp, "send_task_message", lambda producer, name, message, **options: headers.append(message.headers)
+    )
+    task_id = uuid.uuid4()
+
+    assert services.send_to_broker(task_id=task_id, kind="reverse", again=again, mark_now=True)
+
+    assert len(headers) == 1
+    assert headers[0]["argsrepr"] == saferepr((str(task_id),)) == f"('{task_id}',)"
+    assert headers[0]["kwargsrepr"] == saferepr({"again": again}) == f"{{'again': {again}}}"
