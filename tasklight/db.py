@@ -89,3 +89,25 @@ def mark_used() -> None:
     """This thread's connection has just served (a task, in a worker)."""
     if connection.connection is not None:
         _note_use(connection.connection)
+
+
+def database_away() -> bool:
+    """After an error: whether the database itself went away, not just this
+    thread's connection. True when the connection is gone (none open, or
+    broken: the server or the network between went away) and a new one
+    cannot be made now either. False after an error on a connection still
+    usable (a deadlock, a constraint: the statement's), and when a new
+    connection is made at once (one backend ended, by an administrator or
+    by a timeout that the session's own doing set off): the new connection
+    stays open for the next statement."""
+    raw = connection.connection
+    # psycopg's connection says so; sqlite3's has neither attribute, and its
+    # file does not go away.
+    if raw is not None and not (getattr(raw, "closed", False) or getattr(raw, "broken", False)):
+        return False
+    connection.close()
+    try:
+        connection.ensure_connection()
+    except DATABASE_DOWN:
+        return True
+    return False

@@ -1,5 +1,8 @@
 """A TCP proxy that a test can cut: a service "goes down" for one process
-without stopping the machine's shared PostgreSQL, RabbitMQ or Redis."""
+without stopping the machine's shared PostgreSQL, RabbitMQ or Redis. Down
+two ways: refusing (``pause``: every connection reset, as when the server
+died) or silent (``black_hole``: nothing answers, as when its machine is
+gone or a firewall drops the packets; a client waits out its timeouts)."""
 
 from __future__ import annotations
 
@@ -18,8 +21,10 @@ class _Link:
     """One client connection and its upstream connection, pumped both ways by
     two threads; the second thread to finish closes both sockets."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
+    def __init__(self, client: socket.socket, upstream: socket.socket, silent: threading.Event) -> None:
         self.sockets = (client, upstream)
+        # While set, what either side sends goes nowhere.
+        self.silent = silent
         self._lock = threading.Lock()
         self._running = 2
 
@@ -39,7 +44,8 @@ class _Link:
     def _pump(self, source: socket.socket, sink: socket.socket, on_done: Callable[[_Link], None]) -> None:
         try:
             while data := source.recv(65536):
-                sink.sendall(data)
+                if not self.silent.is_set():
+                    sink.sendall(data)
         except OSError:
             pass  # the other side, or cut(), ended the connection
         # Wake the other pump: a half-closed connection would leave it waiting.
@@ -57,11 +63,15 @@ class _Link:
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target``. ``pause()`` resets every live
-    connection, and every new one until ``resume()``."""
+    connection, and every new one until ``resume()``; ``black_hole()`` makes
+    them all silent until then."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self._paused = threading.Event()
+        self._silent = threading.Event()
+        # Connections accepted while silent: held open, never answered.
+        self._held: list[socket.socket] = []
         self._closed = threading.Event()
         self._lock = threading.Lock()
         self._links: set[_Link] = set()
@@ -98,11 +108,27 @@ class TcpProxy:
         for link in links:
             link.cut()
 
+    def black_hole(self) -> None:
+        """Nothing answers: live connections stay open but what they send is
+        dropped, and new ones are accepted (the kernel's handshake) and never
+        answered. ``resume()`` resets them all: their streams lost bytes."""
+        self._silent.set()
+
     def resume(self) -> None:
+        if self._silent.is_set():
+            with self._lock:
+                links, held = list(self._links), self._held[:]
+                self._held.clear()
+            for link in links:
+                link.cut()
+            for sock in held:
+                _abort(sock)
+            self._silent.clear()
         self._paused.clear()
 
     def close(self) -> None:
         self._closed.set()
+        self.resume()
         self.pause()
         self._thread.join(5)
         self._listener.close()
@@ -116,6 +142,10 @@ class TcpProxy:
             except OSError:
                 return
             client.settimeout(None)
+            if self._silent.is_set():
+                with self._lock:
+                    self._held.append(client)
+                continue
             if self._paused.is_set():
                 _abort(client)
                 continue
@@ -125,7 +155,7 @@ class TcpProxy:
                 _abort(client)
                 continue
             upstream.settimeout(None)
-            link = _Link(client, upstream)
+            link = _Link(client, upstream, self._silent)
             with self._lock:
                 if self._paused.is_set():
                     _abort(client)

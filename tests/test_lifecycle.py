@@ -18,7 +18,9 @@ from live.models import Event
 from workloads.models import Task
 from workloads.registry import UNSTORABLE_TEXT
 
+from .proxy import TcpProxy
 from .stack import Account, terminal_for, until_all_finished, wait_for
+from .test_workers import database_address, worker_node
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -303,6 +305,95 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_finishes_once(private
         events = socket.events_until(terminal_for(task["id"]), timeout=60)
     assert events[-1]["event"] == "task.succeeded"
     assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
+
+
+def pool_processes(worker: Any) -> list[int]:
+    """The pids of a worker's pool processes: its main process's children."""
+    pid = worker.popen.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]
+
+
+def test_a_pool_process_dying_while_the_database_is_silent_holds_up_nothing_else(private_stack) -> None:
+    """The worker's main process looks at the task of a pool process that
+    died, to count its starts. It did so on its event loop, which receives
+    and acknowledges every task's messages and answers remote control: with
+    the database silent (its host lost), that loop stood still for the
+    connect timeout, 10 s, and the liveness probe failed meanwhile."""
+    from tasklight.celery import app as celery_app
+
+    running = private_stack()
+    with TcpProxy(*database_address()) as proxy:
+        worker = running.start_worker(concurrency=1, DATABASE_URL=proxy.url_for(running.worker_env["DATABASE_URL"]))
+        node = worker_node(worker.log())
+        alice = Account.sign_up(running.base_url)
+        task = alice.queue("simulate", seconds=5)
+        wait_for(lambda: Task.objects.filter(pk=task["id"], status="running").exists(), timeout=30, what="the start")
+        [pool_process] = pool_processes(worker)
+        proxy.black_hole()
+        os.kill(pool_process, signal.SIGKILL)  # as the out-of-memory killer does
+        wait_for(lambda: f"pid:{pool_process} exited" in worker.log(), timeout=10, what="the worker to see it die")
+        assert celery_app.control.ping(destination=[node], timeout=3) == [{node: {"ok": "pong"}}]
+        wait_for(
+            lambda: worker.log().count(f"run_task[{task['id']}] received") == 2,
+            timeout=3,
+            what="the worker to receive the message back",
+        )
+        # Its look at the task waits for the database meanwhile, and gives up.
+        wait_for(lambda: "could not look at its task" in worker.log(), timeout=20, what="the look to give up")
+        proxy.resume()
+        stored = wait_for(
+            lambda: Task.objects.filter(pk=task["id"], status="succeeded").first(),
+            timeout=60,
+            what="the task to run again and succeed",
+        )
+    assert stored.starts == 2  # the death counts, at the redelivered message's start
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
+
+
+def test_a_run_cut_short_by_the_database_runs_again_without_counting_a_start(private_stack) -> None:
+    """Only a pool process's death counts toward TASK_MAX_STARTS. A run cut
+    short by the database going away (the worker lives, and retries the
+    task once the database is back) counted too: with one start allowed, the
+    task failed as "Its worker process died once while running it"."""
+    running = private_stack()
+    with TcpProxy(*database_address()) as proxy:
+        worker = running.start_worker(
+            concurrency=1, TASK_MAX_STARTS="1", DATABASE_URL=proxy.url_for(running.worker_env["DATABASE_URL"])
+        )
+        alice = Account.sign_up(running.base_url)
+        task = alice.queue("simulate", seconds=3)
+        wait_for(lambda: Task.objects.filter(pk=task["id"], status="running").exists(), timeout=30, what="the start")
+        proxy.pause()  # every connection reset: the run cannot write its end
+        wait_for(
+            lambda: f"task {task['id']}: database unavailable, retrying" in worker.log(),
+            timeout=30,
+            what="the run to be cut short",
+        )
+        proxy.resume()
+        stored = wait_for(
+            lambda: Task.objects.filter(pk=task["id"]).exclude(status="running").first(),
+            timeout=60,
+            what="the task to end",
+        )
+    assert (stored.status, stored.error, stored.starts) == ("succeeded", "", 1)
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
+
+
+def test_a_workload_that_loses_its_connection_on_every_run_still_ends(stack: Any) -> None:
+    """Its connection is lost but the database is not away (a new connection
+    is made at once): each run counts a start, so it ends after
+    TASK_MAX_STARTS runs instead of running again for good."""
+    alice = Account.sign_up(stack.base_url)
+    task = alice.queue("ends_its_database_connection")
+    stored = wait_for(
+        lambda: Task.objects.filter(pk=task["id"], status="failed").first(),
+        timeout=90,
+        what="the task to fail",
+        interval=0.2,
+    )
+    assert stored.starts == 3
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.failed"]
 
 
 def test_a_worker_stopped_through_its_process_group_lets_its_task_finish(private_stack) -> None:

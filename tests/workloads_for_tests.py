@@ -2,8 +2,9 @@
 one written by the recipe in docs/adding-a-workload.md (trimmed), three that
 misbehave, one that returns when cancelled, one that reports progress fast, one
 that reports a progress that is not a percent, one that ends badly, one that
-ends its own process, one that fails with a long message, one that names its
-database and two whose parameters take every shape the home page's form renders."""
+ends its own process, one that ends its own database connection, one that
+fails with a long message, one that names its database and two whose
+parameters take every shape the home page's form renders."""
 
 from __future__ import annotations
 
@@ -184,6 +185,18 @@ def database_backend(params: NoParams, run: Run) -> dict[str, Any]:
         cursor.execute("SELECT pg_backend_pid(), current_setting('application_name')")
         pid, name = cursor.fetchone()
     return {"pid": pid, "application_name": name}
+
+
+@workload(title="Ends its database connection")
+def ends_its_database_connection(params: NoParams, run: Run) -> Any:
+    """Has PostgreSQL end the backend serving it, as a server's
+    idle_in_transaction_session_timeout does to a workload that holds a
+    transaction open: its connection is lost, the database is not away."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+    return None
 
 
 class Format(enum.StrEnum):

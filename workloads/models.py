@@ -45,7 +45,8 @@ class Task(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     # How many times a worker started running it: a task found running in a
     # redelivered message (its worker died) runs again until it has been
-    # started TASK_MAX_STARTS times, then fails (docs/lifecycle.md). A
+    # started TASK_MAX_STARTS times, then fails (docs/lifecycle.md); a run
+    # the database's outage cut short is resumed without counting. A
     # database default: web processes of the release before still insert tasks.
     starts = models.PositiveSmallIntegerField(default=0, db_default=0)
     # Indexed only where set (task_retries below).

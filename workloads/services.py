@@ -174,7 +174,7 @@ def send_to_broker(
     task_id: uuid.UUID | str,
     kind: str | None = None,
     countdown: float | None = None,
-    again: bool = False,
+    again: bool | str = False,
     mark_now: bool = False,
 ) -> bool:
     """Publishes a task; False when the broker would not take it (the relay
@@ -298,13 +298,15 @@ def delete_expired_idempotency_keys(*, batch: int = retention.BATCH) -> int:
 # --- Running ----------------------------------------------------------------
 
 
-def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
+def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = False) -> Task | None:
     """Marks a task running; None when it must not run.
 
     Not run: a task that is gone or finished, a cancelled one, and a second
     copy of a message for a task another worker is running. A task found
     running in a *redelivered* message lost its worker: it runs again from the
-    start, without a second ``task.started``. Raises OwnerAtCapacity when the
+    start, without a second ``task.started``, counting a start; ``resumed``,
+    its last run was cut short by the database going away, in a worker that
+    lived: it runs again without counting one. Raises OwnerAtCapacity when the
     owner has MAX_RUNNING_TASKS_PER_USER tasks running already.
     """
     with transaction.atomic():
@@ -325,14 +327,17 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool) -> Task | None:
         if task.cancel_requested_at is not None:
             _close(task, TaskStatus.CANCELLED, error="Cancelled by its owner.")
             return None
-        if task.status == TaskStatus.RUNNING:
+        if task.status == TaskStatus.RUNNING and resumed:
+            task.heartbeat_at = timezone.now()  # taken over: ours now
+            task.save(update_fields=["heartbeat_at"])
+        elif task.status == TaskStatus.RUNNING:
             # Its worker died while running it. A workload that ends its own
             # process (os._exit, a segfault, the out-of-memory killer) would
             # otherwise run again for good, killing a pool process each time.
             if task.starts >= settings.TASK_MAX_STARTS:
                 _close(task, TaskStatus.FAILED, error=died_running_it(task.starts))
                 return None
-            task.heartbeat_at = timezone.now()  # taken over: ours now
+            task.heartbeat_at = timezone.now()
             task.starts += 1
             task.save(update_fields=["heartbeat_at", "starts"])
         if task.status == TaskStatus.QUEUED:

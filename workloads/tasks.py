@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import random
 import re
 import socket
@@ -51,13 +52,58 @@ class TasklightRequest(Request):
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         # The pool process running the task died: Celery sends the message
         # back to the queue (task_reject_on_worker_lost) and the task runs
-        # again. Its start is counted: the last one allowed fails it here.
+        # again. Its start is counted: the last one allowed fails it, in
+        # the pool deaths' thread (never here, on the main process's loop).
         exc = exc_info.exception
         if isinstance(exc, ExceptionWithTraceback):  # as billiard hands it over
             exc = exc.exc
         if isinstance(exc, WorkerLostError):
-            _pool_process_died(self.id, str(exc))
+            PoolDeaths.of_this_process().report(self.id, str(exc))
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+class PoolDeaths(threading.Thread):
+    """In a worker's main process: looks at the task of each pool process
+    that died (services.pool_process_died), one at a time, off the main
+    process's event loop. That loop receives and acknowledges every task's
+    message, hands tasks to the pool and answers remote control (the
+    liveness probe); with the database silent (its host lost), a query there
+    held all of it for the connect timeout (10 s) per death. Started at the
+    first death; what is left at shutdown waits HOUSEKEEPER_STOP_SECONDS at
+    most (a task not looked at is counted at its next start all the same)."""
+
+    _instance: PoolDeaths | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def of_this_process(cls) -> PoolDeaths:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+                cls._instance.start()
+            return cls._instance
+
+    @classmethod
+    def stop_in_this_process(cls, timeout: float) -> None:
+        with cls._lock:
+            deaths, cls._instance = cls._instance, None
+        if deaths is not None:
+            deaths.deaths.put(None)
+            deaths.join(timeout)
+
+    def __init__(self) -> None:
+        super().__init__(name="tasklight-pool-deaths", daemon=True)
+        self.deaths: queue.SimpleQueue[tuple[str, str] | None] = queue.SimpleQueue()
+
+    def report(self, task_id: str, message: str) -> None:
+        self.deaths.put((task_id, message))
+
+    def run(self) -> None:
+        while (death := self.deaths.get()) is not None:
+            try:
+                _pool_process_died(*death)
+            except Exception:
+                logger.exception("task %s: its pool process died; looking at its task failed", death[0])
 
 
 # billiard's WorkerLostError: "Worker exited prematurely: signal 9 (SIGKILL) Job: 3."
@@ -76,7 +122,8 @@ def _pool_process_died(task_id: str, message: str) -> None:
         logger.warning("task %s: its pool process died (%s); could not look at its task: %s", task_id, how, exc)
         return
     finally:
-        connection.close()  # this process forks pool processes: none may inherit a connection
+        # This process forks pool processes: no connection kept to inherit.
+        connection.close()
     if task is None:
         return
     if task.is_finished:
@@ -115,46 +162,92 @@ class TasklightTask(CeleryTask):
 
 DATABASE_RETRY_MAX_SECONDS = 30
 
+# A message's "again": False, a first send; True, it may be a redelivery (the
+# worker that held it died, or may have): a task found running is taken over
+# once its lease has lapsed, counting a start (TASK_MAX_STARTS); RESUME, this
+# worker's own retry of a run the database cut short: taken over the same
+# way, without counting a start, since no process died. A value of "again"
+# rather than a third argument: a worker of the release before takes it for
+# True (a run_task without the argument would refuse the message).
+RESUME = "resume"
+
+
+@dataclass
+class Delivery:
+    """What one message of run_task says, and what its run did so far."""
+
+    again: bool | str
+    # The broker delivered it again: whoever held it died, or lost the broker.
+    redelivered: bool
+    # This run marked the task running (a first start or a takeover).
+    started: bool = False
+
+    @property
+    def may_take_over(self) -> bool:
+        return bool(self.again) or self.redelivered
+
+    @property
+    def resumes(self) -> bool:
+        return self.again == RESUME and not self.redelivered
+
+    def again_after_database_outage(self) -> bool | str:
+        """The retry's "again" after a database error: RESUME if this run
+        had started the task and the database went away (no process died),
+        or if it came to resume and had not started yet; else a takeover
+        that counts a start. An error the database was not away for (a
+        deadlock, or one backend ended: db.database_away) counts, as before,
+        so a workload that meets one on every run still ends after
+        TASK_MAX_STARTS runs instead of running for good."""
+        if self.started:
+            return RESUME if db.database_away() else True
+        return RESUME if self.resumes else True
+
 
 # max_retries=None: retry without limit (Celery's retry() falls back to the
 # task's own max_retries, 3 by default, when given None).
 @shared_task(bind=True, base=TasklightTask, name="tasklight.run_task", acks_late=True, max_retries=None)
-def run_task(self: CeleryTask, task_id: str, again: bool = False) -> None:
+def run_task(self: CeleryTask, task_id: str, again: bool | str = False) -> None:
     # The pool process keeps its connection between tasks (WORKER_CONN_MAX_AGE):
     # drop it here if it is too old or broke (health-checked on first use,
     # unless the last task used it a moment ago: tasklight/db.py).
     close_old_connections()
     db.skip_check_if_just_used()
+    delivery = Delivery(again=again, redelivered=bool((self.request.delivery_info or {}).get("redelivered")))
     try:
-        _run(self, task_id, again)
+        _run(self, task_id, delivery)
         db.mark_used()
     except db.DATABASE_DOWN as exc:
+        again_later = delivery.again_after_database_outage()  # before the connection is closed
         close_old_connections()
         logger.warning("task %s: database unavailable, retrying: %s", task_id, exc)
         # A retry is a new message: "again" lets it resume a task it had started.
         raise self.retry(
             exc=exc,
             countdown=min(DATABASE_RETRY_MAX_SECONDS, 2**self.request.retries),
-            kwargs={"task_id": task_id, "again": True},
+            kwargs={"task_id": task_id, "again": again_later},
         ) from None
 
 
-def _run(self: CeleryTask, task_id: str, again: bool) -> None:
-    redelivered = again or bool((self.request.delivery_info or {}).get("redelivered"))
+def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
     try:
-        task = services.start_task(task_id=task_id, redelivered=redelivered)
+        task = services.start_task(task_id=task_id, redelivered=delivery.may_take_over, resumed=delivery.resumes)
     except services.OwnerAtCapacity:
         # Wait in the queue, not in this worker: other users' tasks go first.
-        services.send_to_broker(task_id=task_id, countdown=1 + random.random(), again=again)  # noqa: S311
+        services.send_to_broker(task_id=task_id, countdown=1 + random.random(), again=delivery.again)  # noqa: S311
         return
     except services.StillRunningElsewhere:
         # Look again once the lease could have lapsed: if that worker died
         # meanwhile, this message takes the task over.
-        services.send_to_broker(task_id=task_id, countdown=settings.TASK_LEASE_SECONDS / 2, again=True)
+        services.send_to_broker(
+            task_id=task_id,
+            countdown=settings.TASK_LEASE_SECONDS / 2,
+            again=RESUME if delivery.resumes else True,
+        )
         return
     if task is None:
         logger.info("task %s is finished, cancelled or running elsewhere; not running it", task_id)
         return
+    delivery.started = True
     try:
         workload = get_workload(task.kind)
     except UnknownWorkload:
@@ -595,3 +688,4 @@ def stop_housekeeper(**kwargs: Any) -> None:
         _housekeeper.stopping.set()
         # It reports the worker gone as it ends (a round under way finishes first).
         _housekeeper.join(timeout=HOUSEKEEPER_STOP_SECONDS)
+    PoolDeaths.stop_in_this_process(timeout=HOUSEKEEPER_STOP_SECONDS)
