@@ -431,6 +431,23 @@ def test_a_task_whose_worker_died_runs_again_until_its_last_start_then_fails(
     assert [e.kind for e in Event.objects.filter(user=alice, sequence__gt=events)] == ["task.failed"]
 
 
+def test_a_resumed_task_runs_again_without_counting_a_start(alice: User, published: list, settings: Any) -> None:
+    """A run the database's outage cut short is no death: its resume takes
+    the task over once its lease has lapsed, on its last start too."""
+    settings.TASK_MAX_STARTS = 1
+    task = running_task(alice)
+    events = last_event_id(alice)
+    with pytest.raises(services.StillRunningElsewhere):
+        services.start_task(task_id=task.id, redelivered=True, resumed=True)  # its lease is fresh
+    lapse_lease(task)
+    resumed = services.start_task(task_id=task.id, redelivered=True, resumed=True)
+    assert resumed is not None and resumed.status == "running"
+    stored = Task.objects.get(pk=task.pk)
+    assert stored.starts == 1
+    assert (timezone.now() - stored.heartbeat_at).total_seconds() < 5  # ours now
+    assert last_event_id(alice) == events  # no second task.started
+
+
 def test_a_pool_process_that_died_on_the_last_start_fails_its_task_naming_how(
     alice: User, published: list, settings: Any
 ) -> None:
