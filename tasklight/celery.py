@@ -15,6 +15,7 @@ from celery import Celery
 from celery.signals import (
     task_postrun,
     task_prerun,
+    worker_before_create_process,
     worker_init,
     worker_process_init,
     worker_ready,
@@ -133,6 +134,28 @@ def _serve_worker_metrics(**kwargs: object) -> None:
     from .metrics import worker_metrics_server
 
     worker_metrics_server.start()
+
+
+@worker_before_create_process.connect
+def _forget_live_gauges_of_dead_pool_processes(sender: Any = None, **kwargs: object) -> None:
+    """In the main process, before the pool forks a process: at start, and
+    to replace one that ended (killed, crashed, ended by the cancel watchdog
+    or a hard time limit). A gauge of a live* mode (``livesum``...) is summed
+    from one file per process, named after its pid, which prometheus_client
+    leaves for the parent to mark dead: a dead pool process's value stayed
+    in the worker's sums, and its file was read at every scrape, until the
+    worker stopped. Counters and histograms are kept: a dead process's
+    counts are part of the totals. ``sender`` is the pool; the process that
+    ended has left its list by then."""
+    if _own_metrics_dir is None:
+        return
+    from prometheus_client import multiprocess
+
+    alive = {os.getpid(), *(process.pid for process in getattr(sender, "_pool", ()))}
+    for path in Path(_own_metrics_dir).glob("gauge_live*_*.db"):
+        pid = path.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and int(pid) not in alive:
+            multiprocess.mark_process_dead(int(pid), _own_metrics_dir)
 
 
 @worker_shutdown.connect

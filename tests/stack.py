@@ -68,6 +68,13 @@ class Process:
             self.popen.wait(5)
 
 
+def pool_processes(worker: Process) -> list[int]:
+    """The pids of a worker's pool processes: its main process's children."""
+    pid = worker.popen.pid
+    with open(f"/proc/{pid}/task/{pid}/children") as children:
+        return [int(child) for child in children.read().split()]
+
+
 def start(name: str, command: list[str], env: Mapping[str, str], log_dir: Path) -> Process:
     log_path = log_dir / f"{name}.log"
     env = {**env, "PATH": f"{BIN}:{env.get('PATH', '')}"}

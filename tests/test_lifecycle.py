@@ -19,7 +19,7 @@ from workloads.models import Task
 from workloads.registry import UNSTORABLE_TEXT
 
 from .proxy import TcpProxy
-from .stack import Account, terminal_for, until_all_finished, wait_for
+from .stack import Account, pool_processes, terminal_for, until_all_finished, wait_for
 from .test_workers import database_address, worker_node
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -305,13 +305,6 @@ def test_a_worker_killed_mid_task_is_replaced_and_the_task_finishes_once(private
         events = socket.events_until(terminal_for(task["id"]), timeout=60)
     assert events[-1]["event"] == "task.succeeded"
     assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
-
-
-def pool_processes(worker: Any) -> list[int]:
-    """The pids of a worker's pool processes: its main process's children."""
-    pid = worker.popen.pid
-    with open(f"/proc/{pid}/task/{pid}/children") as children:
-        return [int(child) for child in children.read().split()]
 
 
 def test_a_pool_process_dying_while_the_database_is_silent_holds_up_nothing_else(private_stack) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 from pathlib import Path
@@ -19,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from workloads.models import Task, TaskStatus
 
-from .stack import Account, free_port, terminal_for, wait_for
+from .stack import Account, free_port, pool_processes, terminal_for, wait_for
 
 TOKEN = "metrics-test-token-0123456789"
 
@@ -261,3 +262,46 @@ def test_workers_and_web_given_one_metrics_directory_keep_their_counts_apart(
     assert sample(scrape_worker(first_port), "tasklight_tasks_finished_total", **finished) == 1
     assert sample(scrape_worker(second_port), "tasklight_tasks_finished_total", **finished) is None
     assert len(list(shared.glob("tasklight-worker-metrics-*"))) == 2
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_dead_pool_processs_live_gauges_leave_the_sums_and_its_counts_stay(
+    private_stack: Any, tmp_path: Path
+) -> None:
+    """Each pool process writes its own files, named after its pid. A live
+    gauge's (multiprocess_mode livesum...) file of a pool process that died
+    stayed in the worker's sums until the worker stopped: prometheus_client
+    leaves it for the parent to mark the process dead."""
+    shared = tmp_path / "metrics"
+    shared.mkdir()
+    port = free_port()
+    running = private_stack()
+    worker = running.start_worker(concurrency=1, WORKER_METRICS_PORT=str(port), PROMETHEUS_MULTIPROC_DIR=str(shared))
+    (own,) = shared.glob(f"tasklight-worker-metrics-{worker.popen.pid}-*")
+    alice = Account.sign_up(running.base_url)
+    with alice.socket() as socket:
+        task = alice.queue("simulate", seconds=0)
+        socket.events_until(terminal_for(task["id"]))
+    finished = {"kind": "simulate", "outcome": "succeeded"}
+
+    def scrape_worker() -> str:
+        return httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+
+    wait_for(
+        lambda: sample(scrape_worker(), "tasklight_tasks_finished_total", **finished) == 1,
+        timeout=10,
+        what="the worker to count the task",
+    )
+    [first] = pool_processes(worker)
+    assert (own / f"gauge_livesum_{first}.db").exists()  # tasklight_open_sockets, 0 in a worker
+    os.kill(first, signal.SIGKILL)
+    wait_for(
+        lambda: pool_processes(worker) not in ([], [first]),
+        timeout=20,
+        what="the pool to replace its process",
+    )
+    wait_for(lambda: not (own / f"gauge_livesum_{first}.db").exists(), timeout=5, what="its live gauge gone")
+    assert (own / f"counter_{first}.db").exists() and (own / f"histogram_{first}.db").exists()
+    assert sample(scrape_worker(), "tasklight_tasks_finished_total", **finished) == 1
+    assert (own / f"gauge_livesum_{worker.popen.pid}.db").exists()  # the main process's: alive
