@@ -25,7 +25,8 @@ from rest_framework.test import APIClient
 
 from accounts.sessions import SessionStore
 from live.models import Event
-from workloads.models import IdempotencyKey
+from workloads import workers
+from workloads.models import IdempotencyKey, Worker
 
 from .stack import PASSWORD, wait_for
 
@@ -130,3 +131,47 @@ def test_a_worker_deletes_expired_sessions_and_keeps_the_current_ones(private_st
     assert re.search(r"cleanup: deleted .*\d+ expired session\(s\)", worker.log()), worker.log()[-3000:]
     for client in clients:
         client.close()
+
+
+def worker_report(*, queue: str, last_seen: timedelta) -> Worker:
+    """The row of a worker killed ``last_seen`` ago: it could not delete it."""
+    seen_at = timezone.now() - last_seen
+    return Worker.objects.create(
+        id=uuid.uuid4(),
+        name=f"killed-{uuid.uuid4().hex[:6]}@test",
+        pid=1,
+        queue=queue,
+        concurrency=1,
+        report_seconds=1,
+        started_at=seen_at,
+        seen_at=seen_at,
+    )
+
+
+@pytest.mark.stack
+@pytest.mark.django_db(transaction=True)
+def test_a_running_worker_forgets_the_reports_of_workers_unseen_for_a_day(private_stack) -> None:
+    """They were forgotten only when a worker of their queue started: a
+    deployment whose workers all ran on kept a killed one's row for good."""
+    running = private_stack()
+    worker = running.start_worker(concurrency=1, CLEANUP_INTERVAL_SECONDS="1")
+    queue = running.worker_env["TASKLIGHT_QUEUE"]
+    wait_for(lambda: Worker.objects.filter(pid=worker.popen.pid).exists(), timeout=10, what="its own report")
+    # Killed while this worker ran: a day and more ago, and an hour ago.
+    old = worker_report(queue=queue, last_seen=workers.FORGET_AFTER + timedelta(minutes=1))
+    recent = worker_report(queue=queue, last_seen=AN_HOUR_AGO)
+    wait_for(lambda: not Worker.objects.filter(pk=old.pk).exists(), timeout=20, what="the old report to go")
+    assert Worker.objects.filter(pk=recent.pk).exists()
+    assert Worker.objects.filter(pid=worker.popen.pid).exists()
+    assert re.search(r"cleanup: deleted .*1 worker report\(s\) unseen for a day", worker.log()), worker.log()[-3000:]
+
+
+@pytest.mark.django_db
+def test_the_cleanup_command_forgets_worker_reports_unseen_for_a_day() -> None:
+    old = worker_report(queue="any-queue", last_seen=workers.FORGET_AFTER + timedelta(minutes=1))
+    recent = worker_report(queue="any-queue", last_seen=workers.FORGET_AFTER - timedelta(minutes=1))
+    out = StringIO()
+    call_command("cleanup", stdout=out)
+    assert not Worker.objects.filter(pk=old.pk).exists()
+    assert Worker.objects.filter(pk=recent.pk).exists()
+    assert "1 worker report(s) unseen for a day" in out.getvalue()

@@ -129,7 +129,7 @@ def test_a_killed_worker_counts_as_gone_once_it_misses_its_reports(private_stack
     assert gone["detail"] == f"none seen since {last_seen:%Y-%m-%d %H:%M:%S} UTC: queued tasks wait for one"
 
     # The next worker of the queue is listed alone; the dead one's row stays
-    # (forgotten a day later) and is not counted.
+    # (forgotten by the first cleanup a day later) and is not counted.
     second = running.start_worker(concurrency=2)
     shown = wait_for(
         lambda: (part := workers_part(running.base_url))["pids"] == [second.popen.pid] and part,

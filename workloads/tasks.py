@@ -490,8 +490,9 @@ class Housekeeper(threading.Thread):
     the broker (every RELAY_INTERVAL_SECONDS) and, on a broker that does not
     deliver a dead worker's message again, what a stopped worker took with
     it (once, at start) and running tasks abandoned by their worker;
-    deletes expired events, idempotency keys and sessions, and the embedded
-    broker's delivered messages (every CLEANUP_INTERVAL_SECONDS). Doing any of it in
+    deletes expired events, idempotency keys and sessions, the embedded
+    broker's delivered messages and the reports of workers unseen for a day
+    (every CLEANUP_INTERVAL_SECONDS). Doing any of it in
     several workers at once is harmless. Reports the worker alive on each
     round, and gone as it stops (workloads/workers.py)."""
 
@@ -602,23 +603,27 @@ class Cleaned(NamedTuple):
     idempotency_keys: int
     sessions: int
     broker_messages: int
+    worker_reports: int
 
     def __str__(self) -> str:
         return (
             f"{self.events} expired event(s), {self.idempotency_keys} idempotency key(s), "
-            f"{self.sessions} expired session(s) and {self.broker_messages} delivered broker message(s)"
+            f"{self.sessions} expired session(s), {self.broker_messages} delivered broker message(s) "
+            f"and {self.worker_reports} worker report(s) unseen for a day"
         )
 
 
 def cleanup() -> Cleaned:
     """Deletes what Tasklight keeps only for a while, once it has expired:
-    events, idempotency keys, sessions, and the embedded broker's delivered
-    messages (docs/operations.md, "What Tasklight keeps, and for how long")."""
+    events, idempotency keys, sessions, the embedded broker's delivered
+    messages, and the reports of workers killed a day ago (docs/operations.md,
+    "What Tasklight keeps, and for how long")."""
     return Cleaned(
         events=delete_expired_events(),
         idempotency_keys=services.delete_expired_idempotency_keys(),
         sessions=delete_expired_sessions(),
         broker_messages=delete_delivered_messages(),
+        worker_reports=workers.forget_unseen(),
     )
 
 

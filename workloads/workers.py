@@ -14,12 +14,16 @@ from datetime import datetime, timedelta
 from django.conf import settings
 from django.utils import timezone
 
+from tasklight import retention
+
 from .models import Worker
 
 # A report missed this many times over and the worker counts as gone.
 MISSED_REPORTS = 3
-# Rows of workers killed without a chance to delete them go when a worker of
-# the same queue starts this long after they were last seen.
+# Rows of workers killed without a chance to delete them go this long after
+# they were last seen, at the next cleanup (workloads/tasks.py: every
+# worker's, hourly, and manage.py cleanup). Until then the About page says
+# when a queue's last worker was seen.
 FORGET_AFTER = timedelta(days=1)
 
 
@@ -28,13 +32,11 @@ def report_alive(worker_id: uuid.UUID, *, name: str, pid: int, concurrency: int)
     now = timezone.now()
     if Worker.objects.filter(pk=worker_id).update(seen_at=now):
         return
-    queue = settings.CELERY_TASK_DEFAULT_QUEUE
-    Worker.objects.filter(queue=queue, seen_at__lt=now - FORGET_AFTER).delete()
     Worker.objects.create(
         id=worker_id,
         name=name,
         pid=pid,
-        queue=queue,
+        queue=settings.CELERY_TASK_DEFAULT_QUEUE,
         concurrency=concurrency,
         report_seconds=settings.RELAY_INTERVAL_SECONDS,
         started_at=now,
@@ -44,6 +46,13 @@ def report_alive(worker_id: uuid.UUID, *, name: str, pid: int, concurrency: int)
 
 def report_stopped(worker_id: uuid.UUID) -> None:
     Worker.objects.filter(pk=worker_id).delete()
+
+
+def forget_unseen(*, batch: int = retention.BATCH) -> int:
+    """Deletes the rows of workers unseen for FORGET_AFTER, of every queue
+    (a worker alive reports every few seconds, whichever its queue);
+    returns how many."""
+    return retention.delete_in_batches(Worker.objects.filter(seen_at__lt=timezone.now() - FORGET_AFTER), batch=batch)
 
 
 @dataclass(frozen=True)
