@@ -99,7 +99,8 @@ def database_away() -> bool:
     usable (a deadlock, a constraint: the statement's), and when a new
     connection is made at once (one backend ended, by an administrator or
     by a timeout that the session's own doing set off): the new connection
-    stays open for the next statement."""
+    stays open for the next statement. With the database silent, the new
+    connection waits out connect_timeout (10 s) in this thread first."""
     raw = connection.connection
     # psycopg's connection says so; sqlite3's has neither attribute, and its
     # file does not go away.

@@ -337,7 +337,7 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = F
             if task.starts >= settings.TASK_MAX_STARTS:
                 _close(task, TaskStatus.FAILED, error=died_running_it(task.starts))
                 return None
-            task.heartbeat_at = timezone.now()
+            task.heartbeat_at = timezone.now()  # taken over: ours now
             task.starts += 1
             task.save(update_fields=["heartbeat_at", "starts"])
         if task.status == TaskStatus.QUEUED:
