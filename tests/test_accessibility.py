@@ -5,11 +5,14 @@ stack and Chromium as tests/test_browser.py."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import re
 import time
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
@@ -20,6 +23,7 @@ from playwright.sync_api import Locator, Page, expect
 from workloads.models import Task
 
 from . import test_browser
+from .proxy import TcpProxy
 from .stack import PASSWORD
 from .test_browser import SocketRelay, sign_up
 
@@ -477,3 +481,66 @@ def test_the_connection_is_announced_when_lost_and_when_back_not_at_every_page_l
         "Connection lost. Live updates paused; reconnecting.",
         "Connected again. Live updates resumed.",
     ]
+
+
+# Counts the page's WebSocket attempts, with when each began (ms since load).
+COUNT_ATTEMPTS = """
+(() => {
+  window.__attempts = [];
+  window.WebSocket = new Proxy(window.WebSocket, {
+    construct(Original, args) {
+      window.__attempts.push(performance.now());
+      return new Original(...args);
+    }
+  });
+})();
+"""
+
+
+def test_a_first_connection_that_does_not_come_is_announced_once_and_so_is_its_arrival(
+    private_stack: Any, page: Page
+) -> None:
+    """The page loads from a web process cut off from Redis, its channel
+    layer: every socket it opens is told to try again (1013). The badge said
+    "connecting" for ever, and nothing was announced. Now, after
+    FIRST_CONNECT_PATIENCE_MS, the badge says it cannot connect and keeps
+    trying, a screen reader is told once however many attempts follow, the
+    attempts back off, and the connection that comes once Redis is back is
+    announced once."""
+    target = urlsplit(os.environ["CHANNEL_LAYER_URL"])
+    with TcpProxy(target.hostname or "127.0.0.1", target.port or 6379) as proxy:
+        cut_off = private_stack(CHANNEL_LAYER_URL=proxy.url_for(os.environ["CHANNEL_LAYER_URL"]))
+        direct = private_stack()
+        page.goto(direct.base_url + "/signup/")
+        sign_up(page)  # the session cookie is 127.0.0.1's, whatever the port
+        proxy.pause()
+        page.add_init_script(LIVE_REGION_LOG)
+        page.add_init_script(COUNT_ATTEMPTS)
+        page.goto(cut_off.base_url + "/")
+        badge = page.get_by_test_id("connection-status")
+        expect(badge).to_have_text("cannot connect, retrying", timeout=20_000)
+        status = page.get_by_role("status").filter(has_text="Cannot connect")
+        expect(status).to_have_text("Cannot connect for live updates. Still trying.")
+
+        deadline = time.monotonic() + 30
+        while cut_off.web.log().count("refused for now (closed with 1013)") < 5:  # still said once
+            assert time.monotonic() < deadline, "the page did not try five times in 30 s"
+            page.wait_for_timeout(100)
+        assert said_about_the_connection(page) == ["Cannot connect for live updates. Still trying."]
+        # Backing off (0.5 s doubling, jittered by a quarter): each wait longer than the one before.
+        began: list[float] = page.evaluate("window.__attempts")
+        waits = [later - earlier for earlier, later in itertools.pairwise(began)]
+        assert len(waits) >= 4 and all(a < b for a, b in itertools.pairwise(waits[:4])), waits
+        assert waits[0] >= 300, waits
+
+        problems: list[str] = []
+        scan(page, "home, cannot connect", problems)
+        assert problems == [], "\n".join(problems)
+
+        proxy.resume()
+        expect(badge).to_have_text("connected", timeout=30_000)
+        expect(page.get_by_role("status").filter(has_text="Connected")).to_have_text("Connected. Live updates started.")
+        assert said_about_the_connection(page) == [
+            "Cannot connect for live updates. Still trying.",
+            "Connected. Live updates started.",
+        ]

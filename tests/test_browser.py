@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from django.contrib.sessions.models import Session
 from django.utils import timezone
 from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect, sync_playwright
 
@@ -702,6 +703,96 @@ def test_a_socket_reopened_with_another_users_cookie_reloads_the_page_as_them(pr
         assert first_user not in page.content()
     finally:
         context.close()
+
+
+class FirstSockets:
+    """Routes the page's /ws/: each socket is passed to ``play``, which
+    closes it, holds it or connects it to the server; ``seen`` counts them."""
+
+    def __init__(self, play: Any) -> None:
+        self.play = play
+        self.seen = 0
+
+    def route(self, page_side: WebSocketRoute) -> None:
+        self.seen += 1
+        self.play(page_side)
+
+
+def session_key_of(page: Page) -> str:
+    return next(cookie["value"] for cookie in page.context.cookies() if cookie["name"] == "sessionid")
+
+
+def test_a_first_socket_refused_as_signed_out_reloads_the_page_signed_out(stack: Any, page: Page) -> None:
+    """The session ends between the page's answer and its socket (it
+    expired, or was ended elsewhere): the server closes that first socket
+    with 4401. The page does what it does for a sign-out: it reloads, and
+    shows the log-in links; it does not keep trying, nor say it cannot
+    connect."""
+    page.goto(stack.base_url + "/signup/")
+    username = sign_up(page)
+    session_key = session_key_of(page)
+
+    def end_the_session_then_connect(page_side: WebSocketRoute) -> None:
+        Session.objects.filter(session_key=session_key).delete()
+        page_side.connect_to_server()
+
+    sockets = FirstSockets(end_the_session_then_connect)
+    page.route_web_socket(re.compile(r"/ws/$"), sockets.route)
+    page.reload()
+    expect(page.get_by_role("link", name="Log in").first).to_be_visible(timeout=20_000)
+    expect(page.get_by_test_id("nav-username")).to_have_count(0)
+    assert username not in page.content()
+    assert sockets.seen == 1
+
+
+def test_a_page_refused_as_signed_out_again_within_the_minute_stays_and_says_so(stack: Any, page: Page) -> None:
+    """Refused (4401) before its first hello, the page reloads once a minute
+    at most: a socket refused while pages are not (a proxy that drops the
+    cookie on WebSockets) would have it reload for ever. The page that stays
+    tried no more, and said nothing: its badge said "signed out". Now a
+    screen reader is told too, once."""
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+    sockets = FirstSockets(lambda page_side: page_side.close(code=4401, reason="refused by the test"))
+    page.route_web_socket(re.compile(r"/ws/$"), sockets.route)
+    page.reload()
+    announcer = page.get_by_test_id("task-announcer")
+    expect(announcer).to_have_text("Signed out. Live updates stopped; reload the page to sign in again.")
+    expect(page.get_by_test_id("connection-status")).to_have_text("signed out")
+    assert sockets.seen == 2  # the page's first load, and the one reload
+    page.wait_for_timeout(3000)  # longer than the first retries would wait (0.5, 1 s)
+    assert sockets.seen == 2
+    expect(page.get_by_test_id("connection-status")).to_have_text("signed out")
+
+
+def test_a_socket_held_without_a_hello_is_given_up_and_the_wait_announced(stack: Any, page: Page) -> None:
+    """A proxy that takes the socket and passes nothing: the page's socket
+    opens and no hello ever comes. The badge said "connecting" for ever (the
+    page's ping comes 25 s after opening; nothing answered it 10 s later and
+    the page tried again, "connecting" still). Now the badge says it cannot
+    connect after 5 s, a screen reader is told, the socket is given up 20 s
+    after it was opened, and the next one, let through, is announced."""
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+
+    def hold_the_first(page_side: WebSocketRoute) -> None:
+        if sockets.seen > 1:
+            page_side.connect_to_server()
+        # The first is left open and silent: no connect_to_server, no close.
+
+    sockets = FirstSockets(hold_the_first)
+    page.route_web_socket(re.compile(r"/ws/$"), sockets.route)
+    started = time.monotonic()
+    page.reload()
+    badge = page.get_by_test_id("connection-status")
+    announcer = page.get_by_test_id("task-announcer")
+    expect(badge).to_have_text("cannot connect, retrying", timeout=15_000)
+    expect(announcer).to_have_text("Cannot connect for live updates. Still trying.")
+    assert sockets.seen == 1
+    expect(badge).to_have_text("connected", timeout=40_000)
+    assert sockets.seen == 2
+    assert time.monotonic() - started >= 19  # given up at 20 s, not before
+    expect(announcer).to_have_text("Connected. Live updates started.")
 
 
 # Toasts (static/tasklight/app.js): Playwright's clock, installed before the

@@ -27,6 +27,17 @@
   var PONG_TIMEOUT_MS = 10000;
   var BACKOFF_MIN_MS = 500;
   var BACKOFF_MAX_MS = 15000;
+  // The first connection is said to fail (badge and announcement) when the
+  // page has tried this long with no hello: by then some four attempts
+  // refused at once have failed (0.5, 1, 2 s apart), and a slow but working
+  // server has said hello long before.
+  var FIRST_CONNECT_PATIENCE_MS = 5000;
+  // A socket with no hello this long after it was opened is given up and
+  // tried again: a proxy that holds the handshake, or a server that accepts
+  // and says nothing, never closes it. Above the 10 s the server waits for
+  // a database connection (pool and connect timeouts) before it closes
+  // with 1013 itself.
+  var HELLO_TIMEOUT_MS = 20000;
   var CLOSE_UNAUTHENTICATED = 4401;
 
   // ---------------------------------------------------------------- helpers
@@ -1259,6 +1270,8 @@
   var reconnectTimer = null;
   var pingTimer = null;
   var deadTimer = null;
+  var helloTimer = null;
+  var patienceTimer = null;
   var pingId = 0;
   var helloLastEventId = 0;
   var stopped = false; // 4401: not signed in any more
@@ -1266,22 +1279,60 @@
 
   // The badge is shown, not read out: in a live region, its "connecting",
   // "connected" was announced at every page load, for nothing the person
-  // did. What is announced (#task-announcer) is a lost connection, once
-  // however many attempts follow, and its recovery. A first connect that
-  // takes a few attempts is no loss: the badge says "connecting" all along.
+  // did. What is announced (#task-announcer), once each however many
+  // attempts follow: a lost connection and its recovery; a first connection
+  // that has not come after FIRST_CONNECT_PATIENCE_MS (the badge then says
+  // "cannot connect, retrying" instead of "connecting") and its success; and
+  // a page left signed out that does not reload itself. A first connect that
+  // takes a few quick attempts is nothing to tell.
   var lossAnnounced = false;
+  var unreachable = false; // the first connection is overdue: said once
 
-  function setConnection(state, text) {
+  var CONNECTION_TEXT = {
+    connecting: 'connecting',
+    unreachable: 'cannot connect, retrying',
+    connected: 'connected',
+    reconnecting: 'reconnecting',
+    'signed-out': 'signed out'
+  };
+
+  function setConnection(state) {
     if (state === 'reconnecting' && !lossAnnounced) {
       lossAnnounced = true;
       announce('Connection lost. Live updates paused; reconnecting.');
+    } else if (state === 'unreachable' && !lossAnnounced) {
+      lossAnnounced = true;
+      announce('Cannot connect for live updates. Still trying.');
     } else if (state === 'connected' && lossAnnounced) {
       lossAnnounced = false;
-      announce('Connected again. Live updates resumed.');
+      announce(unreachable ? 'Connected. Live updates started.' : 'Connected again. Live updates resumed.');
     }
+    if (state === 'connected') unreachable = false;
     if (!statusBadge) return;
     statusBadge.dataset.state = state;
-    statusBadge.textContent = text || state;
+    statusBadge.textContent = CONNECTION_TEXT[state] || state;
+  }
+
+  // What the badge says while no socket is open.
+  function waitingState() {
+    if (everConnected) return 'reconnecting';
+    return unreachable ? 'unreachable' : 'connecting';
+  }
+
+  // Counted from the page's first attempt; a hello stops it (onHello).
+  function startPatience() {
+    if (everConnected || unreachable || patienceTimer !== null) return;
+    patienceTimer = setTimeout(function () {
+      patienceTimer = null;
+      if (everConnected || stopped) return;
+      unreachable = true;
+      setConnection('unreachable');
+    }, FIRST_CONNECT_PATIENCE_MS);
+  }
+
+  function stopPatience() {
+    if (patienceTimer !== null) clearTimeout(patienceTimer);
+    patienceTimer = null;
   }
 
   function socketUrl() {
@@ -1296,14 +1347,17 @@
   function stopTimers() {
     if (pingTimer !== null) clearInterval(pingTimer);
     if (deadTimer !== null) clearTimeout(deadTimer);
+    if (helloTimer !== null) clearTimeout(helloTimer);
     pingTimer = null;
     deadTimer = null;
+    helloTimer = null;
   }
 
   function connect() {
     if (stopped || socket) return;
     if (reconnectTimer !== null) { clearTimeout(reconnectTimer); reconnectTimer = null; }
-    setConnection(everConnected ? 'reconnecting' : 'connecting');
+    setConnection(waitingState());
+    startPatience();
     var ws;
     try {
       ws = new WebSocket(socketUrl());
@@ -1313,6 +1367,7 @@
       return;
     }
     socket = ws;
+    helloTimer = setTimeout(dropSocket, HELLO_TIMEOUT_MS);
     ws.onopen = function () {
       if (ws !== socket) return;
       pingTimer = setInterval(ping, PING_EVERY_MS);
@@ -1333,13 +1388,15 @@
       stopTimers();
       if (close.code === CLOSE_UNAUTHENTICATED) {
         stopped = true;
-        setConnection('signed-out', 'signed out');
+        stopPatience();
+        setConnection('signed-out');
         // Told after a hello: the credential this page was opened with has
         // ended (log-out, another user's log-in, a new password): always
         // reload, or the page would go on showing, and queueing as, whoever
-        // it was. Refused before any hello: once a minute at most.
+        // it was. Refused before any hello: once a minute at most; a page
+        // that stays is told so, as it tries no more.
         if (everConnected) location.reload();
-        else reloadSignedOut();
+        else if (!reloadSignedOut()) announce('Signed out. Live updates stopped; reload the page to sign in again.');
         return;
       }
       scheduleReconnect();
@@ -1352,30 +1409,32 @@
   // signed in now, or the log-in links. Once a minute at most, in case the
   // socket is refused while pages are not (a proxy dropping cookies on
   // WebSockets), which would otherwise reload for ever.
+  // Says whether it reloads.
   function reloadSignedOut() {
     var key = 'tasklight.reloadedSignedOut';
     var last = 0;
     try { last = parseInt(sessionStorage.getItem(key), 10) || 0; } catch (err) { /* storage off */ }
-    if (Date.now() - last < 60000) return;
-    try { sessionStorage.setItem(key, String(Date.now())); } catch (err) { return; }
+    if (Date.now() - last < 60000) return false;
+    try { sessionStorage.setItem(key, String(Date.now())); } catch (err) { return false; }
     location.reload();
+    return true;
   }
 
   // Gives up on the current socket now (a dead connection may take minutes
-  // to report its close) and reconnects.
+  // to report its close; a held handshake may never end) and reconnects.
   function dropSocket() {
     var ws = socket;
     if (!ws) return;
     socket = null;
     stopTimers();
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
-    try { ws.close(4000, 'no answer to ping'); } catch (err) { /* already closed */ }
+    try { ws.close(4000, 'no answer'); } catch (err) { /* already closed */ }
     scheduleReconnect();
   }
 
   function scheduleReconnect() {
     if (stopped || reconnectTimer !== null) return;
-    setConnection(everConnected ? 'reconnecting' : 'connecting');
+    setConnection(waitingState());
     var base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, attempt));
     var delay = Math.min(BACKOFF_MAX_MS, base * (0.75 + Math.random() * 0.5));
     attempt += 1;
@@ -1409,6 +1468,7 @@
   }
 
   function onHello(frame) {
+    if (helloTimer !== null) { clearTimeout(helloTimer); helloTimer = null; }
     // A socket reopened after a drop carries whatever session cookie the
     // browser has now: another user may have signed in meanwhile (another
     // tab). This page shows someone else: reload it as that user, before
@@ -1420,6 +1480,7 @@
       location.reload();
       return;
     }
+    stopPatience();
     attempt = 0;
     everConnected = true;
     setConnection('connected');
@@ -1501,6 +1562,7 @@
   // and reopen if the page is shown again.
   window.addEventListener('pagehide', function () {
     if (reconnectTimer !== null) { clearTimeout(reconnectTimer); reconnectTimer = null; }
+    stopPatience();
     var ws = socket;
     if (ws) {
       socket = null;
