@@ -203,7 +203,14 @@ class Api:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
-            if status not in (401, 403) and status < 500:
+            if 400 <= status < 500 and status not in (401, 403):
+                # What a Tasklight behind a proxy that drops the Upgrade header answers (a plain GET /ws/).
+                raise CliError(
+                    f"{url}: answered HTTP {status} instead of opening a WebSocket: a proxy in front of the "
+                    "server may not pass WebSockets, or the server is not Tasklight",
+                    Exit.UNREACHABLE,
+                ) from None
+            if status < 400:
                 raise self.not_tasklight() from None
             code = Exit.AUTH if status in (401, 403) else Exit.UNREACHABLE
             raise CliError(f"{url}: the WebSocket handshake was refused (HTTP {status})", code) from None

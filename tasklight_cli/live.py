@@ -25,6 +25,9 @@ TERMINAL = ("succeeded", "failed", "cancelled")
 PING_EVERY = 15.0
 # After a drop, how long to keep trying to reconnect before giving up.
 RECONNECT_FOR = 60.0
+# A socket open with no hello this long: a proxy that takes the socket and
+# passes nothing, or a server that is stuck.
+HELLO_TIMEOUT = 15.0
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_TOO_MANY = 4429
 # The server cannot serve the socket for now (its database or its channel
@@ -73,6 +76,13 @@ class ProgressBar:
             self.stream.flush()
         self.drawn = False
 
+    def note(self, text: str) -> None:
+        """A line of its own (\"tasklight: reconnecting...\"); the bar is drawn again below it."""
+        self.close()
+        self.stream.write(f"tasklight: {text}\n")
+        self.stream.flush()
+        self.last = None
+
 
 def parse_frame(api: Api, raw: str | bytes) -> dict[str, Any]:
     try:
@@ -92,6 +102,7 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
     the task is read again over REST. The caller says the task goes on when
     this raises after ``start``."""
     task: dict[str, Any] | None = None
+    connected_once = False
     lost_since: float | None = None
     delay = 0.5
     pings = itertools.count(1)
@@ -99,11 +110,21 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
         try_again = False
         try:
             with api.open_socket() as socket:
-                hello = parse_frame(api, socket.recv(timeout=PING_EVERY))
+                try:
+                    first = socket.recv(timeout=HELLO_TIMEOUT)
+                except TimeoutError:
+                    raise CliError(
+                        f"{api.server}/ws/ took the socket but sent no hello in {HELLO_TIMEOUT:.0f} s",
+                        Exit.UNREACHABLE,
+                    ) from None
+                hello = parse_frame(api, first)
                 if hello.get("type") == "error":
                     raise CliError(f"{api.server}/ws/: {hello.get('message')}", Exit.REFUSED)
                 if hello.get("type") != "hello":
                     raise CliError(f"{api.server}/ws/: unexpected first frame {hello.get('type')!r}", Exit.UNREACHABLE)
+                if lost_since is not None:
+                    bar.note("connected again" if connected_once else "connected")
+                connected_once = True
                 task = start() if task is None else api.task(task["id"])
                 lost_since, delay = None, 0.5
                 bar.update(task)
@@ -155,8 +176,15 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
         if task is None and not try_again:
             raise CliError(f"{api.server}/ws/: {reason}", Exit.UNREACHABLE)
         now = time.monotonic()
-        lost_since = lost_since or now
+        if lost_since is None:
+            # Said once per outage, not at each attempt: never a silent minute.
+            lost_since = now
+            bar.note(f"{reason}; trying again for up to {RECONNECT_FOR:.0f} s")
         if now - lost_since > RECONNECT_FOR:
-            raise CliError(f"lost the connection to {api.server} ({reason})", Exit.UNREACHABLE)
+            if connected_once:
+                raise CliError(f"lost the connection to {api.server} ({reason})", Exit.UNREACHABLE)
+            raise CliError(
+                f"could not connect to {api.server}/ws/ in {RECONNECT_FOR:.0f} s ({reason})", Exit.UNREACHABLE
+            )
         time.sleep(delay)  # back off before reconnecting
         delay = min(delay * 2, 8.0)

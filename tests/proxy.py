@@ -7,11 +7,14 @@ gone or a firewall drops the packets; a client waits out its timeouts)."""
 from __future__ import annotations
 
 import contextlib
+import http.server
 import socket
 import struct
 import threading
 from collections.abc import Callable
 from types import TracebackType
+
+import httpx
 
 # SO_LINGER with a zero timeout: close() sends a reset, as when the server dies.
 ABORT_ON_CLOSE = struct.pack("ii", 1, 0)
@@ -174,3 +177,57 @@ def _abort(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT_ON_CLOSE)
     sock.close()
+
+
+# Headers that concern one connection, not the request: a proxy does not pass them on.
+HOP_BY_HOP = frozenset(
+    ("connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade")
+)
+
+
+class HttpProxyWithoutWebSockets:
+    """An HTTP reverse proxy in front of ``target`` (``http://host:port``)
+    that does not pass WebSockets, as nginx without the ``Upgrade`` lines of
+    docs/operations.md: each request goes on as plain HTTP, the ``Host`` kept,
+    the ``Upgrade`` and ``Connection`` headers dropped. A WebSocket handshake
+    gets whatever the server answers a plain GET of its path."""
+
+    def __init__(self, target: str) -> None:
+        upstream = httpx.Client(base_url=target, timeout=30, follow_redirects=False)
+        self.forwarded: list[str] = []
+        forwarded = self.forwarded
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = [(name, value) for name, value in self.headers.items() if name.lower() not in HOP_BY_HOP]
+                forwarded.append(f"{self.command} {self.path}")
+                answer = upstream.request(self.command, self.path, headers=headers, content=body)
+                self.send_response(answer.status_code)
+                for name, value in answer.headers.multi_items():
+                    if name.lower() not in HOP_BY_HOP | {"content-length", "content-encoding"}:
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+            do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = forward
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._upstream = upstream
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base_url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> HttpProxyWithoutWebSockets:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._upstream.close()

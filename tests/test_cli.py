@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
+from .proxy import HttpProxyWithoutWebSockets
 from .stack import PASSWORD, Account, free_port, wait_for
 
 TASKLIGHT = Path(sys.executable).parent / "tasklight"
@@ -592,3 +593,22 @@ def test_submit_wait_reconnects_when_the_web_process_restarts(private_stack: Any
     assert waiting.returncode == 0, stderr_path.read_text()
     assert json.loads(stdout) == {"slept": 6}
     assert stderr_path.read_text().splitlines()[-1].endswith("100% succeeded")
+
+
+def test_behind_a_proxy_that_does_not_pass_websockets_submit_wait_says_so_and_queues_nothing(
+    stack: Any, account: Account, tmp_path: Path
+) -> None:
+    """The Tasklight behind it answers the handshake, passed on as a plain
+    GET /ws/, with a 404: the command said the server "did not answer as
+    Tasklight does; is it the right address?", which it is."""
+    with HttpProxyWithoutWebSockets(stack.base_url) as proxy:
+        run = runner(tmp_path / "config", TASKLIGHT_URL=proxy.base_url, TASKLIGHT_TOKEN=account.token)
+        result = run("submit", "simulate", "-p", "seconds=0", "--wait")
+        assert "GET /ws/" in proxy.forwarded
+
+    assert result.returncode == 3
+    assert stderr_lines(result) == [
+        f"tasklight: ws://{proxy.base_url.removeprefix('http://')}/ws/: answered HTTP 404 instead of opening a "
+        "WebSocket: a proxy in front of the server may not pass WebSockets, or the server is not Tasklight"
+    ]
+    assert account.http.get("/api/tasks/").json()["results"] == []  # the socket comes first: nothing queued

@@ -1,12 +1,14 @@
 """The `tasklight` command against servers that misbehave in ways a real
 Tasklight cannot be made to (docs/cli.md, "Errors and exit codes"): a web
-server that is not Tasklight, one that redirects, and a /ws/ that ends the
-wait. Each is a small server in a thread of this process; the command is the
+server that is not Tasklight, one that redirects, a /ws/ that ends the
+wait, and one that never lets the socket connect. Each is a small server in a thread of this process; the command is the
 installed script, as in tests/test_cli.py."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
+import io
 import json
 import os
 import subprocess
@@ -17,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.sync.server import ServerConnection, serve
 
@@ -320,3 +323,101 @@ def test_a_parameter_from_a_file_or_standard_input_is_sent_exactly_as_read(web_s
     assert received == [
         {"kind": "export", "params": {"table": '{"a": 1}\n', "note": "42\n", "format": "@csv", "batch": 20}}
     ]
+
+
+def closes_with(code: int) -> Callable[[ServerConnection], None]:
+    def play(connection: ServerConnection) -> None:
+        connection.close(code, "told by the test")
+
+    return play
+
+
+def this_checkouts_command(address: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """This checkout's command (the installed script may belong to another checkout's editable install)."""
+    environment = {**os.environ, "XDG_CONFIG_HOME": str(tmp_path), "TASKLIGHT_URL": address}
+    environment["TASKLIGHT_TOKEN"] = "some-token"
+    return subprocess.run(
+        [sys.executable, "-m", "tasklight_cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=90,
+    )
+
+
+def test_a_first_socket_told_to_try_again_says_so_once_and_when_it_connects(tmp_path: Path) -> None:
+    """Told to try again (1013) before any hello, the command tried again for
+    up to a minute, saying nothing: a silent minute. Now it says so once, on
+    stderr, however many attempts follow, and says when it has connected."""
+    finished = {**RUNNING, "status": "succeeded", "progress": 100, "result": {"slept": 0}}
+
+    def sends_the_finished_task(connection: ServerConnection) -> None:
+        connection.send(json.dumps(HELLO))
+        connection.send(json.dumps({"type": "event", "id": 1, "event": "task.succeeded", "task": finished}))
+        with contextlib.suppress(ConnectionClosed):
+            connection.recv()  # until the command closes it
+
+    fake = FakeTasklight([closes_with(1013), closes_with(1013), closes_with(1013), sends_the_finished_task])
+    with serve(fake.play, "127.0.0.1", 0, process_request=fake.answer) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        result = this_checkouts_command(f"http://127.0.0.1:{server.socket.getsockname()[1]}", tmp_path, "wait", TASK_ID)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"slept": 0}
+    notes = [line for line in result.stderr.splitlines() if line.startswith("tasklight: ")]
+    assert notes == [
+        "tasklight: the server asked to try again later (1013); trying again for up to 60 s",
+        "tasklight: connected",
+    ]
+
+
+def test_a_first_socket_that_never_connects_ends_in_one_line_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Told to try again at every attempt: after RECONNECT_FOR (a minute;
+    here a second) the command gives up, saying it could not connect, not
+    that it "lost the connection" it never had."""
+    from tasklight_cli import live
+    from tasklight_cli.api import Api
+    from tasklight_cli.errors import CliError, Exit
+
+    monkeypatch.setattr(live, "RECONNECT_FOR", 1.0)
+    started: list[bool] = []
+
+    def start() -> dict[str, Any]:
+        started.append(True)
+        return RUNNING
+
+    fake = FakeTasklight([closes_with(1013)] * 20)
+    with serve(fake.play, "127.0.0.1", 0, process_request=fake.answer) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        address = f"http://127.0.0.1:{server.socket.getsockname()[1]}"
+        stderr = io.StringIO()
+        with Api(address, "some-token") as api, pytest.raises(CliError) as raised:
+            live.follow(api, start, live.ProgressBar(stderr, interactive=False))
+
+    assert raised.value.code == Exit.UNREACHABLE
+    assert raised.value.message == (
+        f"could not connect to {address}/ws/ in 1 s (the server asked to try again later (1013))"
+    )
+    assert stderr.getvalue() == "tasklight: the server asked to try again later (1013); trying again for up to 1 s\n"
+    assert started == []  # nothing queued or read: the socket comes first
+
+
+def test_a_socket_taken_and_left_silent_ends_in_one_line_saying_so(tmp_path: Path) -> None:
+    """A proxy that takes the socket and passes nothing: it said "cannot
+    reach ... (timed out)", as if nothing had answered."""
+
+    def says_nothing(connection: ServerConnection) -> None:
+        with contextlib.suppress(ConnectionClosed):
+            connection.recv()  # until the command closes it
+
+    fake = FakeTasklight([says_nothing])
+    with serve(fake.play, "127.0.0.1", 0, process_request=fake.answer) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        address = f"http://127.0.0.1:{server.socket.getsockname()[1]}"
+        result = this_checkouts_command(address, tmp_path, "wait", TASK_ID)
+
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [f"tasklight: {address}/ws/ took the socket but sent no hello in 15 s"]
