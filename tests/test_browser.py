@@ -27,7 +27,7 @@ from live.models import Event
 from live.services import delete_expired_events
 from workloads.models import Task
 
-from .proxy import TcpProxy
+from .proxy import HttpProxyWithoutWebSockets, TcpProxy
 from .stack import PASSWORD, ROOT, Account, terminal_for, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
@@ -720,6 +720,31 @@ class FirstSockets:
 
 def session_key_of(page: Page) -> str:
     return next(cookie["value"] for cookie in page.context.cookies() if cookie["name"] == "sessionid")
+
+
+def test_behind_a_proxy_that_does_not_pass_websockets_the_page_says_it_cannot_connect(
+    stack: Any, browser: Browser
+) -> None:
+    """The pages come through the proxy; the socket's handshake is passed on
+    as a plain GET /ws/, which the server answers 404. The badge said
+    "connecting" for ever. Now it says it cannot connect, and a screen reader
+    is told, while the page keeps trying, backing off."""
+    context = browser.new_context(viewport={"width": 1200, "height": 800})  # Chromium logs each refused handshake
+    try:
+        page = context.new_page()
+        page.goto(stack.base_url + "/signup/")
+        sign_up(page)  # the session cookie is 127.0.0.1's, whatever the port
+        with HttpProxyWithoutWebSockets(stack.base_url) as proxy:
+            page.goto(proxy.base_url + "/")
+            expect(page.get_by_test_id("nav-username")).to_be_visible()
+            loaded = time.monotonic()
+            expect(page.get_by_test_id("connection-status")).to_have_text("cannot connect, retrying", timeout=15_000)
+            expect(page.get_by_test_id("task-announcer")).to_have_text("Cannot connect for live updates. Still trying.")
+            handshakes = proxy.forwarded.count("GET /ws/")
+            # Backing off from 0.5 s, doubling: some four attempts in the first 5 s, not dozens.
+            assert 2 <= handshakes <= 6, (handshakes, time.monotonic() - loaded)
+    finally:
+        context.close()
 
 
 def test_a_first_socket_refused_as_signed_out_reloads_the_page_signed_out(stack: Any, page: Page) -> None:
