@@ -527,11 +527,12 @@ def test_a_first_connection_that_does_not_come_is_announced_once_and_so_is_its_a
             assert time.monotonic() < deadline, "the page did not try five times in 30 s"
             page.wait_for_timeout(100)
         assert said_about_the_connection(page) == ["Cannot connect for live updates. Still trying."]
-        # Backing off (0.5 s doubling, jittered by a quarter): each wait longer than the one before.
+        # Backing off: 0.5 s, doubling, each less a quarter at most (jitter); the
+        # time a refusal takes only adds to them.
         began: list[float] = page.evaluate("window.__attempts")
         waits = [later - earlier for earlier, later in itertools.pairwise(began)]
-        assert len(waits) >= 4 and all(a < b for a, b in itertools.pairwise(waits[:4])), waits
-        assert waits[0] >= 300, waits
+        assert len(waits) >= 4, waits
+        assert all(wait >= 0.75 * 500 * 2**n for n, wait in enumerate(waits[:4])), waits
 
         problems: list[str] = []
         scan(page, "home, cannot connect", problems)
