@@ -1,8 +1,9 @@
 """A TCP proxy that a test can cut: a service "goes down" for one process
-without stopping the machine's shared PostgreSQL, RabbitMQ or Redis. Down
-two ways: refusing (``pause``: every connection reset, as when the server
-died) or silent (``black_hole``: nothing answers, as when its machine is
-gone or a firewall drops the packets; a client waits out its timeouts)."""
+without stopping the machine's shared PostgreSQL, RabbitMQ or Redis. It goes
+down in one of two ways: ``pause()`` resets every connection (a server that
+stopped, or a connection killed), ``hang()`` answers nothing at all (a host
+that died or a network partition: connections are taken, nothing comes
+back, and no reset says so)."""
 
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ class _Link:
     """One client connection and its upstream connection, pumped both ways by
     two threads; the second thread to finish closes both sockets."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket, silent: threading.Event) -> None:
+    def __init__(self, client: socket.socket, upstream: socket.socket) -> None:
         self.sockets = (client, upstream)
-        # While set, what either side sends goes nowhere.
-        self.silent = silent
         self._lock = threading.Lock()
         self._running = 2
+        # Hung: whatever either side sends is dropped, as a black hole does.
+        self.hung = False
 
     def start(self, on_done: Callable[[_Link], None]) -> None:
         client, upstream = self.sockets
@@ -47,7 +48,7 @@ class _Link:
     def _pump(self, source: socket.socket, sink: socket.socket, on_done: Callable[[_Link], None]) -> None:
         try:
             while data := source.recv(65536):
-                if not self.silent.is_set():
+                if not self.hung:
                     sink.sendall(data)
         except OSError:
             pass  # the other side, or cut(), ended the connection
@@ -66,14 +67,17 @@ class _Link:
 
 class TcpProxy:
     """Forwards 127.0.0.1:<port> to ``target``. ``pause()`` resets every live
-    connection, and every new one until ``resume()``; ``black_hole()`` makes
-    them all silent until then."""
+    connection, and every new one until ``resume()``. ``hang()`` makes every
+    live connection drop what it carries, and takes new ones without ever
+    answering them; ``resume()`` then resets those connections, as a host
+    that comes back (rebooted, or the partition healed after the client's
+    TCP gave up) knows nothing of them, and forwards new ones again."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self._paused = threading.Event()
-        self._silent = threading.Event()
-        # Connections accepted while silent: held open, never answered.
+        self._hanging = threading.Event()
+        # Connections taken while hanging, never answered.
         self._held: list[socket.socket] = []
         self._closed = threading.Event()
         self._lock = threading.Lock()
@@ -111,28 +115,32 @@ class TcpProxy:
         for link in links:
             link.cut()
 
-    def black_hole(self) -> None:
-        """Nothing answers: live connections stay open but what they send is
-        dropped, and new ones are accepted (the kernel's handshake) and never
-        answered. ``resume()`` resets them all: their streams lost bytes."""
-        self._silent.set()
+    def hang(self) -> None:
+        with self._lock:
+            self._hanging.set()
+            for link in self._links:
+                link.hung = True
 
     def resume(self) -> None:
-        if self._silent.is_set():
-            with self._lock:
-                links, held = list(self._links), self._held[:]
-                self._held.clear()
-            for link in links:
-                link.cut()
-            for sock in held:
-                _abort(sock)
-            self._silent.clear()
-        self._paused.clear()
+        with self._lock:
+            self._paused.clear()
+        self._let_go()
+
+    def _let_go(self) -> None:
+        """Resets what hang() held, and stops hanging."""
+        with self._lock:
+            self._hanging.clear()
+            hung = [link for link in self._links if link.hung]
+            held, self._held = self._held, []
+        for link in hung:
+            link.cut()
+        for sock in held:
+            _abort(sock)
 
     def close(self) -> None:
         self._closed.set()
-        self.resume()
         self.pause()
+        self._let_go()
         self._thread.join(5)
         self._listener.close()
 
@@ -145,10 +153,10 @@ class TcpProxy:
             except OSError:
                 return
             client.settimeout(None)
-            if self._silent.is_set():
-                with self._lock:
+            with self._lock:
+                if self._hanging.is_set():
                     self._held.append(client)
-                continue
+                    continue
             if self._paused.is_set():
                 _abort(client)
                 continue
@@ -158,12 +166,13 @@ class TcpProxy:
                 _abort(client)
                 continue
             upstream.settimeout(None)
-            link = _Link(client, upstream, self._silent)
+            link = _Link(client, upstream)
             with self._lock:
                 if self._paused.is_set():
                     _abort(client)
                     _abort(upstream)
                     continue
+                link.hung = self._hanging.is_set()  # hang() came while it connected
                 self._links.add(link)
                 self.forwarded += 1
             link.start(self._forget)

@@ -323,7 +323,7 @@ def test_a_pool_process_dying_while_the_database_is_silent_holds_up_nothing_else
         task = alice.queue("simulate", seconds=5)
         wait_for(lambda: Task.objects.filter(pk=task["id"], status="running").exists(), timeout=30, what="the start")
         [pool_process] = pool_processes(worker)
-        proxy.black_hole()
+        proxy.hang()
         os.kill(pool_process, signal.SIGKILL)  # as the out-of-memory killer does
         wait_for(lambda: f"pid:{pool_process} exited" in worker.log(), timeout=10, what="the worker to see it die")
         assert celery_app.control.ping(destination=[node], timeout=3) == [{node: {"ok": "pong"}}]
