@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from typing import Any
 
 from django.conf import settings
@@ -29,6 +30,16 @@ from rest_framework.authtoken.models import Token
 
 logger = logging.getLogger(__name__)
 
+# After the cache failed (Redis refusing, or not answering for
+# REDIS_TIMEOUT_SECONDS), tokens are read from the database alone for this
+# long. Socket handshakes look tokens up on one thread per web process
+# (Channels' database_sync_to_async): each of them waited out Redis's
+# timeout in turn, so that of five sockets opened at once while Redis did
+# not answer the fifth waited five times as long, and every socket's
+# database work (hello, catch-up) waited behind them.
+CACHE_SKIP_SECONDS = 10.0
+_cache_skipped_until = 0.0
+
 
 def cache_key(key: str) -> str:
     return "auth-token:" + hashlib.sha256(key.encode()).hexdigest()
@@ -43,10 +54,12 @@ class CachedTokenAuthentication(TokenAuthentication):
 
     def token(self, key: str) -> Token:
         """From the cache, else from the database (and then cached)."""
+        if time.monotonic() < _cache_skipped_until:
+            return self.from_database(key)
         try:
             cached: Token | None = cache.get(cache_key(key))
         except Exception as exc:  # the cache is a shortcut: without it, the database answers
-            logger.warning("token cache unavailable, reading the token from the database: %s", exc)
+            skip_cache(exc)
             return self.from_database(key)
         if cached is not None:
             return cached
@@ -54,7 +67,7 @@ class CachedTokenAuthentication(TokenAuthentication):
         try:
             cache.set(cache_key(key), token, settings.TOKEN_CACHE_SECONDS)
         except Exception as exc:
-            logger.warning("token cache unavailable: %s", exc)
+            skip_cache(exc)
         return token
 
     def from_database(self, key: str) -> Token:
@@ -64,6 +77,14 @@ class CachedTokenAuthentication(TokenAuthentication):
             return Token.objects.select_related("user").defer("user__password").get(key=key)
         except Token.DoesNotExist:
             raise exceptions.AuthenticationFailed(_("Invalid token.")) from None
+
+
+def skip_cache(error: Exception) -> None:
+    global _cache_skipped_until
+    _cache_skipped_until = time.monotonic() + CACHE_SKIP_SECONDS
+    logger.warning(
+        "token cache unavailable, reading tokens from the database alone for %g s: %s", CACHE_SKIP_SECONDS, error
+    )
 
 
 def forget(keys: list[str]) -> None:

@@ -35,6 +35,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from tasklight import metrics
+from tasklight.channel_layer import LAYER_DOWN, REDIS_TIMEOUT_SECONDS
 from tasklight.db import DATABASE_DOWN
 from tasklight.logs import describe_error
 
@@ -53,11 +54,14 @@ CLOSE_TOO_MANY = 4429
 # The database or the channel layer did not answer (docs/events.md):
 # reconnect and resume later.
 CLOSE_TRY_AGAIN = 1013
-# What a channel layer that went away raises: Redis refusing the connection,
-# resetting it (restarted, or the connection killed) or not answering
-# (redis-py's errors, and the OSError beneath them; TimeoutError is one). A
-# reason to tell the client to try again, never a 500.
-LAYER_DOWN = (redis.RedisError, OSError)
+# A socket's handshake waits this long at most for each thing it asks of the
+# channel layer (its channel, its group), however many handshakes wait with
+# it: channels_redis makes one connection to Redis per process for every
+# subscription, one command at a time, so without a deadline of its own each
+# waited for all those before it, a REDIS_TIMEOUT_SECONDS each while Redis
+# did not answer (the fifth of five at once, 55 s). A little more than
+# redis-py's own deadline, so that redis-py ends the one under way itself.
+LAYER_WAIT_SECONDS = REDIS_TIMEOUT_SECONDS + 1
 REPLAY_BATCH = 500
 # A session's expiry that could not be read is looked up again this much later.
 SESSION_RECHECK_SECONDS = 60
@@ -456,16 +460,30 @@ def encode_frame(content: Any) -> str:
 
 
 async def once_more_if_down[T](call: Callable[[], Awaitable[T]]) -> T:
-    """``call()``, and once more if the layer was down. A connection that
-    Redis reset (Redis restarted, the connection killed) fails the command
-    that finds it so, even though redis-py reconnects as it fails: the second
-    try goes through. A Redis that is really away fails both at once (a
-    refused connection), and the socket is told to try again."""
+    """``call()``, and once more if the layer was down, each within
+    LAYER_WAIT_SECONDS. A connection that Redis reset (Redis restarted, the
+    connection killed) fails the command that finds it so, even though
+    redis-py reconnects as it fails: the second try goes through. A Redis
+    that is really away fails both at once (a refused connection), and the
+    socket is told to try again. One that did not answer in time is not
+    asked again: the socket would wait twice as long for the same 1013."""
     try:
-        return await call()
+        return await within_layer_wait(call)
     except LAYER_DOWN as exc:
+        if isinstance(exc, TimeoutError | redis.TimeoutError):
+            raise
         logger.info("the channel layer failed, trying once more: %s", describe_error(exc))
-        return await call()
+        return await within_layer_wait(call)
+
+
+async def within_layer_wait[T](call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        async with asyncio.timeout(LAYER_WAIT_SECONDS):
+            return await call()
+    except TimeoutError as exc:
+        if exc.args:  # not the deadline's: the call's own
+            raise
+        raise TimeoutError(f"no answer within {LAYER_WAIT_SECONDS:g} s") from None
 
 
 def log_failure(task: asyncio.Task[None]) -> None:

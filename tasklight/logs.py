@@ -21,9 +21,10 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter as _JsonFormatter
+
+from tasklight.channel_layer import LAYER_DOWN
 
 request_id: ContextVar[str | None] = ContextVar("tasklight_request_id", default=None)
 task_id: ContextVar[str | None] = ContextVar("tasklight_task_id", default=None)
@@ -221,7 +222,7 @@ class ChannelLayerOutageFilter(logging.Filter):
     channel"). Redis away is a dependency down, not a bug: /readyz names it,
     the layer comes back by itself, and sockets catch up from the database
     (docs/events.md). Each such line (a redis-py or socket error, as
-    live.consumers.LAYER_DOWN has it; any other error stays an ERROR) becomes
+    tasklight.channel_layer.LAYER_DOWN has it; any other error stays an ERROR) becomes
     a WARNING with the cause in one line, and each is written once a minute
     at most, saying how many were left out meanwhile."""
 
@@ -234,7 +235,7 @@ class ChannelLayerOutageFilter(logging.Filter):
         if record.name != "channels_redis.pubsub" or record.levelno < logging.ERROR or not record.exc_info:
             return True
         exc = record.exc_info[1]
-        if not isinstance(exc, redis.RedisError | OSError):
+        if not isinstance(exc, LAYER_DOWN):
             return True
         line = str(record.msg)
         now = time.monotonic()

@@ -15,6 +15,7 @@ from pathlib import Path
 import environ
 from django.utils.csp import CSP
 
+from tasklight.channel_layer import redis_timeouts
 from tasklight.db import check_pooled_connection
 from tasklight.envvars import boolean, decimal_number, log_level, whole_number
 from tasklight.rate_limits import InvalidRate, parse_rate
@@ -204,10 +205,14 @@ if CHANNEL_LAYER_URL:
     CHANNEL_LAYERS = {
         "default": {
             # The pub/sub layer: one PUBLISH per group_send and no per-channel
-            # queues that expire or fill up (STACK-NOTES: ~1 ms p50).
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            # queues that expire or fill up (STACK-NOTES: ~1 ms p50);
+            # channels_redis' own, minus a leak (tasklight/channel_layer.py).
+            "BACKEND": "tasklight.channel_layer.RedisPubSubChannelLayer",
             "CONFIG": {
-                "hosts": [{"address": CHANNEL_LAYER_URL, "max_connections": 1000}],
+                # Each host's options go to redis-py's connection pool
+                # (channels_redis.utils.create_pool): every wait on a Redis
+                # that does not answer ends after REDIS_TIMEOUT_SECONDS.
+                "hosts": [{"address": CHANNEL_LAYER_URL, "max_connections": 1000, **redis_timeouts()}],
                 "prefix": env.str("CHANNEL_LAYER_PREFIX", default="tasklight"),
             },
         }
@@ -249,6 +254,9 @@ if CHANNEL_LAYER_URL:
                 "pool_class": "redis.BlockingConnectionPool",
                 "max_connections": CACHE_MAX_CONNECTIONS,
                 "timeout": 10,
+                # A Redis that does not answer holds up a request as briefly as
+                # it holds up the channel layer (tasklight/channel_layer.py).
+                **redis_timeouts(),
             },
         }
     }

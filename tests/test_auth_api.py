@@ -183,15 +183,31 @@ def test_a_token_of_another_user_still_means_that_user(alice: User) -> None:
 
 
 def test_without_the_cache_tokens_are_read_from_the_database(alice: User, monkeypatch: pytest.MonkeyPatch) -> None:
+    """And the cache is not asked again for a while: each lookup waited out
+    a Redis that did not answer, one after another on a web process's one
+    thread for socket handshakes (tests/test_layer_outage.py)."""
     from django.core.cache import cache
 
+    from accounts import authentication
+
+    asked = []
+
     def down(*args: object, **kwargs: object) -> None:
+        asked.append(args)
         raise ConnectionError("Redis is away")
 
+    now = [1000.0]
+    monkeypatch.setattr(authentication.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(authentication, "_cache_skipped_until", 0.0)  # and back to it after the test
     script = token_client(alice)
     monkeypatch.setattr(cache, "get", down)
     monkeypatch.setattr(cache, "set", down)
+    for _ in range(3):
+        assert script.get("/api/auth/me/").json()["username"] == "alice"
+    assert len(asked) == 1
+    now[0] += authentication.CACHE_SKIP_SECONDS
     assert script.get("/api/auth/me/").json()["username"] == "alice"
+    assert len(asked) == 2
 
 
 def test_the_cache_holds_no_password_hash(alice: User) -> None:

@@ -7,11 +7,14 @@ worker reach it directly, as other machines of a deployment would."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +23,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
+from live.consumers import LAYER_WAIT_SECONDS, once_more_if_down
 from live.models import Event
+from tasklight.channel_layer import LAYER_DOWN, REDIS_TIMEOUT_SECONDS, RedisPubSubChannelLayer, redis_timeouts
 
 from .proxy import TcpProxy
 from .stack import Account, LiveSocket, wait_for
@@ -47,14 +52,14 @@ def cut_off_and_direct(private_stack: Any, proxy: TcpProxy) -> tuple[Any, Any]:
     return cut_off, direct
 
 
-def close_code_of_a_handshake(base_url: str, token: str) -> int | None:
+def close_code_of_a_handshake(base_url: str, token: str, timeout: float = 10) -> int | None:
     """The close code of a socket that is accepted and closed at once."""
     url = base_url.replace("http", "ws", 1) + "/ws/"
     with (
-        connect(url, additional_headers={"Authorization": f"Token {token}"}, open_timeout=10) as ws,
+        connect(url, additional_headers={"Authorization": f"Token {token}"}, open_timeout=timeout) as ws,
         pytest.raises(ConnectionClosed) as closed,
     ):
-        ws.recv(timeout=10)
+        ws.recv(timeout=timeout)
     return closed.value.rcvd.code if closed.value.rcvd is not None else None
 
 
@@ -140,3 +145,72 @@ def test_tasklight_wait_rides_out_redis_being_cut_off(private_stack, redis_proxy
         waiting.kill()
     assert waiting.returncode == 0, stderr_path.read_text()
     assert json.loads(stdout) == {"slept": 2}
+
+
+def timed_close_code(base_url: str, token: str) -> tuple[int | None, float]:
+    started = time.monotonic()
+    return close_code_of_a_handshake(base_url, token, timeout=120), time.monotonic() - started
+
+
+def test_sockets_opened_while_redis_does_not_answer_are_told_to_try_again_within_seconds(
+    private_stack, redis_proxy: TcpProxy
+) -> None:
+    """A Redis that takes connections and answers nothing (a host that died,
+    a network partition). channels_redis makes every subscription of a
+    process on one connection, one at a time: each handshake waited for the
+    ones before it, and for its own second try, redis-py's 5 s each. Of five
+    sockets opened at once on a web process that had yet to reach Redis,
+    the first was told to try again after 15 s, the fifth after 55 s, and
+    more at once waited longer still. Now each is told within seconds, and
+    all are served once Redis answers again."""
+    direct = private_stack()
+    alice = Account.sign_up(direct.base_url)
+    redis_proxy.hang()
+    cut_off = private_stack(CHANNEL_LAYER_URL=redis_proxy.url_for(os.environ["CHANNEL_LAYER_URL"]))
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        answers = list(pool.map(lambda _: timed_close_code(cut_off.base_url, alice.token), range(5)))
+    assert [code for code, _ in answers] == [1013] * 5, answers
+    # The token's cache (on the same Redis) and the layer's deadline, not a queue.
+    bound = REDIS_TIMEOUT_SECONDS + LAYER_WAIT_SECONDS + 2
+    assert max(seconds for _, seconds in answers) < bound, answers
+
+    redis_proxy.resume()
+    with alice.socket(cut_off.base_url) as again:
+        assert again.hello["last_event_id"] == 0
+        task = alice.queue("simulate", seconds=0)
+        direct.start_worker(concurrency=1)
+        events = again.events_until(lambda frame: frame["event"] == "task.succeeded", timeout=30)
+        assert [frame["task"]["id"] for frame in events] == [task["id"]] * 3
+    refusals = [line for line in cut_off.web.log().splitlines() if REFUSED in line]
+    assert len(refusals) == 5 and all("no answer within" in line or "Timeout" in line for line in refusals)
+
+
+async def test_a_channel_the_layer_could_not_subscribe_leaves_nothing_behind(redis_proxy: TcpProxy) -> None:
+    """channels_redis makes a channel's receive queue before it subscribes
+    the channel, and kept it when the subscription failed: each socket
+    refused with 1013 left two in the web process (the consumer tries twice)
+    for as long as it ran, each /readyz that timed out one."""
+    layer = RedisPubSubChannelLayer(
+        hosts=[{"address": redis_proxy.url_for(os.environ["CHANNEL_LAYER_URL"]), **redis_timeouts()}],
+        prefix=f"tl-outage-{os.getpid()}",
+    )
+    kept = await layer.new_channel()
+    channels = layer._get_layer().channels
+    try:
+        redis_proxy.pause()  # refused and reset: fails at once
+        # A SUBSCRIBE is only written: one written before the reset arrived would go through.
+        wait_for(lambda: redis_proxy.live_connections == 0, timeout=10, what="the proxy to reset its connections")
+        for _ in range(20):
+            with pytest.raises(LAYER_DOWN):
+                await once_more_if_down(layer.new_channel)
+        assert list(channels) == [kept]
+        redis_proxy.resume()
+        redis_proxy.hang()  # answers nothing: the caller's deadline ends the wait
+        for _ in range(3):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await layer.new_channel()
+        assert list(channels) == [kept]
+    finally:
+        redis_proxy.resume()
+        await layer.flush()
