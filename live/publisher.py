@@ -14,8 +14,11 @@ slower (STACK-NOTES), and the source of channels_redis' "Event loop is
 closed" errors in workers.
 
 Either way a thread's messages leave in the order it pushed them, and a
-message the layer would not take is logged and dropped: the event is stored,
-and a socket catches up from the database (docs/events.md).
+message the layer would not take is dropped: a task event is stored, and a
+socket catches up from the database (docs/events.md). On Redis, Redis being
+away is a WARNING when it starts and once a minute while it lasts, never one
+per message; any other failure (a message that cannot be serialised) is an
+ERROR with its traceback.
 """
 
 from __future__ import annotations
@@ -35,10 +38,15 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from tasklight import channel_layer
+from tasklight.channel_layer import LAYER_DOWN
+from tasklight.logs import describe_error
+
 logger = logging.getLogger(__name__)
 
-# A Redis that does not answer holds up the pushing thread at most this long.
-REDIS_TIMEOUT_SECONDS = 2.0
+# A Redis that does not answer holds up the pushing thread at most this long
+# (the channel layer's and the cache's bound too: tasklight/channel_layer.py).
+REDIS_TIMEOUT_SECONDS = channel_layer.REDIS_TIMEOUT_SECONDS
 # After a PUBLISH timed out (a Redis host that does not answer at all, as a
 # dead one behind a network does), nothing is published for this long, so
 # that a worker is not held up on every event. A refused connection fails at
@@ -47,6 +55,15 @@ REDIS_SILENT_SECONDS = 10.0
 # Connections a process publishes on at most; a PUBLISH takes a fraction of a
 # millisecond, so threads rarely wait for one (up to the timeout above).
 REDIS_CONNECTIONS = 4
+# While publishing fails, a reminder is written this often at most (as
+# tasklight/logs.py does for channels_redis' own lines).
+OUTAGE_REPEAT_SECONDS = 60.0
+# What a message that could not be published costs: the reason it is a
+# WARNING and not an ERROR (docs/events.md, "Never lost").
+DROPPED_MEANS = (
+    "task events are stored and reach open sockets from the database at their next ping; "
+    "progress, inbox and sign-out messages are not replayed"
+)
 
 
 class _RedisPubSub:
@@ -63,12 +80,17 @@ class _RedisPubSub:
             address,
             max_connections=REDIS_CONNECTIONS,
             timeout=REDIS_TIMEOUT_SECONDS,
-            socket_timeout=REDIS_TIMEOUT_SECONDS,
-            socket_connect_timeout=REDIS_TIMEOUT_SECONDS,
+            **channel_layer.redis_timeouts(),
         )
         self._redis = redis.Redis(connection_pool=pool)
+        self._lock = threading.Lock()
         self._silent_until = 0.0
-        self._dropped = 0  # while silent; logged once when publishing resumes
+        # Since when publishing fails (None: it works), how many messages were
+        # dropped since, and when that was last said.
+        self._failing_since: float | None = None
+        self._dropped = 0
+        self._said_at = 0.0
+        self._cause = ""
 
     @classmethod
     def for_layer(cls, layer: Any) -> _RedisPubSub | None:
@@ -84,31 +106,65 @@ class _RedisPubSub:
         return cls(layer, hosts[0]["address"], config.get("prefix", "asgi"))
 
     def group_send(self, group: str, message: dict[str, Any]) -> None:
-        """Raises what redis-py raised; while Redis is taken for silent (see
-        above), drops the message at once. One warning says when a silence
-        starts and one when publishing resumes, with how many messages it
-        dropped, however many a busy process pushed meanwhile."""
+        """Publishes, or drops the message while Redis is away: refused,
+        reset, or not answering (then, for REDIS_SILENT_SECONDS, without
+        asking it). An outage is written as one WARNING when it starts, one a
+        minute at most while it lasts (how many messages it dropped), and one
+        INFO when publishing works again, however many messages a busy
+        process pushed meanwhile. Raises anything else (a message the layer
+        cannot serialise): a bug, the caller's to log as an ERROR."""
         if self._silent_until:
             if time.monotonic() < self._silent_until:
-                self._dropped += 1
+                self._failed(None)
                 return
-            logger.warning(
-                "publishing to Redis again after %g s of silence: %d message(s) were not published meanwhile",
-                REDIS_SILENT_SECONDS,
-                self._dropped,
-            )
-            self._silent_until, self._dropped = 0.0, 0
+            self._silent_until = 0.0
+        payload = self._serialize(message)
         try:
             # channels_redis.pubsub.RedisPubSubLoopLayer._get_group_channel_name
-            self._redis.publish(f"{self._prefix}__group__{group}", self._serialize(message))
-        except redis.TimeoutError:
-            self._silent_until = time.monotonic() + REDIS_SILENT_SECONDS
-            logger.warning(
-                "Redis did not answer within %g s: nothing is published for %g s (sockets catch up from the database)",
-                REDIS_TIMEOUT_SECONDS,
-                REDIS_SILENT_SECONDS,
+            self._redis.publish(f"{self._prefix}__group__{group}", payload)
+        except LAYER_DOWN as exc:
+            if isinstance(exc, redis.TimeoutError):
+                self._silent_until = time.monotonic() + REDIS_SILENT_SECONDS
+            self._failed(exc)
+            return
+        if self._failing_since is not None:
+            self._recovered()
+
+    def _failed(self, error: BaseException | None) -> None:
+        """One more message dropped: for ``error``, or (None) in a silence."""
+        now = time.monotonic()
+        with self._lock:
+            self._dropped += 1
+            if error is not None:
+                self._cause = describe_error(error)
+                if isinstance(error, redis.TimeoutError):
+                    self._cause += f"; not asked again for {REDIS_SILENT_SECONDS:g} s"
+            if self._failing_since is None:
+                self._failing_since = self._said_at = now
+                logger.warning(
+                    "cannot publish to Redis (%s): messages are dropped until it answers again (%s)",
+                    self._cause,
+                    DROPPED_MEANS,
+                )
+            elif now - self._said_at >= OUTAGE_REPEAT_SECONDS:
+                self._said_at = now
+                logger.warning(
+                    "still cannot publish to Redis after %.0f s (%s): %d message(s) dropped so far",
+                    now - self._failing_since,
+                    self._cause,
+                    self._dropped,
+                )
+
+    def _recovered(self) -> None:
+        with self._lock:
+            if self._failing_since is None:
+                return
+            logger.info(
+                "publishing to Redis again after %.0f s: %d message(s) were dropped meanwhile",
+                time.monotonic() - self._failing_since,
+                self._dropped,
             )
-            raise
+            self._failing_since, self._dropped = None, 0
 
 
 class Publisher:
