@@ -214,3 +214,39 @@ async def test_a_channel_the_layer_could_not_subscribe_leaves_nothing_behind(red
     finally:
         redis_proxy.resume()
         await layer.flush()
+
+
+def test_tasklight_wait_rides_out_a_redis_that_does_not_answer(
+    private_stack, redis_proxy: TcpProxy, tmp_path: Path
+) -> None:
+    """On a web process that had yet to reach Redis when it stopped
+    answering, the command's handshake took 15 s to be told 1013, past the
+    10 s it waits for one: it exited 3 ("timed out") before Redis was back.
+    Now it is told within seconds, tries again, and prints the result."""
+    direct = private_stack()
+    direct.start_worker(concurrency=1)
+    alice = Account.sign_up(direct.base_url)
+    task = alice.queue("simulate", seconds=0)
+    wait_for(lambda: stored_events(alice.username) == 3, timeout=30, what="the task to finish")
+    redis_proxy.hang()
+    cut_off = private_stack(CHANNEL_LAYER_URL=redis_proxy.url_for(os.environ["CHANNEL_LAYER_URL"]))
+    environment = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "TASKLIGHT_URL": cut_off.base_url,
+        "TASKLIGHT_TOKEN": alice.token,
+    }
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        waiting = subprocess.Popen(
+            [str(TASKLIGHT), "wait", task["id"]], stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
+        )
+    try:
+        wait_for(lambda: REFUSED in cut_off.web.log(), timeout=60, what="the command's socket to be refused")
+        assert waiting.poll() is None, stderr_path.read_text()
+        redis_proxy.resume()
+        stdout, _ = waiting.communicate(timeout=60)
+    finally:
+        waiting.kill()
+    assert waiting.returncode == 0, stderr_path.read_text()
+    assert json.loads(stdout) == {"slept": 0}
