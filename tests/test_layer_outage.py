@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -250,3 +251,31 @@ def test_tasklight_wait_rides_out_a_redis_that_does_not_answer(
         waiting.kill()
     assert waiting.returncode == 0, stderr_path.read_text()
     assert json.loads(stdout) == {"slept": 0}
+
+
+def test_a_worker_whose_redis_does_not_answer_runs_its_tasks_and_says_so_once(
+    private_stack, redis_proxy: TcpProxy
+) -> None:
+    """Its first PUBLISH waits 2 s, then it publishes nothing for 10 s: the
+    tasks run on, their events are stored and reach the socket at its next
+    ping, and SIGTERM stops the worker as it would otherwise. Its log said
+    "could not publish" as an ERROR with a traceback for each message."""
+    web = private_stack()
+    redis_proxy.hang()
+    worker = web.start_worker(concurrency=1, CHANNEL_LAYER_URL=redis_proxy.url_for(os.environ["CHANNEL_LAYER_URL"]))
+    alice = Account.sign_up(web.base_url)
+    with alice.socket(web.base_url) as socket:
+        for _ in range(5):
+            alice.queue("simulate", seconds=0)
+        wait_for(lambda: stored_events(alice.username) == 15, timeout=60, what="the tasks to finish")
+        assert events_until_pong(socket, "after the tasks") == list(range(1, 16))
+    stopped = time.monotonic()
+    worker.stop(signal.SIGTERM, timeout=30)
+    assert worker.popen.returncode == 0 and time.monotonic() - stopped < 15
+
+    lines = [json.loads(line) for line in worker.log().splitlines() if line.startswith("{")]
+    assert [line for line in lines if line["level"] in ("ERROR", "CRITICAL")] == []
+    from_the_publisher = [line for line in lines if line["logger"] == "live.publisher"]
+    assert len(from_the_publisher) == 1, from_the_publisher
+    assert from_the_publisher[0]["level"] == "WARNING"
+    assert from_the_publisher[0]["message"].startswith("cannot publish to Redis (TimeoutError: ")
