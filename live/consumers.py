@@ -60,7 +60,9 @@ CLOSE_TRY_AGAIN = 1013
 # subscription, one command at a time, so without a deadline of its own each
 # waited for all those before it, a REDIS_TIMEOUT_SECONDS each while Redis
 # did not answer (the fifth of five at once, 55 s). A little more than
-# redis-py's own deadline, so that redis-py ends the one under way itself.
+# redis-py's own deadline, so that redis-py ends the one under way itself
+# (cancelled in the middle of connecting, redis-py keeps a connection whose
+# handshake never finished): the deadline cancels those still waiting.
 LAYER_WAIT_SECONDS = REDIS_TIMEOUT_SECONDS + 1
 REPLAY_BATCH = 500
 # A session's expiry that could not be read is looked up again this much later.
