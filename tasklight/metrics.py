@@ -61,6 +61,13 @@ tasks_finished = Counter(
     "Tasks that reached a terminal state, by outcome (succeeded, failed, cancelled).",
     ["kind", "outcome"],
 )
+tasks_handed_back = Counter(
+    "tasklight_tasks_handed_back",
+    "Tasks a worker could not run and sent back to the queue for another worker, by why: "
+    "workload_missing (not installed on that worker) or params_refused (that worker's version of it "
+    "refuses the parameters).",
+    ["kind", "reason"],
+)
 queue_wait = Histogram(
     "tasklight_task_queue_wait_seconds",
     "Time from a task's creation to its start by a worker.",
@@ -103,6 +110,10 @@ def _seconds_between(start: datetime | None, end: datetime | None) -> float | No
 
 def task_created(kind: str) -> None:
     tasks_created.labels(kind).inc()
+
+
+def task_handed_back(*, kind: str, reason: str) -> None:
+    tasks_handed_back.labels(kind, reason).inc()
 
 
 def task_started(*, kind: str, created_at: datetime | None, started_at: datetime | None) -> None:

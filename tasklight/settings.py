@@ -331,6 +331,13 @@ if TASK_LEASE_SECONDS <= CANCEL_GRACE_SECONDS:
 # ends its own process: os._exit, a segfault, the out-of-memory killer), it
 # fails instead of killing a pool process on every delivery (docs/lifecycle.md).
 TASK_MAX_STARTS = whole_number("TASK_MAX_STARTS", 3, minimum=1, maximum=100)
+# A task that the worker taking it cannot run (its workload is not installed
+# there, or that worker's version of the workload refuses the parameters a
+# web process accepted: web and workers of two releases during a rolling
+# deploy, or WORKLOAD_MODULES that differ) goes back to the queue for another
+# worker, for up to this many seconds after the first worker handed it back;
+# then it fails, naming why (docs/operations.md#version-skew-between-web-and-workers).
+TASK_SKEW_WAIT_SECONDS = decimal_number("TASK_SKEW_WAIT_SECONDS", 600.0, minimum=0, unit="seconds")
 # Stored events older than this are deleted; a client resuming from before
 # them is told to resync (docs/events.md).
 EVENT_RETENTION_DAYS = decimal_number("EVENT_RETENTION_DAYS", 7, minimum=0, minimum_allowed=False, unit="days")

@@ -32,6 +32,7 @@ from . import sent_marks
 from .models import IdempotencyKey, Task, TaskStatus
 from .registry import (
     UNSTORABLE_TEXT,
+    InvalidParams,
     UnknownWorkload,
     get_workload,
     nested_deeper_than,
@@ -63,6 +64,19 @@ class OwnerAtCapacity(Exception):
 
 class StillRunningElsewhere(Exception):
     """A redelivered task whose lease is fresh: its worker is alive."""
+
+
+class NotRunnableHere(Exception):
+    """This worker cannot run the task: its workload is not installed here,
+    or this worker's version of it refuses the parameters that a web process
+    (of another release, or with other WORKLOAD_MODULES) accepted. Raised by
+    start_task before it changes anything."""
+
+    def __init__(self, kind: str, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.reason = reason  # workload_missing or params_refused: the metric's label
+        self.detail = detail
 
 
 # --- Creating ---------------------------------------------------------------
@@ -176,13 +190,15 @@ def send_to_broker(
     countdown: float | None = None,
     again: bool | str = False,
     mark_now: bool = False,
+    headers: dict[str, Any] | None = None,
 ) -> bool:
     """Publishes a task; False when the broker would not take it (the relay
     sends it later). Never raises: the broker being down is no reason to
     refuse work (DESIGN.md §4). Callers that know the task's kind pass it,
     which saves reading the row back on the request path. ``sent_at`` is
     written in a batch shortly after (sent_marks.py), or at once with
-    ``mark_now``."""
+    ``mark_now``. ``headers`` go into the message (workloads/tasks.py's
+    hand-back count; a worker of an older release ignores them)."""
     from .tasks import run_task
 
     if kind is None:
@@ -204,6 +220,8 @@ def send_to_broker(
         args, kwargs = (str(task_id),), {"again": again}
         # Their repr given: Celery's saferepr of them (for logs and Flower)
         # is the same text at ~3 % of a POST's CPU (docs/benchmarks.md).
+        if headers:
+            options["headers"] = headers
         options.update(argsrepr=repr(args), kwargsrepr=repr(kwargs))
         run_task.apply_async(args=args, kwargs=kwargs, task_id=str(task_id), **options)
     except Exception as exc:
@@ -327,6 +345,9 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = F
         if task.cancel_requested_at is not None:
             _close(task, TaskStatus.CANCELLED, error="Cancelled by its owner.")
             return None
+        # Before anything is written: a task this worker cannot run is left
+        # as it is, for another worker (workloads/tasks.py hands it back).
+        _check_runnable_here(task)
         if task.status == TaskStatus.RUNNING and resumed:
             task.heartbeat_at = timezone.now()  # taken over: ours now
             task.save(update_fields=["heartbeat_at"])
@@ -366,6 +387,39 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = F
                 _set(task, started).save(update_fields=list(started))
                 record_event(user_id=task.owner_id, kind="task.started", task=task.as_json())
             metrics.task_started(kind=task.kind, created_at=task.created_at, started_at=task.started_at)
+        return task
+
+
+def _check_runnable_here(task: Task) -> None:
+    """Raises NotRunnableHere if this process has no workload of the task's
+    kind, or its version of the workload refuses the task's parameters."""
+    try:
+        workload = get_workload(task.kind)
+    except UnknownWorkload:
+        raise NotRunnableHere(
+            task.kind, "workload_missing", f"no workload named {task.kind!r} is installed on this worker"
+        ) from None
+    try:
+        workload.parse(task.params)
+    except InvalidParams as exc:
+        refused = "; ".join(f"{where}: {' '.join(messages)}" for where, messages in exc.fields.items())
+        raise NotRunnableHere(
+            task.kind, "params_refused", f"this worker's version of {task.kind!r} refuses its parameters ({refused})"
+        ) from None
+
+
+def fail_not_runnable(*, task_id: uuid.UUID | str, error: str) -> Task | None:
+    """Fails a queued or running task that no worker could run (NotRunnableHere
+    for TASK_SKEW_WAIT_SECONDS); None if it had ended meanwhile."""
+    with transaction.atomic():
+        task = (
+            Task.objects.select_for_update()
+            .filter(pk=task_id, status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING])
+            .first()
+        )
+        if task is None:
+            return None
+        _close(task, TaskStatus.FAILED, error=error_as_stored(error))
         return task
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import random
@@ -36,12 +37,12 @@ from django.db import close_old_connections, connection
 from accounts.services import delete_expired_sessions
 from live.publisher import publisher
 from live.services import delete_expired_events
-from tasklight import db, logs
+from tasklight import db, logs, metrics
 from tasklight.embedded_broker import delete_delivered_messages, waiting_task_ids
 
 from . import services, workers
 from .models import Task
-from .registry import Cancelled, Run, UnknownWorkload, Workload, WorkloadFailed, get_workload
+from .registry import Cancelled, Run, Workload, WorkloadFailed, get_workload
 
 logger = logging.getLogger(__name__)
 
@@ -244,15 +245,14 @@ def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
             again=RESUME if delivery.resumes else True,
         )
         return
+    except services.NotRunnableHere as exc:
+        _hand_back(self, task_id, exc, again=delivery.again or delivery.redelivered)
+        return
     if task is None:
         logger.info("task %s is finished, cancelled or running elsewhere; not running it", task_id)
         return
     delivery.started = True
-    try:
-        workload = get_workload(task.kind)
-    except UnknownWorkload:
-        services.fail_task(task_id=task_id, error=f"No workload named {task.kind!r} is installed on this worker.")
-        return
+    workload = get_workload(task.kind)  # start_task checked that this worker has it
     # The task id comes from the context (tasklight/celery.py); see docs/observability.md.
     logger.info("task started", extra={"kind": task.kind})
     cancel = threading.Event()
@@ -279,6 +279,77 @@ def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
         watchdog.unwatch(watch)
     if ended is not None:
         logger.info("task ended", extra={"kind": ended.kind, "outcome": ended.status})
+
+
+# Message headers a hand-back carries from worker to worker (a worker of an
+# older release ignores them): when the first worker handed the task back
+# (its wall clock, seconds since the epoch) and how many times it went back.
+HANDED_BACK_SINCE = "tasklight_handed_back_since"
+HANDED_BACK_TIMES = "tasklight_handed_back_times"
+# The wait before the next worker looks at it doubles each time up to this:
+# a queue of such tasks must not spin through the workers.
+HAND_BACK_MAX_COUNTDOWN = 30.0
+
+
+def _hand_back(self: CeleryTask, task_id: str, refused: services.NotRunnableHere, *, again: bool | str) -> None:
+    """This worker cannot run the task (web processes and workers of two
+    releases, or WORKLOAD_MODULES that differ): back to the queue, for a
+    worker that can, for up to TASK_SKEW_WAIT_SECONDS since the first worker
+    handed it back; then it fails, saying why. Never in a loop: the waits
+    grow, and the deadline travels with the message."""
+    now = time.time()
+    since, times = _handed_back_so_far(self, now)
+    waited = max(now - since, 0.0)  # another machine's clock may be ahead
+    wait = settings.TASK_SKEW_WAIT_SECONDS
+    metrics.task_handed_back(kind=refused.kind, reason=refused.reason)
+    if waited >= wait:
+        error = (
+            f"No worker could run this task: {refused.detail}"
+            + (f", and no other worker took it within {wait:g} s" if wait else "")
+            + ". The web process that accepted it and the workers differ in their workloads "
+            "(a deployment under way, or WORKLOAD_MODULES that differ): queue it again once they agree."
+        )
+        ended = services.fail_not_runnable(task_id=task_id, error=error)
+        logger.error(
+            "task %s: no worker could run it (%s) in %.0f s, handed back %d time(s): %s",
+            task_id,
+            refused.detail,
+            waited,
+            times,
+            "failed" if ended is not None else "it had ended meanwhile",
+            extra={"task_id": task_id},
+        )
+        return
+    countdown = min(2.0**times, HAND_BACK_MAX_COUNTDOWN, max(wait - waited, 0.0)) * (1 + random.random() / 4)  # noqa: S311
+    sent = services.send_to_broker(
+        task_id=task_id,
+        countdown=countdown,
+        again=again,
+        headers={HANDED_BACK_SINCE: since, HANDED_BACK_TIMES: times + 1},
+    )
+    logger.warning(
+        "task %s: this worker cannot run it (%s): %s; it fails if no worker runs it within "
+        "TASK_SKEW_WAIT_SECONDS (%g s; %.0f s so far)",
+        task_id,
+        refused.detail,
+        f"handed back to the queue for another worker (time {times + 1}, in {countdown:.1f} s)"
+        if sent
+        else "could not hand it back to the broker",
+        wait,
+        waited,
+        extra={"task_id": task_id},
+    )
+
+
+def _handed_back_so_far(self: CeleryTask, now: float) -> tuple[float, int]:
+    """(when the first worker handed the task back, how many times it went
+    back), from the message's headers; (now, 0) the first time."""
+    since, times = self.request.get(HANDED_BACK_SINCE), self.request.get(HANDED_BACK_TIMES)
+    if not isinstance(since, int | float) or isinstance(since, bool) or not math.isfinite(since):
+        since = now
+    if not isinstance(times, int) or isinstance(times, bool) or times < 0:
+        times = 0
+    return float(since), times
 
 
 def _run_workload(workload: Workload, task: Task, run: Run) -> Task | None:
