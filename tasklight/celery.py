@@ -8,11 +8,13 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
 from celery import Celery
 from celery.signals import (
+    celeryd_after_setup,
     task_postrun,
     task_prerun,
     worker_before_create_process,
@@ -103,6 +105,14 @@ def _tune_embedded_broker(**kwargs: object) -> None:
         return drain_events(self, connection, timeout=timeout)
 
     sqlalchemy.Transport.drain_events = drain_events_briefly  # type: ignore[method-assign]
+
+
+@celeryd_after_setup.connect  # after Celery's logging set-up, which shows every one of its warnings
+def _silence_the_connection_loss_warning(**kwargs: object) -> None:
+    """Celery warns at every broker connection loss that version 6 is to
+    stop tasks running then; the settings choose already
+    (CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS)."""
+    warnings.filterwarnings("ignore", message=r"\s*In Celery 5\.1 we introduced an optional breaking change")
 
 
 @worker_process_init.connect

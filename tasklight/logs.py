@@ -199,6 +199,37 @@ def _watchdog_exit(record: logging.LogRecord) -> bool:
     return False
 
 
+class LostAckFilter(logging.Filter):
+    """kombu's CRITICAL "Couldn't ack 1, reason: RecoverableConnectionError(...
+    'connection already closed')", with a traceback, is what a worker writes
+    when a task ends after its broker connection dropped (a network blip, a
+    RabbitMQ restart): the ack belonged to the old connection. Nothing is
+    wrong: RabbitMQ delivered the message again when the connection closed,
+    and whichever worker gets it drops it, the task having ended (or leaves
+    it to this one while it runs: docs/lifecycle.md). A WARNING saying so,
+    without the traceback; a failed ack for any other reason stays CRITICAL."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and _lost_ack(record):
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.exc_info, record.exc_text = None, None
+            record.msg = (
+                f"{record.msg}: the worker's broker connection dropped while the task ran; RabbitMQ delivers "
+                "its message again, and the worker that gets it drops it (the task has ended, once)"
+            )
+        return True
+
+
+def _lost_ack(record: logging.LogRecord) -> bool:
+    if not str(record.msg).startswith("Couldn't ack ") or not record.exc_info:
+        return False
+    from amqp.exceptions import ConnectionError as AmqpConnectionError
+
+    # py-amqp's RecoverableConnectionError ("connection already closed") is
+    # one of its ConnectionErrors; a socket's own is an OSError.
+    return isinstance(record.exc_info[1], AmqpConnectionError | OSError)
+
+
 def describe_error(exc: BaseException) -> str:
     """An error and what caused it, in one line: redis-py's "Connection
     lost" says more with the reset beneath it."""

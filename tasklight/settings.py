@@ -281,6 +281,13 @@ CELERY_RESULT_BACKEND = None
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# A worker whose broker connection drops while a task runs lets the task run
+# on: it ends once, and the message RabbitMQ delivers again is left to it by
+# the lease, then dropped (docs/lifecycle.md). Celery 6 is to turn this on by
+# default, which would stop such a task and run it again from the start
+# elsewhere; it warns of that at every connection loss, a long WARNING that
+# tasklight/celery.py silences, the choice being made here.
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_CONCURRENCY = whole_number("WORKER_CONCURRENCY", 2, minimum=1)
@@ -494,6 +501,7 @@ LOGGING = {
         "client_noise": {"()": "tasklight.logs.ClientNoiseFilter"},
         "watchdog_exit": {"()": "tasklight.logs.WatchdogExitFilter"},
         "channel_layer_outage": {"()": "tasklight.logs.ChannelLayerOutageFilter"},
+        "lost_ack": {"()": "tasklight.logs.LostAckFilter"},
     },
     "formatters": {
         "plain": {"()": "tasklight.logs.PlainFormatter"},
@@ -503,7 +511,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["context", "client_noise", "watchdog_exit", "channel_layer_outage"],
+            "filters": ["context", "client_noise", "watchdog_exit", "channel_layer_outage", "lost_ack"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

@@ -438,3 +438,49 @@ def test_a_soft_time_limit_in_the_middle_of_a_query_fails_the_task_once(stack: A
     assert events[-1]["event"] == "task.failed"
     assert events[-1]["task"]["error"] == "The task ran longer than its time limit of 1 s."
     assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.failed"]
+
+
+def test_a_worker_cut_off_from_the_broker_mid_task_finishes_it_once_and_says_so_calmly(private_stack) -> None:
+    """A worker on another machine loses its RabbitMQ connection while its
+    task runs: the task runs on and ends once, its owner hears of it once,
+    and the redelivered message is dropped by another worker. The ack that
+    can no longer be sent is a WARNING saying why, not kombu's CRITICAL
+    with a traceback (an operator's pager)."""
+    from urllib.parse import urlparse
+
+    from django.conf import settings
+
+    from .proxy import TcpProxy
+
+    broker = urlparse(settings.CELERY_BROKER_URL)
+    with TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672) as proxy:
+        running = private_stack()
+        far = running.start_worker(concurrency=1, CELERY_BROKER_URL=proxy.url_for(settings.CELERY_BROKER_URL))
+        alice = Account.sign_up(running.base_url)
+        with alice.socket() as socket:
+            task = alice.queue("simulate", seconds=4)
+            socket.events_until(lambda e: e["event"] == "task.started")
+            near = running.start_worker(concurrency=1)
+            proxy.pause()  # resets the far worker's connection; RabbitMQ hands its message to the near one
+            wait_for(lambda: "Connection to broker lost" in far.log(), timeout=10, what="the far worker to notice")
+            proxy.resume()
+            events = socket.events_until(terminal_for(task["id"]), timeout=60)
+            # The redelivered copy reaches the near worker, which leaves the task to its
+            # worker and, once it has ended, drops it.
+            wait_for(
+                lambda: f"task {task['id']} is finished, cancelled or running elsewhere; not running it" in near.log(),
+                timeout=30,
+                what="the near worker to drop the redelivered message",
+            )
+            wait_for(lambda: "Couldn't ack" in far.log(), timeout=10, what="the far worker's lost ack")
+    assert events[-1]["event"] == "task.succeeded", events[-1]
+    assert [e["event"] for e in events].count("task.succeeded") == 1
+    assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
+    assert Task.objects.get(pk=task["id"]).starts == 1
+    assert f"run_task[{task['id']}] succeeded in" in far.log()  # it ran there, to its end
+    lost_ack = next(line for line in far.log().splitlines() if "Couldn't ack" in line)
+    assert '"level": "WARNING"' in lost_ack, lost_ack
+    assert "Traceback" not in lost_ack
+    assert "RabbitMQ delivers its message again" in lost_ack
+    assert '"level": "CRITICAL"' not in far.log()
+    assert "worker_cancel_long_running_tasks_on_connection_loss" not in far.log()  # Celery's warning
