@@ -62,6 +62,11 @@ if not DEBUG and not EMBEDDED:
 SECRET_KEY = env.str("SECRET_KEY", default="insecure-dev-key-only-for-embedded-mode" if DEBUG else "")
 if not SECRET_KEY:
     raise environ.ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+# Earlier keys, still accepted for sessions made under them (a session made
+# under a fallback is re-signed under SECRET_KEY at its next request): with
+# them, a new key rolls out without signing anyone out
+# (docs/operations.md#secret_key-on-every-process). Comma-separated.
+SECRET_KEY_FALLBACKS = env.list("SECRET_KEY_FALLBACKS", default=[])
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 HTTPS = boolean("HTTPS", default=not DEBUG)
 
