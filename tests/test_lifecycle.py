@@ -483,3 +483,37 @@ def test_a_worker_cut_off_from_the_broker_mid_task_finishes_it_once_and_says_so_
     assert "RabbitMQ delivers its message again" in lost_ack
     assert '"level": "CRITICAL"' not in far.log()
     assert "worker_cancel_long_running_tasks_on_connection_loss" not in far.log()  # Celery's warning
+
+
+def test_a_worker_whose_clock_is_ahead_does_not_take_over_a_live_task(private_stack) -> None:
+    """The lease is kept and read by the database's clock: a worker whose
+    clock is ahead of the running worker's by more than a lease (5 s here,
+    TASK_LEASE_SECONDS 3 s; 10 s by default) must not take the redelivered
+    message of a live task for a dead worker's, and run it a second time."""
+    from urllib.parse import urlparse
+
+    from django.conf import settings
+
+    from .proxy import TcpProxy
+
+    broker = urlparse(settings.CELERY_BROKER_URL)
+    with TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672) as proxy:
+        running = private_stack()
+        far = running.start_worker(concurrency=1, CELERY_BROKER_URL=proxy.url_for(settings.CELERY_BROKER_URL))
+        alice = Account.sign_up(running.base_url)
+        with alice.socket() as socket:
+            task = alice.queue("simulate", seconds=4)
+            socket.events_until(lambda e: e["event"] == "task.started")
+            ahead = running.start_worker(
+                concurrency=1,
+                WORKLOAD_MODULES="tests.workloads_for_tests,tests.skewed_clock",
+                CLOCK_SKEW_SECONDS="5",
+            )
+            proxy.pause()  # the message goes back to RabbitMQ, and on to the worker that is ahead
+            wait_for(lambda: f"run_task[{task['id']}] received" in ahead.log(), timeout=10, what="the redelivery")
+            proxy.resume()
+            events = socket.events_until(terminal_for(task["id"]), timeout=60)
+    assert events[-1]["event"] == "task.succeeded", events[-1]
+    assert Task.objects.get(pk=task["id"]).starts == 1, ahead.log()[-3000:]
+    assert "task started" not in ahead.log()
+    assert f"run_task[{task['id']}] succeeded in" in far.log()

@@ -13,7 +13,7 @@ import json
 import logging
 import uuid
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.conf import settings
@@ -21,6 +21,7 @@ from django.contrib.auth.models import User
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Field, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from live.events import EventKind
@@ -339,7 +340,8 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = F
         if task.status == TaskStatus.RUNNING and not redelivered:
             return None
         if task.status == TaskStatus.RUNNING:
-            lease_age = (timezone.now() - task.heartbeat_at).total_seconds() if task.heartbeat_at else None
+            now = database_now()  # the clock the running worker renews the lease by
+            lease_age = (now - task.heartbeat_at).total_seconds() if task.heartbeat_at else None
             if lease_age is not None and lease_age < settings.TASK_LEASE_SECONDS:
                 raise StillRunningElsewhere
         if task.cancel_requested_at is not None:
@@ -358,7 +360,7 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = F
             if task.starts >= settings.TASK_MAX_STARTS:
                 _close(task, TaskStatus.FAILED, error=died_running_it(task.starts))
                 return None
-            task.heartbeat_at = timezone.now()  # taken over: ours now
+            task.heartbeat_at = now  # taken over: ours now
             task.starts += 1
             task.save(update_fields=["heartbeat_at", "starts"])
         if task.status == TaskStatus.QUEUED:
@@ -388,6 +390,19 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = F
                 record_event(user_id=task.owner_id, kind="task.started", task=task.as_json())
             metrics.task_started(kind=task.kind, created_at=task.created_at, started_at=task.started_at)
         return task
+
+
+def database_now() -> datetime:
+    """Now, by PostgreSQL's clock: a lease is renewed by one worker and read
+    by another, whose machines' clocks may differ by seconds; the database's
+    is the one they share. A worker whose clock was ahead of the running
+    worker's by nearly TASK_LEASE_SECONDS took a live task over and ran it
+    a second time. Elsewhere (SQLite: one machine) this process's clock."""
+    if connection.vendor != "postgresql":
+        return timezone.now()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT statement_timestamp()")
+        return cast(datetime, cursor.fetchone()[0])
 
 
 def _check_runnable_here(task: Task) -> None:
@@ -538,9 +553,11 @@ def report_progress(*, task: Task, percent: int) -> None:
 
 
 def renew_lease(*, task_id: uuid.UUID | str) -> bool:
-    """Renews a running task's lease; True if it must stop: its owner asked
-    to cancel it, or it is gone (deleted with its owner's account)."""
-    Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).update(heartbeat_at=timezone.now())
+    """Renews a running task's lease, by the database's clock; True if it
+    must stop: its owner asked to cancel it, or it is gone (deleted with its
+    owner's account)."""
+    renewed_at = Now() if connection.vendor == "postgresql" else timezone.now()
+    Task.objects.filter(pk=task_id, status=TaskStatus.RUNNING).update(heartbeat_at=renewed_at)
     row = Task.objects.filter(pk=task_id).values_list("cancel_requested_at").first()
     return row is None or row[0] is not None
 
