@@ -301,7 +301,6 @@ def _hand_back(self: CeleryTask, task_id: str, refused: services.NotRunnableHere
     since, times = _handed_back_so_far(self, now)
     waited = max(now - since, 0.0)  # another machine's clock may be ahead
     wait = settings.TASK_SKEW_WAIT_SECONDS
-    metrics.task_handed_back(kind=refused.kind, reason=refused.reason)
     if waited >= wait:
         error = (
             f"No worker could run this task: {refused.detail}"
@@ -327,6 +326,8 @@ def _hand_back(self: CeleryTask, task_id: str, refused: services.NotRunnableHere
         again=again,
         headers={HANDED_BACK_SINCE: since, HANDED_BACK_TIMES: times + 1},
     )
+    if sent:
+        metrics.task_handed_back(kind=refused.kind, reason=refused.reason)
     logger.warning(
         "task %s: this worker cannot run it (%s): %s; it fails if no worker runs it within "
         "TASK_SKEW_WAIT_SECONDS (%g s; %.0f s so far)",
