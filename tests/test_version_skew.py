@@ -113,3 +113,32 @@ def test_parameters_no_worker_accepts_fail_readably_and_the_worker_logs_no_trace
     )
     assert kinds_for(task["id"]) == ["task.queued", "task.failed"]
     assert "Traceback" not in old.log()
+
+
+def test_a_message_with_an_argument_of_a_later_release_still_runs_its_task(stack: Any) -> None:
+    """A web process of a later release may send run_task an argument this
+    release does not know: the worker runs the task, ignoring it. Before,
+    the call raised TypeError, Celery acknowledged the message, and the
+    task stayed queued for good."""
+    from django.contrib.auth.models import User
+    from django.utils import timezone
+
+    from tasklight.celery import app
+
+    alice = Account.sign_up(stack.base_url)
+    # Marked sent, as the web process marks what it sends: the relay leaves it alone.
+    task = Task.objects.create(
+        owner=User.objects.get(username=alice.username),
+        kind="reverse",
+        params={"text": "later"},
+        sent_at=timezone.now(),
+    )
+    app.send_task(
+        "tasklight.run_task", args=(str(task.pk),), kwargs={"again": False, "priority": 3}, task_id=str(task.pk)
+    )
+    done = wait_for(
+        lambda: Task.objects.filter(pk=task.pk).exclude(status__in=["queued", "running"]).first(),
+        timeout=30,
+        what="the task to end",
+    )
+    assert (done.status, done.result) == ("succeeded", {"reversed": "retal"})

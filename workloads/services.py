@@ -351,7 +351,7 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = F
         # as it is, for another worker (workloads/tasks.py hands it back).
         _check_runnable_here(task)
         if task.status == TaskStatus.RUNNING and resumed:
-            task.heartbeat_at = timezone.now()  # taken over: ours now
+            task.heartbeat_at = now  # taken over: ours now
             task.save(update_fields=["heartbeat_at"])
         elif task.status == TaskStatus.RUNNING:
             # Its worker died while running it. A workload that ends its own

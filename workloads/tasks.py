@@ -207,7 +207,12 @@ class Delivery:
 # max_retries=None: retry without limit (Celery's retry() falls back to the
 # task's own max_retries, 3 by default, when given None).
 @shared_task(bind=True, base=TasklightTask, name="tasklight.run_task", acks_late=True, max_retries=None)
-def run_task(self: CeleryTask, task_id: str, again: bool | str = False) -> None:
+def run_task(self: CeleryTask, task_id: str, again: bool | str = False, **later: Any) -> None:
+    # ``later``: arguments a later release may add to the message, which
+    # this one ignores. Without it, a worker of this release that got such
+    # a message during a rolling deploy raised TypeError before running
+    # anything, Celery acknowledged the message, and the task stayed queued
+    # for good (already sent, the relay never sends it again).
     # The pool process keeps its connection between tasks (WORKER_CONN_MAX_AGE):
     # drop it here if it is too old or broke (health-checked on first use,
     # unless the last task used it a moment ago: tasklight/db.py).
@@ -319,7 +324,7 @@ def _hand_back(self: CeleryTask, task_id: str, refused: services.NotRunnableHere
             extra={"task_id": task_id},
         )
         return
-    countdown = min(2.0**times, HAND_BACK_MAX_COUNTDOWN, max(wait - waited, 0.0)) * (1 + random.random() / 4)  # noqa: S311
+    countdown = min(2.0 ** min(times, 5), HAND_BACK_MAX_COUNTDOWN, max(wait - waited, 0.0)) * (1 + random.random() / 4)  # noqa: S311
     sent = services.send_to_broker(
         task_id=task_id,
         countdown=countdown,
