@@ -210,7 +210,7 @@ def send_to_broker(
         workload = get_workload(kind)
         soft_limit, hard_limit = workload.soft_time_limit, workload.time_limit
     except UnknownWorkload:
-        soft_limit = hard_limit = None  # the worker fails it with a readable error
+        soft_limit = hard_limit = None  # a worker that has it runs it; none: it fails, saying why (tasks._hand_back)
     options: dict[str, Any] = {
         "soft_time_limit": soft_limit or settings.TASK_SOFT_TIME_LIMIT,
         "time_limit": hard_limit or settings.TASK_TIME_LIMIT,
