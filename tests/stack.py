@@ -25,6 +25,12 @@ from websockets.sync.client import ClientConnection, connect
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PASSWORD = "a-long-enough-passphrase-9"
+# What the tests' HTTP requests to real processes wait for an answer.
+# httpx's default, 5 s, was too short for a loaded CI machine (2 cores, a
+# load average of 4 and more): a stack's first sign-up, which hashes a
+# password (~0.35 s of CPU), timed out at setup. Long enough for that, still
+# a bound. (A poll inside wait_for keeps a short timeout: it tries again.)
+HTTP_TIMEOUT = 30.0
 
 
 def free_port() -> int:
@@ -144,14 +150,16 @@ class Account:
     @classmethod
     def sign_up(cls, base_url: str, username: str | None = None) -> Account:
         username = username or f"user-{uuid.uuid4().hex[:10]}"
-        response = httpx.post(f"{base_url}/api/auth/signup/", json={"username": username, "password": PASSWORD})
+        response = httpx.post(
+            f"{base_url}/api/auth/signup/", json={"username": username, "password": PASSWORD}, timeout=HTTP_TIMEOUT
+        )
         assert response.status_code == 201, response.text
         return cls.log_in(base_url, username)
 
     @classmethod
     def log_in(cls, base_url: str, username: str) -> Account:
         """A user signed up elsewhere (a page), with an API token of its own."""
-        http = httpx.Client(base_url=base_url, timeout=10)
+        http = httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT)
         token = http.post("/api/auth/token/", json={"username": username, "password": PASSWORD}).json()["token"]
         http.headers["Authorization"] = f"Token {token}"
         return cls(base_url, username, token, http)

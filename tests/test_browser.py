@@ -28,9 +28,15 @@ from live.services import delete_expired_events
 from workloads.models import Task
 
 from .proxy import HttpProxyWithoutWebSockets, TcpProxy
-from .stack import PASSWORD, ROOT, Account, terminal_for, wait_for
+from .stack import HTTP_TIMEOUT, PASSWORD, ROOT, Account, terminal_for, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
+
+# What an expect() waits for unless told: Playwright's 5 s is short for a
+# loaded CI machine (2 cores, a load average of 4 and more), where a page's
+# socket or a row's change can take longer; still a bound. (test_accessibility
+# runs in the same session and shares it.)
+expect.set_options(timeout=15_000)
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Without these, Chromium reaches for Google's hosts and this machine refuses them.
@@ -686,7 +692,7 @@ def test_a_socket_reopened_with_another_users_cookie_reloads_the_page_as_them(pr
     merged their tasks, bell and toasts into the first user's page."""
     running = private_stack()
     second = Account.sign_up(running.base_url)
-    second_session = httpx.Client(base_url=running.base_url, timeout=10)
+    second_session = httpx.Client(base_url=running.base_url, timeout=HTTP_TIMEOUT)
     assert second_session.post("/api/auth/login/", json={"username": second.username, "password": PASSWORD}).is_success
     context = browser.new_context(viewport={"width": 1200, "height": 800})
     try:

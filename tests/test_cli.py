@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from .proxy import HttpProxyWithoutWebSockets
-from .stack import PASSWORD, Account, free_port, wait_for
+from .stack import HTTP_TIMEOUT, PASSWORD, Account, free_port, wait_for
 
 TASKLIGHT = Path(sys.executable).parent / "tasklight"
 # One line of the progress bar when stderr is not a terminal: "simulate 1a2b3c4d [###---] 40% running".
@@ -342,7 +342,7 @@ def test_workloads_lists_each_workload_and_its_parameters_without_a_login(stack:
 
     as_json = run("workloads", "--json")
     assert as_json.returncode == 0, as_json.stderr
-    assert json.loads(as_json.stdout) == httpx.get(f"{stack.base_url}/api/workloads/").json()
+    assert json.loads(as_json.stdout) == httpx.get(f"{stack.base_url}/api/workloads/", timeout=HTTP_TIMEOUT).json()
 
 
 @pytest.mark.stack

@@ -23,6 +23,7 @@ from websockets.sync.client import connect
 from workloads.views import PAGE_TEXT_CHARS
 
 from .stack import (
+    HTTP_TIMEOUT,
     PASSWORD,
     ROOT,
     Account,
@@ -120,7 +121,7 @@ def make_run(tmp_path: Path):
 
 def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
     base_url, process, data_dir = make_run
-    ready = httpx.get(f"{base_url}/readyz").json()
+    ready = httpx.get(f"{base_url}/readyz", timeout=HTTP_TIMEOUT).json()
     assert ready["status"] == "ok"
     assert {part["name"]: part["backend"] for part in ready["parts"]} == {
         "database": "sqlite",
@@ -147,7 +148,7 @@ def test_the_whole_loop_runs_embedded_and_ctrl_c_stops_it(make_run) -> None:
     # cuts it (here Python does: SQLite has no tasklight_cut_strings).
     text = "\U0001f600 word " * 100  # 700 characters
     alice.queue("text_stats", text=text)
-    with httpx.Client(base_url=base_url, timeout=10) as browser:
+    with httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT) as browser:
         assert browser.post("/api/auth/login/", json={"username": alice.username, "password": PASSWORD}).is_success
         page = browser.get("/").text
     start = page.index('<script id="initial-tasks" type="application/json">')
@@ -248,7 +249,7 @@ def test_one_make_run_per_data_directory_and_a_killed_one_leaves_no_stale_lock(t
         # Nothing started, not even the migrations.
         assert done.stdout == "", done.stdout
         assert "honcho" not in done.stderr
-        assert httpx.get(f"{base_url}/healthz").status_code == 200
+        assert httpx.get(f"{base_url}/healthz", timeout=HTTP_TIMEOUT).status_code == 200
 
         _, other = start_make_run(tmp_path / "other", tmp_path / "other.log")
         ctrl_c(other)
@@ -291,11 +292,11 @@ def test_make_run_on_the_network_with_debug_off(tmp_path: Path) -> None:
     )
     try:
         lan = {"Host": f"tasklight.lan:{base_url.rsplit(':', 1)[1]}"}
-        assert httpx.get(f"{base_url}/static/tasklight/app.css", headers=lan).status_code == 200
-        missing = httpx.get(f"{base_url}/no-such-page/", headers=lan)
+        assert httpx.get(f"{base_url}/static/tasklight/app.css", headers=lan, timeout=HTTP_TIMEOUT).status_code == 200
+        missing = httpx.get(f"{base_url}/no-such-page/", headers=lan, timeout=HTTP_TIMEOUT)
         assert missing.status_code == 404
         assert "URLconf" not in missing.text and "DEBUG = True" not in missing.text
-        stranger = httpx.get(f"{base_url}/", headers={"Host": "elsewhere.example"})
+        stranger = httpx.get(f"{base_url}/", headers={"Host": "elsewhere.example"}, timeout=HTTP_TIMEOUT)
         assert stranger.status_code == 400
         assert "ALLOWED_HOSTS" not in stranger.text
         alice = Account.sign_up(base_url)
@@ -363,11 +364,15 @@ def test_a_web_process_with_debug_on_answers_this_machine_only(tmp_path: Path) -
         pytest.skip("this machine has no address other than loopback")
     with procfile_web_on_every_address(tmp_path) as port:
         # DEBUG is on: this machine's own requests still get its pages.
-        assert "URLconf" in httpx.get(f"http://127.0.0.1:{port}/no-such-page/").text
+        assert "URLconf" in httpx.get(f"http://127.0.0.1:{port}/no-such-page/", timeout=HTTP_TIMEOUT).text
         remote = f"http://{other}:{port}"
-        assert_refused_without_debug_pages(httpx.get(f"{remote}/no-such-page/", headers={"Host": "127.0.0.1"}))
-        assert_refused_without_debug_pages(httpx.get(f"{remote}/", headers={"Host": "elsewhere.example"}))
-        assert_refused_without_debug_pages(httpx.get(f"{remote}/healthz"))
+        assert_refused_without_debug_pages(
+            httpx.get(f"{remote}/no-such-page/", headers={"Host": "127.0.0.1"}, timeout=HTTP_TIMEOUT)
+        )
+        assert_refused_without_debug_pages(
+            httpx.get(f"{remote}/", headers={"Host": "elsewhere.example"}, timeout=HTTP_TIMEOUT)
+        )
+        assert_refused_without_debug_pages(httpx.get(f"{remote}/healthz", timeout=HTTP_TIMEOUT))
         with pytest.raises(InvalidStatus) as refused:
             connect(f"ws://{other}:{port}/ws/", open_timeout=10).close()
         assert refused.value.response.status_code == 403
@@ -380,11 +385,13 @@ def test_a_proxy_on_this_machine_does_not_open_the_debug_pages_and_debug_off_ser
     every client is served."""
     forwarded = {"X-Forwarded-For": "203.0.113.9"}
     with procfile_web_on_every_address(tmp_path / "debug") as port:
-        assert_refused_without_debug_pages(httpx.get(f"http://127.0.0.1:{port}/no-such-page/", headers=forwarded))
+        assert_refused_without_debug_pages(
+            httpx.get(f"http://127.0.0.1:{port}/no-such-page/", headers=forwarded, timeout=HTTP_TIMEOUT)
+        )
     production = {"DEBUG": "0", "SECRET_KEY": "a-secret-of-this-machine-only", "HTTPS": "0"}
     with procfile_web_on_every_address(tmp_path / "production", **production) as port:
-        assert httpx.get(f"http://127.0.0.1:{port}/healthz", headers=forwarded).status_code == 200
-        missing = httpx.get(f"http://127.0.0.1:{port}/no-such-page/", headers=forwarded)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", headers=forwarded, timeout=HTTP_TIMEOUT).status_code == 200
+        missing = httpx.get(f"http://127.0.0.1:{port}/no-such-page/", headers=forwarded, timeout=HTTP_TIMEOUT)
         assert missing.status_code == 404 and "URLconf" not in missing.text
 
 

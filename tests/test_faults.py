@@ -17,7 +17,7 @@ from bench.procs import pg_ctlcluster
 from live.models import Event
 from workloads.models import Task
 
-from .stack import Account, until_all_finished, wait_for
+from .stack import HTTP_TIMEOUT, Account, until_all_finished, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
@@ -142,19 +142,24 @@ def test_a_web_process_cut_off_from_redis_answers_503_and_changes_nothing(privat
     cut_off = private_stack(CHANNEL_LAYER_URL="redis://127.0.0.1:1/0")  # nothing listens there
     headers = {"Authorization": alice.http.headers["Authorization"]}
     queued = httpx.post(
-        f"{cut_off.base_url}/api/tasks/", json={"kind": "simulate", "params": {"seconds": 0}}, headers=headers
+        f"{cut_off.base_url}/api/tasks/",
+        json={"kind": "simulate", "params": {"seconds": 0}},
+        headers=headers,
+        timeout=HTTP_TIMEOUT,
     )
-    revoked = httpx.delete(f"{cut_off.base_url}/api/auth/token/", headers=headers)
-    logged_in = httpx.post(f"{cut_off.base_url}/api/auth/login/", json={"username": alice.username, "password": "x"})
+    revoked = httpx.delete(f"{cut_off.base_url}/api/auth/token/", headers=headers, timeout=HTTP_TIMEOUT)
+    logged_in = httpx.post(
+        f"{cut_off.base_url}/api/auth/login/", json={"username": alice.username, "password": "x"}, timeout=HTTP_TIMEOUT
+    )
     for response in (queued, revoked, logged_in):
         assert (response.status_code, response.json()["error"]["code"]) == (503, "cache_unavailable")
         assert response.headers["Retry-After"] == "5"
     assert not Task.objects.filter(owner__username=alice.username).exists()
     assert alice.http.get("/api/tasks/").status_code == 200  # the token still works
     # Reading needs no cache: the token is read from the database instead.
-    assert httpx.get(f"{cut_off.base_url}/api/tasks/", headers=headers).status_code == 200
+    assert httpx.get(f"{cut_off.base_url}/api/tasks/", headers=headers, timeout=HTTP_TIMEOUT).status_code == 200
     # The log-in page too: a 503 page.
-    with httpx.Client(base_url=cut_off.base_url) as browser:
+    with httpx.Client(base_url=cut_off.base_url, timeout=HTTP_TIMEOUT) as browser:
         page = browser.get("/login/")
         csrf = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text)
         assert page.status_code == 200 and csrf is not None

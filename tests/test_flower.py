@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from . import stack as processes
-from .stack import Account, free_port, wait_for
+from .stack import HTTP_TIMEOUT, Account, free_port, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -56,10 +56,10 @@ def test_flower_shows_the_worker_and_follows_a_task_by_its_id(private_stack: Any
 
         wait_for(answers, timeout=60, what="Flower to answer /healthcheck")
         # Its API is closed to whoever merely reaches the port.
-        assert httpx.get(f"{base_url}/api/workers", timeout=5).status_code == 401
-        assert httpx.get(f"{base_url}/api/tasks", auth=(FLOWER_USER, "wrong"), timeout=5).status_code == 401
+        assert httpx.get(f"{base_url}/api/workers", timeout=HTTP_TIMEOUT).status_code == 401
+        assert httpx.get(f"{base_url}/api/tasks", auth=(FLOWER_USER, "wrong"), timeout=HTTP_TIMEOUT).status_code == 401
 
-        with httpx.Client(base_url=base_url, auth=(FLOWER_USER, FLOWER_PASSWORD), timeout=10) as api:
+        with httpx.Client(base_url=base_url, auth=(FLOWER_USER, FLOWER_PASSWORD), timeout=HTTP_TIMEOUT) as api:
             # Alive from its heartbeat events: Flower's event stream is connected.
             wait_for(
                 lambda: api.get("/api/workers", params={"status": "true"}).json().get(hostname) is True,

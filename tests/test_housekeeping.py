@@ -28,7 +28,7 @@ from live.models import Event
 from workloads import workers
 from workloads.models import IdempotencyKey, Worker
 
-from .stack import PASSWORD, wait_for
+from .stack import HTTP_TIMEOUT, PASSWORD, wait_for
 
 AN_HOUR_AGO = timedelta(hours=1)
 
@@ -113,7 +113,7 @@ def test_a_worker_deletes_expired_sessions_and_keeps_the_current_ones(private_st
     running = private_stack()
     clients = []
     for _ in range(2):
-        client = httpx.Client(base_url=running.base_url, timeout=10)
+        client = httpx.Client(base_url=running.base_url, timeout=HTTP_TIMEOUT)
         username = f"user-{uuid.uuid4().hex[:10]}"
         assert client.post("/api/auth/signup/", json={"username": username, "password": PASSWORD}).status_code == 201
         clients.append(client)

@@ -12,7 +12,7 @@ from websockets.exceptions import ConnectionClosed
 
 from workloads.models import Task
 
-from .stack import Account, terminal_for
+from .stack import HTTP_TIMEOUT, Account, terminal_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -99,4 +99,4 @@ def test_an_oversized_frame_closes_that_socket_only(stack: Any) -> None:
         assert closed.value.rcvd.code == 1009  # message too big (--ws-max-size 65536)
         bystander.ws.send('{"type": "ping", "id": 1}')
         assert bystander.next() == {"type": "pong", "id": 1}
-    assert httpx.get(f"{stack.base_url}/healthz").status_code == 200
+    assert httpx.get(f"{stack.base_url}/healthz", timeout=HTTP_TIMEOUT).status_code == 200

@@ -24,7 +24,7 @@ from websockets.sync.client import connect
 
 from tasklight import logs
 
-from .stack import Account, terminal_for, wait_for
+from .stack import HTTP_TIMEOUT, Account, terminal_for, wait_for
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -171,7 +171,7 @@ def test_each_access_line_carries_the_request_id_the_response_echoes(private_sta
     running = private_stack(LOG_FORMAT="json")
     alice = Account.sign_up(running.base_url)
     probe = uuid.uuid4().hex
-    http = httpx.Client(base_url=running.base_url, timeout=10)
+    http = httpx.Client(base_url=running.base_url, timeout=HTTP_TIMEOUT)
     responses = {
         f"/healthz?probe={probe}": http.get(f"/healthz?probe={probe}"),
         f"/api/tasks/?probe={probe}": http.get(f"/api/tasks/?probe={probe}", headers={"X-Request-ID": f"edge-{probe}"}),

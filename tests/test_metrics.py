@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from workloads.models import Task, TaskStatus
 
-from .stack import Account, free_port, pool_processes, terminal_for, wait_for
+from .stack import HTTP_TIMEOUT, Account, free_port, pool_processes, terminal_for, wait_for
 
 TOKEN = "metrics-test-token-0123456789"
 
@@ -146,8 +146,8 @@ def test_a_tasks_counters_move_as_it_runs(private_stack: Any) -> None:
         return wait_for(lambda: httpx.get(worker_metrics, timeout=5).text, timeout=10, what="the worker's metrics")
 
     # Not public: no token, or the wrong one, and nothing is shown.
-    assert httpx.get(web_metrics, timeout=5).status_code == 401
-    assert httpx.get(web_metrics, headers={"Authorization": "Bearer wrong"}, timeout=5).status_code == 403
+    assert httpx.get(web_metrics, timeout=HTTP_TIMEOUT).status_code == 401
+    assert httpx.get(web_metrics, headers={"Authorization": "Bearer wrong"}, timeout=HTTP_TIMEOUT).status_code == 403
 
     before = scrape_web()
     assert sample(before, "tasklight_open_sockets") == 0

@@ -22,14 +22,14 @@ from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from .stack import PASSWORD
+from .stack import HTTP_TIMEOUT, PASSWORD
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
 
 def browser(base_url: str, username: str) -> httpx.Client:
     """Signed in with a session cookie, as the page is."""
-    http = httpx.Client(base_url=base_url, timeout=10)
+    http = httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT)
     response = http.post("/api/auth/login/", json={"username": username, "password": PASSWORD})
     assert response.status_code == 200, response.text
     return http
@@ -71,7 +71,7 @@ def still_open(ws: ClientConnection) -> bool:
 def user(stack: Any) -> tuple[str, str]:
     """A user with an API token: (username, token)."""
     username = f"user-{uuid.uuid4().hex[:10]}"
-    http = httpx.Client(base_url=stack.base_url, timeout=10)
+    http = httpx.Client(base_url=stack.base_url, timeout=HTTP_TIMEOUT)
     assert http.post("/api/auth/signup/", json={"username": username, "password": PASSWORD}).status_code == 201
     token = http.post("/api/auth/token/", json={"username": username, "password": PASSWORD}).json()["token"]
     return username, token
@@ -95,7 +95,9 @@ def test_revoking_the_token_closes_the_sockets_opened_with_it(stack: Any, user: 
     username, token = user
     http = browser(stack.base_url, username)
     with session_socket(stack.base_url, http) as session_ws, token_socket(stack.base_url, token) as token_ws:
-        response = httpx.delete(f"{stack.base_url}/api/auth/token/", headers={"Authorization": f"Token {token}"})
+        response = httpx.delete(
+            f"{stack.base_url}/api/auth/token/", headers={"Authorization": f"Token {token}"}, timeout=HTTP_TIMEOUT
+        )
         assert response.status_code == 204, response.text
         assert closed_with(token_ws) == 4401
         assert still_open(session_ws)
@@ -160,7 +162,9 @@ def test_a_log_in_as_someone_else_in_the_same_browser_closes_the_first_users_soc
     their events into the second user's browser."""
     first, _token = user
     second = f"user-{uuid.uuid4().hex[:10]}"
-    assert httpx.post(f"{stack.base_url}/api/auth/signup/", json={"username": second, "password": PASSWORD}).is_success
+    assert httpx.post(
+        f"{stack.base_url}/api/auth/signup/", json={"username": second, "password": PASSWORD}, timeout=HTTP_TIMEOUT
+    ).is_success
     http = browser(stack.base_url, first)
     with session_socket(stack.base_url, http) as first_ws:
         response = http.post("/api/auth/login/", json={"username": second, "password": PASSWORD})

@@ -22,7 +22,7 @@ from workloads import tasks
 from workloads.models import Worker
 
 from .proxy import TcpProxy
-from .stack import BIN, PASSWORD, ROOT, wait_for
+from .stack import BIN, HTTP_TIMEOUT, PASSWORD, ROOT, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -43,7 +43,7 @@ def staff_sessions() -> Iterator[None]:
 def as_staff(base_url: str) -> httpx.Client:
     if base_url not in _staff_sessions:
         username = f"staff-{uuid.uuid4().hex[:8]}"
-        client = httpx.Client(base_url=base_url, timeout=10)
+        client = httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT)
         # Signed up (and in) by the web process itself, then made staff.
         assert client.post("/api/auth/signup/", json={"username": username, "password": PASSWORD}).status_code == 201
         User.objects.filter(username=username).update(is_staff=True)
