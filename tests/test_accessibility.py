@@ -18,14 +18,14 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from playwright.sync_api import Locator, Page, expect
+from playwright.sync_api import Locator, Page, WebSocketRoute, expect
 
 from workloads.models import Task
 
 from . import test_browser
 from .proxy import TcpProxy
 from .stack import PASSWORD
-from .test_browser import SocketRelay, sign_up
+from .test_browser import COUNT_ATTEMPTS, SocketRelay, sign_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -474,27 +474,14 @@ def test_the_connection_is_announced_when_lost_and_when_back_not_at_every_page_l
 
     relay.reconnect()
     expect(badge).to_have_text("connected", timeout=30_000)
+    # Said once the connection has held 10 s (STABLE_CONNECTION_MS).
     expect(page.get_by_role("status").filter(has_text="Connected again")).to_have_text(
-        "Connected again. Live updates resumed."
+        "Connected again. Live updates resumed.", timeout=20_000
     )
     assert said_about_the_connection(page) == [
         "Connection lost. Live updates paused; reconnecting.",
         "Connected again. Live updates resumed.",
     ]
-
-
-# Counts the page's WebSocket attempts, with when each began (ms since load).
-COUNT_ATTEMPTS = """
-(() => {
-  window.__attempts = [];
-  window.WebSocket = new Proxy(window.WebSocket, {
-    construct(Original, args) {
-      window.__attempts.push(performance.now());
-      return new Original(...args);
-    }
-  });
-})();
-"""
 
 
 def test_a_first_connection_that_does_not_come_is_announced_once_and_so_is_its_arrival(
@@ -540,8 +527,93 @@ def test_a_first_connection_that_does_not_come_is_announced_once_and_so_is_its_a
 
         proxy.resume()
         expect(badge).to_have_text("connected", timeout=30_000)
-        expect(page.get_by_role("status").filter(has_text="Connected")).to_have_text("Connected. Live updates started.")
+        expect(page.get_by_role("status").filter(has_text="Connected")).to_have_text(
+            "Connected. Live updates started.", timeout=20_000
+        )  # once the connection has held 10 s (STABLE_CONNECTION_MS)
         assert said_about_the_connection(page) == [
             "Cannot connect for live updates. Still trying.",
             "Connected. Live updates started.",
         ]
+
+
+class HelloThenCut:
+    """Stands for a server that accepts, says hello and drops the socket at
+    once (an overloaded web process, a proxy that cuts sockets after a few
+    seconds): passes the real server's hello to the page, then closes both
+    sides. ``flapping = False`` lets sockets through; ``cut()`` drops them."""
+
+    def __init__(self) -> None:
+        self.flapping = True
+        self.open: list[tuple[WebSocketRoute, WebSocketRoute]] = []
+
+    def route(self, page_side: WebSocketRoute) -> None:
+        server = page_side.connect_to_server()
+        if not self.flapping:
+            self.open.append((page_side, server))
+            return
+
+        def from_server(message: str | bytes) -> None:
+            page_side.send(message)
+            if '"hello"' in str(message):
+                page_side.close(code=4000, reason="cut after its hello by the test")
+                server.close()  # or the server counts it against the user's sockets
+
+        server.on_message(from_server)
+
+    def cut(self) -> None:
+        for page_side, server in self.open:
+            page_side.close(code=4000, reason="cut by the test")
+            server.close()
+        self.open.clear()
+
+
+def test_a_server_that_drops_each_socket_after_its_hello_is_backed_off_and_said_once(stack: Any, page: Page) -> None:
+    """Every hello reset the backoff: against a server that says hello and
+    closes, the page reconnected every 0.5 s for ever, and announced "lost"
+    and "connected again" at each flap. Now a connection counts as back once
+    it has held STABLE_CONNECTION_MS (10 s): the attempts back off, the loss
+    is said once, and the recovery once, when the connection holds. A drop
+    after that is reconnected at once (0.5 s), as before."""
+    sockets = HelloThenCut()
+    page.route_web_socket(re.compile(r"/ws/$"), sockets.route)
+    page.add_init_script(LIVE_REGION_LOG)
+    page.add_init_script(COUNT_ATTEMPTS)
+    page.goto(stack.base_url + "/signup/")
+    sign_up(page)
+    badge = page.get_by_test_id("connection-status")
+
+    deadline = time.monotonic() + 30
+    while len(page.evaluate("window.__attempts")) < 5:
+        assert time.monotonic() < deadline, "the page did not try five times in 30 s"
+        page.wait_for_timeout(100)  # lets Playwright's loop route the page's attempts
+    sockets.flapping = False
+    began: list[float] = page.evaluate("window.__attempts")
+    waits = [later - earlier for earlier, later in itertools.pairwise(began)]
+    # 0.5 s, doubling, each less a quarter at most (jitter): not 0.5 s each time.
+    assert all(wait >= 0.75 * 500 * 2**n for n, wait in enumerate(waits[:4])), waits
+    assert said_about_the_connection(page) == ["Connection lost. Live updates paused; reconnecting."]
+
+    # The next socket (up to 10 s later: 8 s and jitter) is let through; its
+    # recovery is said once it has held 10 s.
+    status = page.get_by_role("status").filter(has_text="Connected again")
+    expect(status).to_have_text("Connected again. Live updates resumed.", timeout=40_000)
+    expect(badge).to_have_text("connected")
+    assert said_about_the_connection(page) == [
+        "Connection lost. Live updates paused; reconnecting.",
+        "Connected again. Live updates resumed.",
+    ]
+
+    # A connection that held is lost: the first attempt comes at once again.
+    attempts = len(page.evaluate("window.__attempts"))
+    cut_at: float = page.evaluate("performance.now()")
+    sockets.cut()
+    deadline = time.monotonic() + 30
+    while len(page.evaluate("window.__attempts")) == attempts:
+        assert time.monotonic() < deadline, "the page did not reconnect in 30 s"
+        page.wait_for_timeout(50)
+    again: float = page.evaluate("window.__attempts")[attempts]
+    # 0.5 s and its jitter, and this test's own pace; a backoff left where
+    # the flapping took it would wait 15 s.
+    assert again - cut_at < 3000, again - cut_at
+    expect(badge).to_have_text("connected")
+    assert said_about_the_connection(page)[-1] == "Connection lost. Live updates paused; reconnecting."

@@ -823,7 +823,8 @@ def test_a_socket_held_without_a_hello_is_given_up_and_the_wait_announced(stack:
     expect(badge).to_have_text("connected", timeout=40_000)
     assert sockets.seen == 2
     assert time.monotonic() - started >= 19  # given up at 20 s, not before
-    expect(announcer).to_have_text("Connected. Live updates started.")
+    # Said once the connection has held 10 s (STABLE_CONNECTION_MS).
+    expect(announcer).to_have_text("Connected. Live updates started.", timeout=20_000)
 
 
 # Toasts (static/tasklight/app.js): Playwright's clock, installed before the
@@ -1031,3 +1032,59 @@ def test_a_success_toast_waits_while_its_tab_is_hidden(stack: Any, tabs: Browser
     expect(toasts).to_have_count(0)
     other.close()
     assert not errors, errors
+
+
+# Counts the page's WebSocket attempts, with when each began (ms since load).
+COUNT_ATTEMPTS = """
+(() => {
+  window.__attempts = [];
+  window.WebSocket = new Proxy(window.WebSocket, {
+    construct(Original, args) {
+      window.__attempts.push(performance.now());
+      return new Original(...args);
+    }
+  });
+})();
+"""
+
+
+def test_a_tab_refused_as_one_socket_too_many_says_why_and_connects_once_another_closes(
+    private_stack: Any, browser: Browser
+) -> None:
+    """The server allows MAX_SOCKETS_PER_USER sockets per user (here 1) and
+    closes one more with 4429. The page took it for any failure: "cannot
+    connect, retrying", attempts 0.5, 1, 2 s apart, and never a word of why.
+    Now the badge and a screen reader say too many tabs are open, the page
+    tries again 15 s later (then 30, then every 60 s), and it connects once
+    the other tab is closed."""
+    running = private_stack(MAX_SOCKETS_PER_USER="1")
+    context = browser.new_context(viewport={"width": 1200, "height": 800})
+    try:
+        first = context.new_page()
+        first.goto(running.base_url + "/signup/")
+        sign_up(first)
+        expect(first.get_by_test_id("connection-status")).to_have_text("connected")
+
+        second = context.new_page()  # the same user's second tab: one socket too many
+        second.add_init_script(COUNT_ATTEMPTS)
+        second.goto(running.base_url + "/")
+        badge = second.get_by_test_id("connection-status")
+        announcer = second.get_by_test_id("task-announcer")
+        expect(badge).to_have_text("too many tabs open, retrying")
+        expect(announcer).to_have_text(
+            "Too many tabs open for live updates. Close another tab of Tasklight; this page keeps trying."
+        )
+        refused_at = time.monotonic()
+        second.wait_for_timeout(8000)  # longer than four ordinary attempts take (0.5, 1, 2, 4 s)
+        assert len(second.evaluate("window.__attempts")) == 1
+        expect(badge).to_have_text("too many tabs open, retrying")
+
+        first.close()  # frees the user's socket
+        expect(badge).to_have_text("connected", timeout=30_000)
+        began: list[float] = second.evaluate("window.__attempts")
+        assert len(began) == 2, began
+        assert began[1] - began[0] >= 0.75 * 15_000, began
+        assert time.monotonic() - refused_at < 25
+        expect(announcer).to_have_text("Connected. Live updates started.", timeout=20_000)
+    finally:
+        context.close()

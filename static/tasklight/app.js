@@ -38,7 +38,21 @@
   // a database connection (pool and connect timeouts) before it closes
   // with 1013 itself.
   var HELLO_TIMEOUT_MS = 20000;
+  // A connection counts as back only once it has stayed up this long after
+  // its hello: then the backoff starts again from BACKOFF_MIN_MS and its
+  // recovery is announced. A server that says hello and closes at once (an
+  // overloaded web process, a proxy that cuts sockets after a few seconds)
+  // had the page reconnect every 0.5 s for ever, and announce "lost" and
+  // "connected again" at each flap; now it backs off to BACKOFF_MAX_MS and
+  // says each once.
+  var STABLE_CONNECTION_MS = 10000;
+  // Too many sockets for this user (4429, another tab holds the last one the
+  // server allows): no use knocking every few seconds, but a tab that closes
+  // frees one, so the page tries again 15 s later, then 30 s, then every 60 s.
+  var TOO_MANY_BACKOFF_MIN_MS = 15000;
+  var TOO_MANY_BACKOFF_MAX_MS = 60000;
   var CLOSE_UNAUTHENTICATED = 4401;
+  var CLOSE_TOO_MANY = 4429;
 
   // ---------------------------------------------------------------- helpers
 
@@ -1271,6 +1285,7 @@
   var pingTimer = null;
   var deadTimer = null;
   var helloTimer = null;
+  var stableTimer = null;
   var patienceTimer = null;
   var pingId = 0;
   var helloLastEventId = 0;
@@ -1282,32 +1297,49 @@
   // did. What is announced (#task-announcer), once each however many
   // attempts follow: a lost connection and its recovery; a first connection
   // that has not come after FIRST_CONNECT_PATIENCE_MS (the badge then says
-  // "cannot connect, retrying" instead of "connecting") and its success; and
+  // "cannot connect, retrying" instead of "connecting") and its success; a
+  // socket refused as one too many for the user (4429), with what to do; and
   // a page left signed out that does not reload itself. A first connect that
-  // takes a few quick attempts is nothing to tell.
+  // takes a few quick attempts is nothing to tell. A recovery is announced
+  // once the connection has held STABLE_CONNECTION_MS, so a server that
+  // drops each socket after its hello makes one outage, said once.
   var lossAnnounced = false;
   var unreachable = false; // the first connection is overdue: said once
+  var tooMany = false; // the last socket was refused as one too many (4429)
+  var lastErrorCode = null; // of the current socket's last error frame
+  var tooManyAnnounced = false;
+  var outageBeforeHello = false; // what was announced came before any hello
+
+  var TOO_MANY_TEXT = 'Too many tabs open for live updates. Close another tab of Tasklight; this page keeps trying.';
 
   var CONNECTION_TEXT = {
     connecting: 'connecting',
     unreachable: 'cannot connect, retrying',
+    'too-many': 'too many tabs open, retrying',
     connected: 'connected',
     reconnecting: 'reconnecting',
     'signed-out': 'signed out'
   };
 
+  // The badge follows every change; the announcements (above) are made
+  // once per outage. Its end is announced by announceRecovery, once the
+  // connection has held: a connection that says hello and drops again is
+  // part of the same outage.
   function setConnection(state) {
-    if (state === 'reconnecting' && !lossAnnounced) {
+    if (state === 'too-many' && !tooManyAnnounced) {
+      // Said even when a loss was: it tells what the person can do.
+      if (!lossAnnounced) outageBeforeHello = !everConnected;
+      lossAnnounced = tooManyAnnounced = true;
+      announce(TOO_MANY_TEXT);
+    } else if (state === 'reconnecting' && !lossAnnounced) {
       lossAnnounced = true;
+      outageBeforeHello = false;
       announce('Connection lost. Live updates paused; reconnecting.');
     } else if (state === 'unreachable' && !lossAnnounced) {
       lossAnnounced = true;
+      outageBeforeHello = true;
       announce('Cannot connect for live updates. Still trying.');
-    } else if (state === 'connected' && lossAnnounced) {
-      lossAnnounced = false;
-      announce(unreachable ? 'Connected. Live updates started.' : 'Connected again. Live updates resumed.');
     }
-    if (state === 'connected') unreachable = false;
     if (!statusBadge) return;
     statusBadge.dataset.state = state;
     statusBadge.textContent = CONNECTION_TEXT[state] || state;
@@ -1315,6 +1347,7 @@
 
   // What the badge says while no socket is open.
   function waitingState() {
+    if (tooMany) return 'too-many';
     if (everConnected) return 'reconnecting';
     return unreachable ? 'unreachable' : 'connecting';
   }
@@ -1326,7 +1359,7 @@
       patienceTimer = null;
       if (everConnected || stopped) return;
       unreachable = true;
-      setConnection('unreachable');
+      setConnection(waitingState());
     }, FIRST_CONNECT_PATIENCE_MS);
   }
 
@@ -1348,9 +1381,21 @@
     if (pingTimer !== null) clearInterval(pingTimer);
     if (deadTimer !== null) clearTimeout(deadTimer);
     if (helloTimer !== null) clearTimeout(helloTimer);
+    if (stableTimer !== null) clearTimeout(stableTimer);
     pingTimer = null;
     deadTimer = null;
     helloTimer = null;
+    stableTimer = null;
+  }
+
+  // The connection has stayed up STABLE_CONNECTION_MS since its hello.
+  function onStable() {
+    stableTimer = null;
+    attempt = 0;
+    if (lossAnnounced) {
+      announce(outageBeforeHello ? 'Connected. Live updates started.' : 'Connected again. Live updates resumed.');
+    }
+    lossAnnounced = tooManyAnnounced = false;
   }
 
   function connect() {
@@ -1367,6 +1412,7 @@
       return;
     }
     socket = ws;
+    lastErrorCode = null;
     helloTimer = setTimeout(dropSocket, HELLO_TIMEOUT_MS);
     ws.onopen = function () {
       if (ws !== socket) return;
@@ -1399,6 +1445,9 @@
         else if (!reloadSignedOut()) announce('Signed out. Live updates stopped; reload the page to sign in again.');
         return;
       }
+      // 4429 also ends a socket that sent too many frames, which this page
+      // never does: that one is an ordinary failure, not "too many tabs".
+      tooMany = close.code === CLOSE_TOO_MANY && lastErrorCode !== 'too_many_frames';
       scheduleReconnect();
     };
     ws.onerror = function () { /* a close event follows */ };
@@ -1429,14 +1478,17 @@
     stopTimers();
     ws.onopen = ws.onmessage = ws.onclose = ws.onerror = null;
     try { ws.close(4000, 'no answer'); } catch (err) { /* already closed */ }
+    tooMany = false;
     scheduleReconnect();
   }
 
   function scheduleReconnect() {
     if (stopped || reconnectTimer !== null) return;
     setConnection(waitingState());
-    var base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, attempt));
-    var delay = Math.min(BACKOFF_MAX_MS, base * (0.75 + Math.random() * 0.5));
+    var least = tooMany ? TOO_MANY_BACKOFF_MIN_MS : BACKOFF_MIN_MS;
+    var most = tooMany ? TOO_MANY_BACKOFF_MAX_MS : BACKOFF_MAX_MS;
+    var base = Math.min(most, least * Math.pow(2, attempt));
+    var delay = Math.min(most, base * (0.75 + Math.random() * 0.5));
     attempt += 1;
     reconnectTimer = setTimeout(function () {
       reconnectTimer = null;
@@ -1461,6 +1513,7 @@
       case 'resync': resync(frame.last_event_id); break;
       case 'error':
         console.warn('tasklight: server error frame', frame.code, frame.message);
+        lastErrorCode = frame.code;
         if (frame.code === 'invalid_resume') resync();
         break;
       default: break;
@@ -1481,7 +1534,10 @@
       return;
     }
     stopPatience();
-    attempt = 0;
+    // The backoff and the announcements wait for the connection to hold:
+    // one that drops at once is no recovery (STABLE_CONNECTION_MS).
+    stableTimer = setTimeout(onStable, STABLE_CONNECTION_MS);
+    tooMany = false;
     everConnected = true;
     setConnection('connected');
     helloLastEventId = typeof frame.last_event_id === 'number' ? frame.last_event_id : 0;
