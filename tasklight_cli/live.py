@@ -84,6 +84,17 @@ class ProgressBar:
         self.last = None
 
 
+def refused_too_many(error: dict[str, Any] | None) -> str:
+    """What a close 4429 means, from the error frame the server sent before it."""
+    if error is not None and error.get("code") == "too_many_frames":
+        return f"the server closed the socket: too many frames ({error.get('message')})"
+    limit = f" ({error.get('message')})" if error is not None and error.get("message") else ""
+    return (
+        f"the server refused another socket: too many open for this user{limit}; "
+        "close a browser tab of Tasklight or another `tasklight ... --wait`, then try again"
+    )
+
+
 def parse_frame(api: Api, raw: str | bytes) -> dict[str, Any]:
     try:
         frame = json.loads(raw)
@@ -108,6 +119,7 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
     pings = itertools.count(1)
     while True:
         try_again = False
+        error: dict[str, Any] | None = None  # the socket's last error frame, which a close 4429 follows
         try:
             with api.open_socket() as socket:
                 try:
@@ -119,6 +131,8 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
                     ) from None
                 hello = parse_frame(api, first)
                 if hello.get("type") == "error":
+                    if hello.get("code") == "too_many_sockets":
+                        raise CliError(refused_too_many(hello), Exit.REFUSED)
                     raise CliError(f"{api.server}/ws/: {hello.get('message')}", Exit.REFUSED)
                 if hello.get("type") != "hello":
                     raise CliError(f"{api.server}/ws/: unexpected first frame {hello.get('type')!r}", Exit.UNREACHABLE)
@@ -146,6 +160,8 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
                         bar.update(task)
                         if kind == "event" and is_finished(task):
                             return task
+                    elif kind == "error":
+                        error = frame
                     elif kind == "resync":
                         task = api.task(task["id"])
                         bar.update(task)
@@ -156,7 +172,7 @@ def follow(api: Api, start: Callable[[], dict[str, Any]], bar: ProgressBar) -> d
             if code == CLOSE_UNAUTHENTICATED:
                 raise CliError(f"the server refused the token on /ws/. {api.refused_advice}", Exit.AUTH) from None
             if code == CLOSE_TOO_MANY:
-                raise CliError("the server refused another socket: too many open for this user", Exit.REFUSED) from None
+                raise CliError(refused_too_many(error), Exit.REFUSED) from None
             try_again = code == CLOSE_TRY_AGAIN
             if try_again:
                 reason = f"the server asked to try again later ({code})"

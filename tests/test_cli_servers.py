@@ -201,8 +201,17 @@ def hello_then_close(code: int, reason: str) -> Callable[[ServerConnection], Non
 
 
 def error_frame(connection: ServerConnection) -> None:
-    connection.send(json.dumps({"type": "error", "code": "too_many_sockets", "message": "Too many sockets."}))
+    """As the server refuses one socket too many for the user (live/consumers.py)."""
+    connection.send(
+        json.dumps({"type": "error", "code": "too_many_sockets", "message": "At most 20 sockets per user."})
+    )
     connection.close(4429, "too many sockets")
+
+
+def too_many_frames_after_hello(connection: ServerConnection) -> None:
+    connection.send(json.dumps(HELLO))
+    connection.send(json.dumps({"type": "error", "code": "too_many_frames", "message": "At most 5 frames per second."}))
+    connection.close(4429, "too many frames")
 
 
 @pytest.mark.parametrize(
@@ -221,7 +230,21 @@ def error_frame(connection: ServerConnection) -> None:
             id="too-many-sockets",
         ),
         # Dropped, then refused on the reconnect: the first frame is an error.
-        pytest.param([hello_then_close(1011, "restarting"), error_frame], 5, "Too many sockets", id="error-frame"),
+        # It said only the server's message: now what it means, and what to do.
+        pytest.param(
+            [hello_then_close(1011, "restarting"), error_frame],
+            5,
+            "the server refused another socket: too many open for this user (At most 20 sockets per user.); "
+            "close a browser tab of Tasklight or another `tasklight ... --wait`, then try again",
+            id="error-frame",
+        ),
+        # 4429 after a flood of frames is not "too many sockets".
+        pytest.param(
+            [too_many_frames_after_hello],
+            5,
+            "the server closed the socket: too many frames (At most 5 frames per second.)",
+            id="too-many-frames",
+        ),
     ],
 )
 def test_whatever_ends_the_wait_it_says_the_task_goes_on(
