@@ -1075,7 +1075,10 @@ def test_a_tab_refused_as_one_socket_too_many_says_why_and_connects_once_another
             "Too many tabs open for live updates. Close another tab of Tasklight; this page keeps trying."
         )
         refused_at = time.monotonic()
-        second.wait_for_timeout(8000)  # longer than four ordinary attempts take (0.5, 1, 2, 4 s)
+        # The ordinary backoff would have made three more attempts by now
+        # (0.5, 1, 2 s apart); the first tab then closes well before the 11 s
+        # (15 s less its jitter) after which this one tries again.
+        second.wait_for_timeout(6000)
         assert len(second.evaluate("window.__attempts")) == 1
         expect(badge).to_have_text("too many tabs open, retrying")
 
