@@ -1322,7 +1322,7 @@
   };
 
   // The badge follows every change; the announcements (above) are made
-  // once per outage. Its end is announced by announceRecovery, once the
+  // once per outage. Its end is announced by onStable, once the
   // connection has held: a connection that says hello and drops again is
   // part of the same outage.
   function setConnection(state) {
