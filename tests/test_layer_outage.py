@@ -77,6 +77,22 @@ def events_until_pong(socket: LiveSocket, ping_id: str) -> list[int]:
     return ids
 
 
+def tasklight_wait(base_url: str, token: str, task_id: str, tmp_path: Path) -> tuple[subprocess.Popen[str], Path]:
+    """``tasklight wait TASK_ID`` against ``base_url``, started; its stderr goes to the file returned."""
+    environment = {
+        **os.environ,
+        "XDG_CONFIG_HOME": str(tmp_path / "config"),
+        "TASKLIGHT_URL": base_url,
+        "TASKLIGHT_TOKEN": token,
+    }
+    stderr_path = tmp_path / "stderr.txt"
+    with stderr_path.open("w") as stderr:
+        waiting = subprocess.Popen(
+            [str(TASKLIGHT), "wait", task_id], stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
+        )
+    return waiting, stderr_path
+
+
 def test_a_socket_opened_while_redis_is_cut_off_is_told_to_try_again_and_misses_nothing(
     private_stack, redis_proxy: TcpProxy
 ) -> None:
@@ -125,17 +141,7 @@ def test_tasklight_wait_rides_out_redis_being_cut_off(private_stack, redis_proxy
     alice = Account.sign_up(direct.base_url)
     task = alice.queue("simulate", seconds=2)
     redis_proxy.pause()
-    environment = {
-        **os.environ,
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "TASKLIGHT_URL": cut_off.base_url,
-        "TASKLIGHT_TOKEN": alice.token,
-    }
-    stderr_path = tmp_path / "stderr.txt"
-    with stderr_path.open("w") as stderr:
-        waiting = subprocess.Popen(
-            [str(TASKLIGHT), "wait", task["id"]], stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
-        )
+    waiting, stderr_path = tasklight_wait(cut_off.base_url, alice.token, task["id"], tmp_path)
     try:
         wait_for(lambda: REFUSED in cut_off.web.log(), timeout=30, what="the command's socket to be refused")
         wait_for(lambda: stored_events(alice.username) == 3, timeout=30, what="the task to finish")
@@ -231,17 +237,7 @@ def test_tasklight_wait_rides_out_a_redis_that_does_not_answer(
     wait_for(lambda: stored_events(alice.username) == 3, timeout=30, what="the task to finish")
     redis_proxy.hang()
     cut_off = private_stack(CHANNEL_LAYER_URL=redis_proxy.url_for(os.environ["CHANNEL_LAYER_URL"]))
-    environment = {
-        **os.environ,
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-        "TASKLIGHT_URL": cut_off.base_url,
-        "TASKLIGHT_TOKEN": alice.token,
-    }
-    stderr_path = tmp_path / "stderr.txt"
-    with stderr_path.open("w") as stderr:
-        waiting = subprocess.Popen(
-            [str(TASKLIGHT), "wait", task["id"]], stdout=subprocess.PIPE, stderr=stderr, text=True, env=environment
-        )
+    waiting, stderr_path = tasklight_wait(cut_off.base_url, alice.token, task["id"], tmp_path)
     try:
         wait_for(lambda: REFUSED in cut_off.web.log(), timeout=60, what="the command's socket to be refused")
         assert waiting.poll() is None, stderr_path.read_text()
