@@ -74,14 +74,21 @@ class BrowserOriginValidator:
         return bool(domain) and validate_host(domain, settings.ALLOWED_HOSTS) and origin_text == own
 
 
-@database_sync_to_async
-def user_for_token(header: bytes) -> Any:
-    """The token's user, as the REST API finds it (cached, revocation at once)."""
+def token_key(header: bytes) -> str | None:
+    """The key of an ``Authorization: Token <key>`` header; None for any other."""
     scheme, _, key = header.decode("latin1").strip().partition(" ")
     if scheme.lower() != "token" or not key.strip():
+        return None
+    return key.strip()
+
+
+@database_sync_to_async
+def user_for_token(key: str | None) -> Any:
+    """The token's user, as the REST API finds it (cached, revocation at once)."""
+    if key is None:
         return AnonymousUser()
     try:
-        user, _token = CachedTokenAuthentication().authenticate_credentials(key.strip())
+        user, _token = CachedTokenAuthentication().authenticate_credentials(key)
     except AuthenticationFailed:
         return AnonymousUser()
     return user
@@ -122,11 +129,13 @@ class WebSocketAuthMiddleware:
         headers = dict(scope.get("headers", []))
         authorization = headers.get(b"authorization")
         if authorization is not None:
+            key = token_key(authorization)
             try:
-                user = await user_for_token(authorization)
+                user = await user_for_token(key)
             except DATABASE_DOWN as exc:
                 return await try_again_later(exc, receive, send)
-            return await self.inner({**scope, "user": user}, receive, send)
+            # The key stays with the socket, which checks it again (live/consumers.py).
+            return await self.inner({**scope, "user": user, "token_key": key}, receive, send)
         if b"origin" not in headers:
             return await self.inner({**scope, "user": AnonymousUser()}, receive, send)
         return await self.session_auth(scope, receive, send)

@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import math
+import random
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -65,8 +66,16 @@ CLOSE_TRY_AGAIN = 1013
 # handshake never finished): the deadline cancels those still waiting.
 LAYER_WAIT_SECONDS = REDIS_TIMEOUT_SECONDS + 1
 REPLAY_BATCH = 500
-# A session's expiry that could not be read is looked up again this much later.
-SESSION_RECHECK_SECONDS = 60
+# Credential checks that come due within this long of each other share one
+# query (CredentialChecks): a socket whose credential ended closes within
+# WS_CREDENTIAL_CHECK_SECONDS and this.
+CHECK_BATCH_SECONDS = 1.0
+# A credential check that the database could not answer says so in one
+# WARNING per process this often at most, with the count (one per socket
+# per check would be ten thousand lines a minute during an outage).
+CHECK_WARNING_EVERY_SECONDS = 60.0
+_unanswered_checks = 0
+_next_check_warning = 0.0
 
 # Sockets per user in this process (each web process counts its own).
 _sockets_per_user: Counter[int] = Counter()
@@ -116,16 +125,17 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     # from hello on, live or from the table; a resume extends it downwards.
     sent_after: int
     last_sent_id: int
-    # How the socket was signed in: the session's key, or None for a token.
+    # How the socket was signed in: the session's key, or None for a token
+    # (its key then: live/auth.py).
     session_key: str | None = None
+    token_key: str | None = None
     # Set once the server has closed it: frames still buffered are dropped,
     # and nothing more is sent.
     closing = False
     # Whether it holds one of its user's socket slots (and the group).
     counted = False
-    # A session's socket closes when the session expires (its timer).
-    session_timer: asyncio.TimerHandle | None = None
-    session_check: asyncio.Task[None] | None = None
+    # When the socket next looks its credential up (docs/events.md).
+    credential_timer: asyncio.TimerHandle | None = None
     # Why the channel layer could not take this socket (None: it did).
     layer_down: Exception | None = None
 
@@ -176,6 +186,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         self.user_id = user.id
         # A token's socket has no session in its scope (live/auth.py).
         self.session_key = getattr(self.scope.get("session"), "session_key", None)
+        token_key = self.scope.get("token_key")
+        self.token_key = token_key if self.session_key is None and isinstance(token_key, str) else None
         self.budget = FrameBudget()
         self.group = user_group(user.id)
         # Join before reading the last id, so that nothing committed after
@@ -209,36 +221,39 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         frame = {"type": "hello", "user": user.username, "last_event_id": hello.last_event_id, **hello.inbox}
         await self.send_json(frame)
         if self.session_key is not None:
-            await self.follow_session(hello.session_expires_at)
+            await self.follow_credential(holds=True, expires_at=hello.session_expires_at)
+        elif self.token_key is not None:
+            await self.follow_credential(holds=True, expires_at=None)
 
-    async def watch_session(self) -> None:
-        """Looks the session's expiry up again when it is due: a session
-        saved meanwhile lasts longer, and the socket with it."""
-        assert self.session_key is not None
-        try:
-            expires_at = await database_sync_to_async(services.session_expires_at)(self.session_key)
-        except DATABASE_DOWN as exc:
-            logger.warning("socket of user %s: session not checked, the database is unavailable: %s", self.user_id, exc)
-            if not (self.closing or not self.counted):
-                self.session_timer = asyncio.get_running_loop().call_later(SESSION_RECHECK_SECONDS, self.session_due)
-            return
-        await self.follow_session(expires_at)
+    async def follow_credential(self, *, holds: bool, expires_at: datetime | None) -> None:
+        """Closes the socket with 4401 if its credential no longer holds, or
+        its session has expired (nothing tells a socket of an expiry); else
+        sets its timer for the next check (CredentialChecks).
 
-    async def follow_session(self, expires_at: datetime | None) -> None:
-        """Closes a session's socket with 4401 once its session has expired
-        or is gone (a log-out tells the socket at once: live/signals.py; an
-        expiry tells nobody), else sets its timer for the expiry."""
+        An ended credential is told to every socket at once (live/signals.py),
+        but over the channel layer, once: a message published while Redis was
+        away, or that this process's lost subscription missed, is never
+        replayed. The checks bound how long such a socket outlives it."""
         if self.closing or not self.counted:
             return  # the socket ended during the lookup
-        if expires_at is None or expires_at <= timezone.now():
+        now = timezone.now()
+        if not holds or (self.session_key is not None and (expires_at is None or expires_at <= now)):
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        delay = (expires_at - timezone.now()).total_seconds() + 1
-        self.session_timer = asyncio.get_running_loop().call_later(delay, self.session_due)
+        self.check_again(expires_at=expires_at)
 
-    def session_due(self) -> None:
-        self.session_check = asyncio.get_running_loop().create_task(self.watch_session())
-        self.session_check.add_done_callback(log_failure)
+    def check_again(self, *, expires_at: datetime | None) -> None:
+        """Within WS_CREDENTIAL_CHECK_SECONDS, somewhere in its second half,
+        so that sockets opened together (a web process restarted) spread
+        their checks; a second after its session's expiry if that is sooner."""
+        delay = settings.WS_CREDENTIAL_CHECK_SECONDS * random.uniform(0.5, 1.0)  # noqa: S311  # not a secret
+        if expires_at is not None:
+            delay = min(delay, (expires_at - timezone.now()).total_seconds() + 1)
+        self.credential_timer = asyncio.get_running_loop().call_later(delay, self.credential_due)
+
+    def credential_due(self) -> None:
+        self.credential_timer = None
+        credential_checks.add(self)
 
     async def dispatch(self, message: dict[str, Any]) -> None:
         """Channels' own dispatch, without its ``aclose_old_connections()``
@@ -257,9 +272,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
 
     async def release(self) -> None:
         """Gives back the socket's slot and leaves its user's group, once."""
-        if self.session_timer is not None:
-            self.session_timer.cancel()
-            self.session_timer = None
+        if self.credential_timer is not None:
+            self.credential_timer.cancel()
+            self.credential_timer = None
         if not self.counted:
             return
         self.counted = False
@@ -488,9 +503,73 @@ async def within_layer_wait[T](call: Callable[[], Awaitable[T]]) -> T:
         raise TimeoutError(f"no answer within {LAYER_WAIT_SECONDS:g} s") from None
 
 
+class CredentialChecks:
+    """The credential checks of a web process's sockets that come due within
+    CHECK_BATCH_SECONDS of each other, made together: one trip to the
+    database thread and one query per kind of credential
+    (services.credentials_that_hold), however many sockets. Ten thousand
+    sockets checking every 45 s on average are ~220 checks a second: one
+    trip a second, not 220 on the thread that also serves every handshake's
+    token lookup and hello (docs/events.md#a-lost-sign-out-message)."""
+
+    def __init__(self) -> None:
+        self.due: list[LiveConsumer] = []
+        # The loop a flush is set on (a test's loop can end with one pending).
+        self.flush_on: asyncio.AbstractEventLoop | None = None
+
+    def add(self, consumer: LiveConsumer) -> None:
+        self.due.append(consumer)
+        loop = asyncio.get_running_loop()
+        if self.flush_on is not loop:
+            self.flush_on = loop
+            loop.call_later(CHECK_BATCH_SECONDS, self.start_flush)
+
+    def start_flush(self) -> None:
+        self.flush_on = None
+        due, self.due = self.due, []
+        asyncio.get_running_loop().create_task(self.flush(due)).add_done_callback(log_failure)
+
+    async def flush(self, due: list[LiveConsumer]) -> None:
+        due = [consumer for consumer in due if consumer.counted and not consumer.closing]
+        if not due:
+            return
+        tokens = [(c.user_id, c.token_key) for c in due if c.session_key is None and c.token_key is not None]
+        sessions = [(c.user_id, c.session_key) for c in due if c.session_key is not None]
+        try:
+            holding = await database_sync_to_async(services.credentials_that_hold)(tokens=tokens, sessions=sessions)
+        except DATABASE_DOWN as exc:
+            # No reason to sign anyone out: the sockets stay, checked again later.
+            unanswered_checks(len(due), exc)
+            for consumer in due:
+                if consumer.counted and not consumer.closing:
+                    consumer.check_again(expires_at=None)
+            return
+        for consumer in due:
+            if consumer.session_key is not None:
+                expires_at = holding.sessions.get((consumer.user_id, consumer.session_key))
+                await consumer.follow_credential(holds=expires_at is not None, expires_at=expires_at)
+            else:
+                holds = (consumer.user_id, consumer.token_key) in holding.tokens
+                await consumer.follow_credential(holds=holds, expires_at=None)
+
+
+credential_checks = CredentialChecks()
+
+
 def log_failure(task: asyncio.Task[None]) -> None:
     if not task.cancelled() and (exc := task.exception()) is not None:
-        logger.warning("socket's session check failed: %r", exc)
+        logger.warning("sockets' credential check failed: %r", exc)
+
+
+def unanswered_checks(count: int, error: Exception) -> None:
+    global _unanswered_checks, _next_check_warning
+    _unanswered_checks += count
+    now = time.monotonic()
+    if now < _next_check_warning:
+        return
+    logger.warning("%d socket credential checks put off, the database is unavailable: %s", _unanswered_checks, error)
+    _unanswered_checks = 0
+    _next_check_warning = now + CHECK_WARNING_EVERY_SECONDS
 
 
 def log_delivery(frame: Any) -> None:

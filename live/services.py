@@ -10,13 +10,18 @@ statement (a worker ending its task, on PostgreSQL).
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from datetime import datetime, timedelta
+from importlib import import_module
 from typing import Any, NamedTuple, TypedDict
 
 from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, get_user_model
 from django.contrib.sessions.models import Session
 from django.db import connection, transaction
 from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+from rest_framework.authtoken.models import Token
 
 from tasklight import retention
 
@@ -246,6 +251,71 @@ def session_expires_at(session_key: str) -> datetime | None:
     """When the stored session ends; None if it is gone (logged out, or
     deleted by ``clearsessions``). Sessions are Django's database ones."""
     return Session.objects.filter(session_key=session_key).values_list("expire_date", flat=True).first()
+
+
+# Keys per query of a batch of credential checks: a bounded IN list.
+CREDENTIAL_CHUNK = 1000
+
+
+class HoldingCredentials(NamedTuple):
+    """Of the credentials asked about, those that still sign their user in."""
+
+    # (user id, token key)
+    tokens: set[tuple[int, str]]
+    # (user id, session key) -> the session's expiry (past ones included)
+    sessions: dict[tuple[int, str], datetime]
+
+
+def credentials_that_hold(
+    *, tokens: Collection[tuple[int, str]] = (), sessions: Collection[tuple[int, str]] = ()
+) -> HoldingCredentials:
+    """Which of these credentials still sign their user in, as a request
+    would be authenticated with them: a token whose row is there with that
+    key (revoked or rotated: gone) and whose user is active, as the REST API
+    decides (from the database: the cache is dropped when a token is
+    deleted, but a drop can be lost as a message can); a session as Django's
+    ``get_user`` decides: there, of that user, who is active, and holding
+    the hash of the user's password as it is now (or under a fallback
+    secret). The open sockets' checks of a moment, for any number of them:
+    a query for the tokens, one for the sessions and one for their users,
+    on primary keys (CREDENTIAL_CHUNK keys to a query)."""
+    holding = HoldingCredentials(set(), {})
+    token_list, session_list = list(tokens), list(sessions)
+    for start in range(0, len(token_list), CREDENTIAL_CHUNK):
+        chunk = token_list[start : start + CREDENTIAL_CHUNK]
+        rows = Token.objects.filter(key__in={key for _, key in chunk}, user__is_active=True)
+        found = {(user_id, key) for key, user_id in rows.values_list("key", "user_id")}
+        holding.tokens.update(pair for pair in chunk if pair in found)
+    user_model = get_user_model()
+    store = import_module(settings.SESSION_ENGINE).SessionStore()
+    for start in range(0, len(session_list), CREDENTIAL_CHUNK):
+        chunk = session_list[start : start + CREDENTIAL_CHUNK]
+        session_rows = Session.objects.filter(session_key__in={key for _, key in chunk})
+        stored = {
+            key: (expiry, data)
+            for key, expiry, data in session_rows.values_list("session_key", "expire_date", "session_data")
+        }
+        users = user_model._default_manager.filter(pk__in={user_id for user_id, _ in chunk}, is_active=True)
+        passwords = dict(users.values_list("pk", "password"))
+        for user_id, key in chunk:
+            if key in stored and user_id in passwords:
+                expiry, data = stored[key]
+                if _signs_in(store.decode(data), user_model(pk=user_id, password=passwords[user_id])):
+                    holding.sessions[(user_id, key)] = expiry
+    return holding
+
+
+def _signs_in(session: dict[str, Any], user: Any) -> bool:
+    """Django's ``get_user`` on a decoded session, for a user who is active."""
+    if str(session.get(SESSION_KEY)) != str(user.pk):
+        return False
+    if session.get(BACKEND_SESSION_KEY) not in settings.AUTHENTICATION_BACKENDS:
+        return False
+    session_hash = session.get(HASH_SESSION_KEY)
+    return isinstance(session_hash, str) and any(
+        constant_time_compare(session_hash, known)
+        for known in (user.get_session_auth_hash(), *user.get_session_auth_fallback_hash())
+    )
 
 
 def notifications(*, user_id: int, limit: int) -> list[Event]:

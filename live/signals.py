@@ -4,7 +4,9 @@ session, a revoked token those opened with it, a new
 password those opened with any session, and a deactivated or deleted user
 every one of theirs (closed with 4401, DESIGN.md §5). A session that merely
 expires closes its sockets itself (live/consumers.py). Each is told over the
-channel layer, on every web process, once the change has committed."""
+channel layer, on every web process, once the change has committed; once:
+a message lost (Redis away) is made up for by each socket's own check of
+its credential, every WS_CREDENTIAL_CHECK_SECONDS (live/consumers.py)."""
 
 from __future__ import annotations
 

@@ -429,6 +429,12 @@ LOGIN_FAILURE_WINDOW_SECONDS = whole_number("LOGIN_FAILURE_WINDOW_SECONDS", 900,
 MAX_SOCKETS_PER_USER = whole_number("MAX_SOCKETS_PER_USER", 20, minimum=1)
 WS_FRAME_BURST = whole_number("WS_FRAME_BURST", 30, minimum=1)
 WS_FRAME_RATE = decimal_number("WS_FRAME_RATE", 5, minimum=0, minimum_allowed=False)
+# An open socket looks its credential up again (its token still there, its
+# session still signing its user in) at least this often, so that one whose
+# credential ended closes even if the message saying so was lost (Redis
+# away at that moment): one indexed lookup per socket per 45 s on average
+# (docs/events.md).
+WS_CREDENTIAL_CHECK_SECONDS = whole_number("WS_CREDENTIAL_CHECK_SECONDS", 60, minimum=1, unit="seconds")
 # Anonymous sign-ups per client address.
 SIGNUP_RATE_LIMIT = env.str("SIGNUP_RATE_LIMIT", default="30/hour")
 # Both in DRF's format, read here (tasklight/rate_limits.py) rather than at the first request.

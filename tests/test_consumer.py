@@ -13,6 +13,7 @@ from channels.layers import InMemoryChannelLayer, get_channel_layer
 from channels.testing import WebsocketCommunicator
 from django.contrib.auth.backends import ModelBackend
 from django.contrib.auth.models import User
+from django.contrib.sessions.models import Session
 from django.db import OperationalError, connections
 from django.test import Client
 from rest_framework.authtoken.models import Token
@@ -582,3 +583,133 @@ async def test_a_socket_on_another_path_is_refused_at_the_handshake(alice: User,
     connected, _code = await communicator.connect(timeout=5)
     assert connected is False  # closed before being accepted: uvicorn answers 403
     await sync_to_async(connections.close_all)()
+
+
+def delete_behind_djangos_back(model: Any, **lookup: Any) -> None:
+    """Deletes rows with SQL, no signal sent: as if the message that tells
+    the sockets had been lost (Redis away when it was published)."""
+    model.objects.filter(**lookup)._raw_delete(using="default")
+
+
+async def test_a_socket_whose_credential_ended_unannounced_closes_at_its_next_check(
+    open_socket, alice: User, bob: User, settings
+) -> None:
+    """Told nothing (the sign-out message lost), a token's socket stayed
+    open as long as it was connected, and a session's until its session's
+    expiry. Each now looks its credential up again within
+    WS_CREDENTIAL_CHECK_SECONDS; a socket whose credential holds stays."""
+    settings.WS_CREDENTIAL_CHECK_SECONDS = 1
+    token_socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    session_socket, _, _ = await open_socket(await sync_to_async(session_cookie)(alice), ORIGIN, HOST)
+    staying, _, _ = await open_socket(await sync_to_async(token_header)(bob))
+    for socket in (token_socket, session_socket, staying):
+        assert (await socket.receive_json_from())["type"] == "hello"
+    await sync_to_async(delete_behind_djangos_back)(Token, user=alice)
+    assert await token_socket.receive_output(timeout=5) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+    await sync_to_async(delete_behind_djangos_back)(Session, session_key__isnull=False)
+    assert await session_socket.receive_output(timeout=5) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+    assert await staying.receive_nothing(timeout=2)  # two checks at least
+    await staying.send_json_to({"type": "ping", "id": "still"})
+    assert await staying.receive_json_from() == {"type": "pong", "id": "still"}
+
+
+async def test_a_credential_check_the_database_cannot_answer_keeps_the_socket(
+    open_socket, alice: User, settings, monkeypatch, caplog
+) -> None:
+    """The database away is no reason to sign anyone out: the socket stays,
+    its checks are put off with one WARNING (not one per socket per check),
+    and the first check that is answered closes it if its token is gone."""
+    settings.WS_CREDENTIAL_CHECK_SECONDS = 1
+    monkeypatch.setattr(consumers, "_next_check_warning", 0.0)
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    await socket.receive_json_from()
+    credentials_that_hold = services.credentials_that_hold
+    checks = 0
+
+    def database_down(**kwargs: Any) -> Any:
+        nonlocal checks
+        checks += 1
+        raise OperationalError("the database is away")
+
+    monkeypatch.setattr(services, "credentials_that_hold", database_down)
+    await sync_to_async(delete_behind_djangos_back)(Token, user=alice)
+    with caplog.at_level(logging.WARNING, logger="live.consumers"):
+        assert await socket.receive_nothing(timeout=4)
+    assert checks >= 2
+    put_off = [record for record in caplog.records if "credential checks put off" in record.getMessage()]
+    assert len(put_off) == 1, caplog.records
+    monkeypatch.setattr(services, "credentials_that_hold", credentials_that_hold)
+    assert await socket.receive_output(timeout=5) == {"type": "websocket.close", "code": CLOSE_UNAUTHENTICATED}
+
+
+@pytest.mark.parametrize(
+    ("change", "holds"),
+    [
+        ("nothing", True),
+        ("logged out", False),
+        ("new password", False),
+        ("deactivated", False),
+        ("deleted", False),
+        ("another user's session", False),
+        ("signed with a fallback secret", True),
+    ],
+)
+def test_a_session_signs_in_as_djangos_get_user_decides(alice: User, bob: User, settings, change, holds) -> None:
+    """What a session socket's check reads (live/services.py), one case per
+    way a session stops signing its user in; the answer is what an HTTP
+    request with that cookie gets."""
+    client = Client()
+    if change == "signed with a fallback secret":
+        settings.SECRET_KEY, settings.SECRET_KEY_FALLBACKS = "an-old-secret-" + "x" * 40, []
+    client.force_login(alice)
+    key = client.cookies["sessionid"].value
+    user_id = alice.pk
+    if change == "logged out":
+        delete_behind_djangos_back(Session, session_key=key)
+    elif change == "new password":
+        User.objects.filter(pk=alice.pk).update(password="md5$salt$0123456789abcdef0123456789abcdef")
+    elif change == "deactivated":
+        User.objects.filter(pk=alice.pk).update(is_active=False)
+    elif change == "deleted":
+        delete_behind_djangos_back(User, pk=alice.pk)
+    elif change == "another user's session":
+        user_id = bob.pk
+    elif change == "signed with a fallback secret":
+        settings.SECRET_KEY_FALLBACKS = [settings.SECRET_KEY]
+        settings.SECRET_KEY = "a-new-secret-" + "y" * 40
+    assert bool(services.credentials_that_hold(sessions=[(user_id, key)]).sessions) is holds
+    if change != "another user's session":
+        assert (client.get("/api/auth/me/").status_code == 200) is holds
+
+
+def test_a_token_signs_in_while_its_row_and_its_user_are_there(alice: User, bob: User) -> None:
+    def holds(user: User, key: str) -> bool:
+        return services.credentials_that_hold(tokens=[(user.pk, key)]).tokens == {(user.pk, key)}
+
+    key = Token.objects.create(user=alice).key
+    assert holds(alice, key) and not holds(bob, key)
+    User.objects.filter(pk=alice.pk).update(is_active=False)
+    assert not holds(alice, key)
+    User.objects.filter(pk=alice.pk).update(is_active=True)
+    Token.objects.filter(key=key).delete()
+    rotated = Token.objects.create(user=alice).key
+    assert not holds(alice, key) and holds(alice, rotated)
+
+
+def test_a_batch_of_checks_is_three_queries_however_many_sockets(
+    alice: User, bob: User, django_assert_num_queries
+) -> None:
+    """The checks due in the same second share one trip to the database
+    (live/consumers.py CredentialChecks): tokens, sessions, their users."""
+    tokens, sessions = [], []
+    for user in (alice, bob):
+        tokens.append((user.pk, Token.objects.create(user=user).key))
+        for _ in range(3):
+            client = Client()
+            client.force_login(user)
+            sessions.append((user.pk, client.cookies["sessionid"].value))
+    sessions.append((alice.pk, sessions[-1][1]))  # bob's session, said to be alice's
+    with django_assert_num_queries(3):
+        holding = services.credentials_that_hold(tokens=tokens, sessions=sessions)
+    assert holding.tokens == set(tokens)
+    assert set(holding.sessions) == set(sessions[:-1])

@@ -7,14 +7,18 @@ Redis, PostgreSQL; every other socket of the user stays open."""
 from __future__ import annotations
 
 import json
+import os
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import redis
 from django.contrib.auth.models import User
 from django.contrib.sessions.models import Session
 from django.db import connections
@@ -22,7 +26,10 @@ from django.utils import timezone
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
-from .stack import HTTP_TIMEOUT, PASSWORD
+from live.events import user_group
+
+from .proxy import TcpProxy
+from .stack import HTTP_TIMEOUT, PASSWORD, Account, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -235,3 +242,105 @@ async def test_the_sockets_are_told_only_after_the_response_that_sets_the_new_co
         executor.submit(connections.close_all).result()
     assert order[-1] == "live.signed_out", order
     assert order.index("http.response.body") < order.index("live.signed_out"), order
+
+
+def frames_until_closed(ws: ClientConnection, timeout: float) -> tuple[int | None, list[str]]:
+    """What the socket receives until the server closes it, pinging every
+    second as a client does (a ping makes the server send stored events the
+    socket has not had): its close code, and the frames (``event 1``,
+    ``pong``…). TimeoutError naming them if it is still open after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    received: list[str] = []
+    try:
+        while time.monotonic() < deadline:
+            ws.send(json.dumps({"type": "ping", "id": len(received)}))
+            try:
+                while True:
+                    frame = json.loads(ws.recv(timeout=1))
+                    received.append(" ".join(str(frame[key]) for key in ("type", "id", "event") if key in frame))
+            except TimeoutError:
+                pass
+    except ConnectionClosed as closed:
+        return (closed.rcvd.code if closed.rcvd is not None else None), received
+    raise TimeoutError(f"still open after {timeout} s, having received {received}")
+
+
+def test_a_socket_whose_sign_out_message_was_lost_closes_at_its_next_check(private_stack) -> None:
+    """The message that closes a socket whose credential ended is published
+    once, over Redis, and never replayed: a web process cut off from Redis
+    at that moment missed it. Its token's socket stayed open for as long as
+    it was connected, and went on receiving the user's events once Redis was
+    back, live and at each ping; a session's socket until the session's old
+    expiry (two weeks). Each socket now looks its credential up again every
+    WS_CREDENTIAL_CHECK_SECONDS at most (2 here) and closes with 4401; the
+    sockets whose credential holds stay open through those checks."""
+    check_seconds = 2
+    target = urlsplit(os.environ["CHANNEL_LAYER_URL"])
+    with TcpProxy(target.hostname or "127.0.0.1", target.port or 6379) as redis_proxy:
+        cut_off = private_stack(
+            CHANNEL_LAYER_URL=redis_proxy.url_for(os.environ["CHANNEL_LAYER_URL"]),
+            WS_CREDENTIAL_CHECK_SECONDS=str(check_seconds),
+        )
+        direct = private_stack()  # where the credentials end, its Redis reachable
+        direct.start_worker(concurrency=1)
+        revoked, logged_out, new_password, deleted, staying = (Account.sign_up(direct.base_url) for _ in range(5))
+        logged_out_http = browser(direct.base_url, logged_out.username)
+        new_password_http = browser(direct.base_url, new_password.username)
+        staying_http = browser(direct.base_url, staying.username)
+        with (
+            token_socket(cut_off.base_url, revoked.token) as revoked_ws,
+            session_socket(cut_off.base_url, logged_out_http) as logged_out_ws,
+            session_socket(cut_off.base_url, new_password_http) as new_password_ws,
+            token_socket(cut_off.base_url, deleted.token) as deleted_ws,
+            token_socket(cut_off.base_url, staying.token) as staying_token_ws,
+            session_socket(cut_off.base_url, staying_http) as staying_session_ws,
+        ):
+            redis_proxy.pause()
+            wait_for(lambda: redis_proxy.live_connections == 0, timeout=10, what="the proxy to reset its connections")
+            ended = [User.objects.get(username=a.username).pk for a in (revoked, logged_out, new_password, deleted)]
+            listener = redis.Redis.from_url(os.environ["CHANNEL_LAYER_URL"]).pubsub(ignore_subscribe_messages=True)
+            prefix = os.environ["CHANNEL_LAYER_PREFIX"]
+            listener.subscribe(*(f"{prefix}__group__{user_group(user_id)}" for user_id in ended))
+            response = revoked.http.delete("/api/auth/token/")
+            assert response.status_code == 204, response.text
+            response = logged_out_http.post(
+                "/api/auth/logout/", headers={"X-CSRFToken": logged_out_http.cookies["csrftoken"]}
+            )
+            assert response.status_code == 204, response.text
+            account = User.objects.get(username=new_password.username)
+            account.set_password("a-new-password-" + uuid.uuid4().hex)
+            account.save()
+            User.objects.filter(username=deleted.username).delete()
+            told: set[bytes] = set()
+
+            def all_told() -> bool:
+                while (message := listener.get_message(timeout=0.1)) is not None:
+                    told.add(message["channel"])
+                return len(told) == len(ended)
+
+            # Published, each, while the web process could not hear it.
+            wait_for(all_told, timeout=10, what="the four sign-out messages to be published")
+            listener.close()
+            redis_proxy.resume()
+            # The user goes on queueing with a new token: before, the revoked
+            # token's socket heard of it.
+            again = Account.log_in(direct.base_url, revoked.username)
+            again.queue("simulate", seconds=0)
+            ends: dict[str, int | str | None] = {}
+            for name, ws in (
+                ("token revoked", revoked_ws),
+                ("logged out", logged_out_ws),
+                ("new password", new_password_ws),
+                ("user deleted", deleted_ws),
+            ):
+                try:
+                    ends[name] = frames_until_closed(ws, timeout=check_seconds + 10)[0]
+                except TimeoutError as stayed:
+                    ends[name] = str(stayed)
+            assert ends == dict.fromkeys(ends, 4401)
+            # Still open through at least two checks of their own.
+            held_until = time.monotonic() + 2 * check_seconds + 1
+            while time.monotonic() < held_until:
+                assert still_open(staying_token_ws) and still_open(staying_session_ws)
+                time.sleep(0.5)
+    assert "Traceback" not in cut_off.web.log(), cut_off.web.log()
