@@ -514,20 +514,33 @@ class CredentialChecks:
 
     def __init__(self) -> None:
         self.due: list[LiveConsumer] = []
-        # The loop a flush is set on (a test's loop can end with one pending).
-        self.flush_on: asyncio.AbstractEventLoop | None = None
+        # The loop a flush is set on, and the loop one is under way on: one
+        # at a time, so that a database that is slow to answer is not sent
+        # a batch a second meanwhile (a test's loop can end with either set).
+        self.armed_on: asyncio.AbstractEventLoop | None = None
+        self.flushing_on: asyncio.AbstractEventLoop | None = None
 
     def add(self, consumer: LiveConsumer) -> None:
         self.due.append(consumer)
+        self.arm()
+
+    def arm(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.flush_on is not loop:
-            self.flush_on = loop
+        if self.armed_on is not loop and self.flushing_on is not loop:
+            self.armed_on = loop
             loop.call_later(CHECK_BATCH_SECONDS, self.start_flush)
 
     def start_flush(self) -> None:
-        self.flush_on = None
+        loop = asyncio.get_running_loop()
+        self.armed_on, self.flushing_on = None, loop
         due, self.due = self.due, []
-        asyncio.get_running_loop().create_task(self.flush(due)).add_done_callback(log_failure)
+        loop.create_task(self.flush(due)).add_done_callback(self.flushed)
+
+    def flushed(self, task: asyncio.Task[None]) -> None:
+        log_failure(task)
+        self.flushing_on = None
+        if self.due:
+            self.arm()
 
     async def flush(self, due: list[LiveConsumer]) -> None:
         due = [consumer for consumer in due if consumer.counted and not consumer.closing]
@@ -547,10 +560,13 @@ class CredentialChecks:
         for consumer in due:
             if consumer.session_key is not None:
                 expires_at = holding.sessions.get((consumer.user_id, consumer.session_key))
-                await consumer.follow_credential(holds=expires_at is not None, expires_at=expires_at)
+                holds = expires_at is not None
             else:
-                holds = (consumer.user_id, consumer.token_key) in holding.tokens
-                await consumer.follow_credential(holds=holds, expires_at=None)
+                expires_at, holds = None, (consumer.user_id, consumer.token_key) in holding.tokens
+            try:
+                await consumer.follow_credential(holds=holds, expires_at=expires_at)
+            except Exception as exc:  # a client gone as it is closed: the others are still followed
+                logger.warning("socket of user %s: credential check not followed: %r", consumer.user_id, exc)
 
 
 credential_checks = CredentialChecks()
