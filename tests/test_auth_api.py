@@ -255,3 +255,83 @@ def test_a_request_racing_the_change_does_not_cache_the_old_token(alice: User, c
         racer.start()
         racer.join(10)
     assert APIClient(HTTP_AUTHORIZATION=f"Token {key}").get("/api/auth/me/").status_code == 401
+
+
+@pytest.fixture
+def redis_away(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """The token cache's drops fail while ``redis_away[0]`` is true, in
+    every thread (the retry thread's too, which tries again every 10 ms);
+    this test's owed drops are its own."""
+    from django.core.cache import cache
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from accounts import authentication
+
+    away = [False]
+
+    class Cache:
+        def __getattr__(self, name: str) -> object:
+            return getattr(cache, name)
+
+        def delete_many(self, names: list[str]) -> None:
+            if away[0]:
+                raise RedisConnectionError("Redis is away")
+            cache.delete_many(names)
+
+    monkeypatch.setattr(authentication, "cache", Cache())
+    monkeypatch.setattr(authentication, "DROP_RETRY_SECONDS", 0.01, raising=False)
+    monkeypatch.setattr(authentication, "_undropped", {}, raising=False)
+    return away
+
+
+def test_a_drop_that_fails_once_the_change_committed_is_tried_again(
+    alice: User, redis_away: list[bool], django_capture_on_commit_callbacks
+) -> None:
+    """The drop after the commit raised: the change stood, its request
+    answered 503, and the entry that a request racing the change had cached
+    (another web process's) was served for TOKEN_CACHE_SECONDS."""
+    from django.core.cache import cache
+
+    from accounts.authentication import cache_key
+
+    from .stack import wait_for
+
+    script = token_client(alice)
+    key = Token.objects.get(user=alice).key
+    assert script.get("/api/auth/me/").status_code == 200
+    as_before = cache.get(cache_key(key))
+    with django_capture_on_commit_callbacks() as after_commit:
+        alice.is_active = False
+        alice.save(update_fields=["is_active"])  # drops the entry
+    cache.set(cache_key(key), as_before)  # a racing request caches the row as it was
+    redis_away[0] = True
+    for callback in after_commit:
+        callback()  # the change has committed: nothing raised
+    # This process refuses the token at once; the others once Redis takes the drop.
+    assert_error(script.get("/api/auth/me/"), 401, "authentication_failed")
+    assert cache.get(cache_key(key)) is not None
+    redis_away[0] = False
+    wait_for(lambda: cache.get(cache_key(key)) is None, timeout=10, what="the owed drop")
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_change_saved_outside_a_transaction_stands_and_its_drop_is_owed(alice: User, redis_away: list[bool]) -> None:
+    """Saved outside a transaction (a shell, a script), the user is changed
+    before the signal that drops the entry: the failed drop raised after the
+    change had been made."""
+    from django.core.cache import cache
+
+    from accounts.authentication import cache_key
+
+    from .stack import wait_for
+
+    script = token_client(alice)
+    key = Token.objects.get(user=alice).key
+    assert script.get("/api/auth/me/").status_code == 200
+    redis_away[0] = True
+    alice.is_active = False
+    alice.save(update_fields=["is_active"])
+    assert not User.objects.get(pk=alice.pk).is_active
+    assert_error(script.get("/api/auth/me/"), 401, "authentication_failed")
+    redis_away[0] = False
+    wait_for(lambda: cache.get(cache_key(key)) is None, timeout=10, what="the owed drop")

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
@@ -29,7 +30,7 @@ from live.models import Event
 from tasklight.channel_layer import LAYER_DOWN, REDIS_TIMEOUT_SECONDS, RedisPubSubChannelLayer, redis_timeouts
 
 from .proxy import TcpProxy
-from .stack import Account, LiveSocket, wait_for
+from .stack import HTTP_TIMEOUT, PASSWORD, Account, LiveSocket, wait_for
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
@@ -275,3 +276,71 @@ def test_a_worker_whose_redis_does_not_answer_runs_its_tasks_and_says_so_once(
     assert len(from_the_publisher) == 1, from_the_publisher
     assert from_the_publisher[0]["level"] == "WARNING"
     assert from_the_publisher[0]["message"].startswith("cannot publish to Redis (TimeoutError: ")
+
+
+def test_a_token_whose_cache_entry_could_not_be_dropped_is_refused_once_redis_is_back(
+    private_stack, redis_proxy: TcpProxy
+) -> None:
+    """A change that revokes a token drops its cache entry twice: inside the
+    transaction (a failure there rolls the change back: 503, nothing
+    changed) and once it has committed, for a request on another process
+    that read the row in between and cached it. When that second drop
+    failed (Redis gone at the commit), the web process answered 503 for a
+    change it had made, and the other process accepted the token from the
+    cache for TOKEN_CACHE_SECONDS (300 s) after Redis came back. Now the
+    failed drop is kept and tried again until Redis takes it.
+
+    Real processes: an admin deletes alice on the web process cut off from
+    Redis; her row is locked by this test, so the deletion waits after her
+    token's first drop, while a request on the other process caches the token
+    again; then Redis goes away, the lock is let go and the deletion commits."""
+    from django.contrib.auth.models import User
+    from django.db import connection, transaction
+
+    cut_off, direct = cut_off_and_direct(private_stack, redis_proxy)
+    alice = Account.sign_up(direct.base_url)
+    assert alice.http.get("/api/auth/me/").status_code == 200  # cached
+    root = Account.sign_up(direct.base_url)  # its password hashed as the web process hashes it
+    User.objects.filter(username=root.username).update(is_staff=True, is_superuser=True)
+    admin = httpx.Client(base_url=cut_off.base_url, timeout=HTTP_TIMEOUT)
+    admin.get("/admin/login/")
+    logged_in = admin.post(
+        "/admin/login/",
+        data={"username": root.username, "password": PASSWORD, "csrfmiddlewaretoken": admin.cookies["csrftoken"]},
+    )
+    assert logged_in.status_code == 302, logged_in.text
+    alice_id = User.objects.get(username=alice.username).pk
+
+    def delete_alice() -> httpx.Response:
+        return admin.post(
+            f"/admin/auth/user/{alice_id}/delete/",
+            data={"post": "yes", "csrfmiddlewaretoken": admin.cookies["csrftoken"]},
+        )
+
+    def waiting_on_a_lock() -> bool:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+            )
+            return cursor.fetchone()[0] > 0
+
+    with ThreadPoolExecutor(1) as pool:
+        with transaction.atomic():
+            User.objects.select_for_update().get(pk=alice_id)
+            deleting = pool.submit(delete_alice)
+            wait_for(waiting_on_a_lock, timeout=30, what="the deletion to wait for alice's row")
+            # Her token's entry was dropped; a request on the other process caches it again.
+            assert alice.http.get("/api/auth/me/").status_code == 200
+            redis_proxy.pause()
+        deleted = deleting.result(timeout=60)
+    assert not User.objects.filter(pk=alice_id).exists()
+    assert deleted.status_code == 302, deleted.text  # was a 503 page: the change was made all the same
+    redis_proxy.resume()
+    wait_for(
+        lambda: alice.http.get("/api/auth/me/").status_code == 401,
+        timeout=10,
+        what="the other web process to refuse the deleted user's token",
+    )
+    assert httpx.get(f"{cut_off.base_url}/api/auth/me/", headers=alice.http.headers).status_code == 401
+    log = [json.loads(line) for line in cut_off.web.log().splitlines() if line.startswith("{")]
+    assert [line for line in log if line["level"] in ("ERROR", "CRITICAL")] == []
