@@ -15,6 +15,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from tasklight import logs
 from tasklight.db import DATABASE_DOWN
 
 logger = logging.getLogger(__name__)
@@ -45,9 +46,18 @@ CACHE_DOWN = (RedisConnectionError, RedisTimeoutError)
 RETRY_AFTER_SECONDS = "5"
 
 
-def _unavailable(code: str, message: str, exc: Exception) -> Response:
+def dependency_down(request: HttpRequest, code: str) -> None:
+    """Marks ``request`` as answered 503 ``code`` for a dependency that is
+    down: Django's line for it is then a WARNING a minute, not an ERROR each
+    (tasklight.logs.DependencyDownFilter)."""
+    request.META[logs.DEPENDENCY_DOWN_META_KEY] = code
+
+
+def _unavailable(code: str, message: str, exc: Exception, request: Any) -> Response:
     """A dependency down or unreachable: a 503 with a retry hint, not a bug."""
     logger.warning("%s: %s", code, exc)
+    if request is not None:
+        dependency_down(request, code)  # DRF's request passes META on from Django's
     return Response(
         error_body(code, message),
         status=status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -57,12 +67,17 @@ def _unavailable(code: str, message: str, exc: Exception) -> Response:
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DATABASE_DOWN):
-        return _unavailable("database_unavailable", "The database is unavailable; try again shortly.", exc)
+        return _unavailable(
+            "database_unavailable", "The database is unavailable; try again shortly.", exc, context.get("request")
+        )
     if isinstance(exc, DatabaseError):
         return None
     if isinstance(exc, CACHE_DOWN):
         return _unavailable(
-            "cache_unavailable", "A service Tasklight depends on is unavailable; try again shortly.", exc
+            "cache_unavailable",
+            "A service Tasklight depends on is unavailable; try again shortly.",
+            exc,
+            context.get("request"),
         )
     # DRF turns these two into its own exceptions inside exception_handler;
     # doing it first lets the code below see one kind of exception.

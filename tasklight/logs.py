@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 import uuid
 from collections import Counter
@@ -29,6 +30,9 @@ from tasklight.channel_layer import LAYER_DOWN
 request_id: ContextVar[str | None] = ContextVar("tasklight_request_id", default=None)
 task_id: ContextVar[str | None] = ContextVar("tasklight_task_id", default=None)
 REQUEST_ID_META_KEY = "tasklight.request_id"
+# Set on a request that Tasklight answers 503 because a dependency is down
+# (its code: ``database_unavailable``…; ``DependencyDownFilter`` below).
+DEPENDENCY_DOWN_META_KEY = "tasklight.dependency_down"
 
 # A client's or proxy's X-Request-ID is kept when it looks like an id: it ends
 # up in every log line, so nothing long or with spaces, quotes or newlines.
@@ -282,4 +286,51 @@ class ChannelLayerOutageFilter(logging.Filter):
         record.msg, record.args = message, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
         record.exc_info, record.exc_text = None, None
+        return True
+
+
+# How often Django's line about a 503 answered for a dependency that is down
+# is written at most, for each kind of answer.
+DEPENDENCY_DOWN_REPEAT_SECONDS = 60.0
+
+
+class DependencyDownFilter(logging.Filter):
+    """Django writes an ERROR ("Service Unavailable: /api/tasks/") for every
+    5xx it answers, on logger ``django.request``. The 503s that Tasklight
+    answers because PostgreSQL or Redis is down (``database_unavailable``,
+    ``cache_unavailable``, /readyz's ``not_ready``; each marked on its
+    request, ``DEPENDENCY_DOWN_META_KEY``) are a dependency down, not a bug:
+    one per request, the whole outage long, they buried any real error, and
+    Tasklight has said why at WARNING already. Such a line becomes a WARNING
+    naming the answer, written once a minute at most for each answer, saying
+    how many were left out meanwhile; a 5xx of any other cause (a bug's 500)
+    stays an ERROR. Set on the ``django.request`` logger, where its lines are
+    made."""
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self._lock = threading.Lock()
+        self._written_at: dict[str, float] = {}
+        self._left_out: Counter[str] = Counter()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or getattr(record, "status_code", None) != 503:
+            return True
+        meta = getattr(getattr(record, "request", None), "META", None)
+        answer = meta.get(DEPENDENCY_DOWN_META_KEY) if isinstance(meta, dict) else None
+        if not isinstance(answer, str):
+            return True
+        now = time.monotonic()
+        with self._lock:
+            written_at = self._written_at.get(answer)
+            if written_at is not None and now - written_at < DEPENDENCY_DOWN_REPEAT_SECONDS:
+                self._left_out[answer] += 1
+                return False
+            self._written_at[answer] = now
+            left_out = self._left_out.pop(answer, 0)
+        message = f"{_message(record)}: answered 503 {answer}, a dependency being down"
+        if left_out:
+            message += f" ({left_out} more such lines in the last {now - (written_at or now):.0f} s)"
+        record.msg, record.args = message, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True

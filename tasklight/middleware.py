@@ -11,7 +11,7 @@ from django.urls import is_valid_path, resolve
 
 from . import logs
 from .addresses import is_loopback
-from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, error_body, not_found
+from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, dependency_down, error_body, not_found
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +228,7 @@ class DependencyUnavailableMiddleware:
         if not isinstance(exception, CACHE_DOWN):
             return None
         logger.warning("cache_unavailable: %s", exception)
+        dependency_down(request, "cache_unavailable")
         response = render(request, "503.html", status=503)
         response["Retry-After"] = RETRY_AFTER_SECONDS
         return response

@@ -513,6 +513,7 @@ LOGGING = {
         "watchdog_exit": {"()": "tasklight.logs.WatchdogExitFilter"},
         "channel_layer_outage": {"()": "tasklight.logs.ChannelLayerOutageFilter"},
         "lost_ack": {"()": "tasklight.logs.LostAckFilter"},
+        "dependency_down": {"()": "tasklight.logs.DependencyDownFilter"},
     },
     "formatters": {
         "plain": {"()": "tasklight.logs.PlainFormatter"},
@@ -535,6 +536,8 @@ LOGGING = {
         # Django's own logging gives "django" a handler of its own when DEBUG
         # is on (make run): without this, each of its lines came twice.
         "django": {"handlers": [], "level": LOG_LEVEL, "propagate": True},
+        # Its line for each 503 answered while a dependency is down: a WARNING a minute.
+        "django.request": {"handlers": [], "filters": ["dependency_down"], "propagate": True},
         # Celery gives a logger with no handler one of its own, in its plain
         # format: the pool's "Process ... exited with signal 9" lines
         # (billiard's logger) and workloads' task loggers. Ours, in LOG_FORMAT.

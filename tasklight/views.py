@@ -4,6 +4,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_safe
 
+from .errors import dependency_down
 from .health import check_all, check_workers, unknown_workers
 
 
@@ -23,6 +24,8 @@ def readyz(request: HttpRequest) -> JsonResponse:
         # The backend's kind only: /readyz answers anyone who reaches it.
         "parts": [{"name": part.name, "backend": part.kind, "ok": part.ok, "detail": part.detail} for part in parts],
     }
+    if down:
+        dependency_down(request, "not_ready")  # a probe's every 503 was an ERROR line
     return JsonResponse(body, status=503 if down else 200)
 
 

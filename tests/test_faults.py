@@ -3,6 +3,7 @@ twice. These restart the real PostgreSQL and RabbitMQ of this machine."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
@@ -167,3 +168,9 @@ def test_a_web_process_cut_off_from_redis_answers_503_and_changes_nothing(privat
         refused = browser.post("/login/", data=form)
     assert (refused.status_code, refused.headers["Retry-After"]) == (503, "5")
     assert "Back in a moment" in refused.text
+    # Django's line for these four 503s was an ERROR each: now one WARNING a minute.
+    lines = [json.loads(line) for line in cut_off.web.log().splitlines() if line.startswith("{")]
+    from_django = [(line["level"], line["message"]) for line in lines if line["logger"] == "django.request"]
+    assert from_django == [
+        ("WARNING", "Service Unavailable: /api/tasks/: answered 503 cache_unavailable, a dependency being down")
+    ]

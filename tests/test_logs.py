@@ -10,7 +10,9 @@ import re
 import signal
 import sys
 import traceback
+import types
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -426,3 +428,99 @@ def test_the_channel_layers_lines_about_redis_away_are_one_warning_a_minute(monk
     assert outage.filter(cleaning_up) and cleaning_up.levelname == "WARNING"  # a line of its own
     bug = channels_redis_error("Unexpected exception in receive task", KeyError("not Redis"))
     assert outage.filter(bug) and bug.levelname == "ERROR" and bug.exc_info is not None
+
+
+def django_request_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "django.request"]
+
+
+def test_djangos_line_for_a_503_answered_for_a_dependency_down_is_one_warning_a_minute(
+    alice: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While PostgreSQL or Redis was down, Django wrote an ERROR ("Service
+    Unavailable: /api/auth/me/") for every 503 Tasklight answered because of
+    it, and one for every /readyz a probe asked, on top of Tasklight's own
+    WARNING: an ERROR a request, the whole outage long. Now a WARNING naming
+    the answer, once a minute for each answer, with the count left out; a
+    bug's 500 stays an ERROR."""
+    import dataclasses
+
+    from django.db import OperationalError
+    from rest_framework.test import APIClient
+
+    from accounts.api import MeView
+    from tasklight import health, views
+
+    now = [1000.0]
+    monkeypatch.setattr(logs, "time", types.SimpleNamespace(monotonic=lambda: now[0]))  # the filter's clock alone
+    for outage in logging.getLogger("django.request").filters:  # what earlier tests left in it
+        if isinstance(outage, getattr(logs, "DependencyDownFilter", ())):
+            monkeypatch.setattr(outage, "_written_at", {})
+            monkeypatch.setattr(outage, "_left_out", Counter())
+    client = APIClient(raise_request_exception=False)
+    client.force_login(alice)
+
+    def database_down(*args: Any) -> None:
+        raise OperationalError("connection to server at 127.0.0.1, port 5432 failed: Connection refused")
+
+    monkeypatch.setattr(MeView, "get", database_down)
+    caplog.set_level(logging.INFO)
+    for second in range(125):
+        now[0] = 1000.0 + second
+        response = client.get("/api/auth/me/")
+        assert (response.status_code, response.json()["error"]["code"]) == (503, "database_unavailable")
+    lines = django_request_lines(caplog)
+    assert [(line.levelname, line.getMessage()) for line in lines] == [
+        ("WARNING", "Service Unavailable: /api/auth/me/: answered 503 database_unavailable, a dependency being down"),
+        (
+            "WARNING",
+            "Service Unavailable: /api/auth/me/: answered 503 database_unavailable, a dependency being down "
+            "(59 more such lines in the last 60 s)",
+        ),
+        (
+            "WARNING",
+            "Service Unavailable: /api/auth/me/: answered 503 database_unavailable, a dependency being down "
+            "(59 more such lines in the last 60 s)",
+        ),
+    ]
+
+    # /readyz's 503, a minute of probes: one line of its own.
+    caplog.clear()
+    down = [dataclasses.replace(part, ok=False) for part in health.check_all()]
+    monkeypatch.setattr(views, "check_all", lambda: down)
+    for _ in range(3):
+        assert client.get("/readyz").status_code == 503
+    assert [(line.levelname, line.getMessage()) for line in django_request_lines(caplog)] == [
+        ("WARNING", "Service Unavailable: /readyz: answered 503 not_ready, a dependency being down")
+    ]
+
+    # A bug's 500 is an ERROR each time.
+    caplog.clear()
+
+    def bug(*args: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(MeView, "get", bug)
+    for _ in range(2):
+        assert client.get("/api/auth/me/").status_code == 500
+    assert [(line.levelname, line.getMessage()) for line in django_request_lines(caplog)] == [
+        ("ERROR", "Internal Server Error: /api/auth/me/")
+    ] * 2
+
+
+def test_djangos_line_for_a_page_answered_503_with_redis_away_is_a_warning(
+    client: Client, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log-in page needs Redis (its failure counts): a 503 page, and
+    Django's line for it a WARNING, not an ERROR."""
+    from accounts import views as account_views
+
+    def redis_away(*args: Any, **kwargs: Any) -> None:
+        raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    monkeypatch.setattr(account_views.ThrottledAuthenticationForm, "clean", redis_away)
+    caplog.set_level(logging.INFO)
+    response = client.post("/login/", {"username": "alice", "password": "x"})
+    assert response.status_code == 503
+    (line,) = django_request_lines(caplog)
+    assert line.levelname == "WARNING" and "answered 503 cache_unavailable" in line.getMessage()
