@@ -20,6 +20,7 @@ it, and meanwhile this process reads that token from the database
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
 import threading
 import time
@@ -148,8 +149,9 @@ def _keep(names: list[str]) -> None:
     with _undropped_lock:
         _undropped.update(dict.fromkeys(names))
         given_up = len(_undropped) - MAX_UNDROPPED
-        for name in list(_undropped)[: max(given_up, 0)]:
-            del _undropped[name]
+        if given_up > 0:
+            for name in list(itertools.islice(_undropped, given_up)):
+                del _undropped[name]
         if _retrying is None or not _retrying.is_alive():
             _retrying = threading.Thread(target=_retry_drops, name="token-cache-drops", daemon=True)
             _retrying.start()
@@ -169,7 +171,7 @@ def _retry_drops() -> None:
     while True:
         time.sleep(DROP_RETRY_SECONDS)
         with _undropped_lock:
-            names = list(_undropped)[:1000]
+            names = list(itertools.islice(_undropped, 1000))
             if not names:
                 _retrying = None
                 break

@@ -335,3 +335,18 @@ def test_a_change_saved_outside_a_transaction_stands_and_its_drop_is_owed(alice:
     assert_error(script.get("/api/auth/me/"), 401, "authentication_failed")
     redis_away[0] = False
     wait_for(lambda: cache.get(cache_key(key)) is None, timeout=10, what="the owed drop")
+
+
+def test_what_is_owed_is_bounded(redis_away: list[bool], monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """Past MAX_UNDROPPED the oldest owed drops are given up, saying so."""
+    import logging
+
+    from accounts import authentication
+
+    monkeypatch.setattr(authentication, "MAX_UNDROPPED", 3)
+    redis_away[0] = True
+    with caplog.at_level(logging.WARNING, logger="accounts.authentication"):
+        authentication._drop([f"name-{n}" for n in range(5)])
+    assert list(authentication._undropped) == ["name-2", "name-3", "name-4"]
+    assert [record.levelname for record in caplog.records] == ["WARNING", "ERROR"]
+    assert "gave up 2 undropped token entries" in caplog.records[1].getMessage()
