@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.db import DatabaseError
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.template import loader
 from django.views import defaults
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -44,6 +46,11 @@ def _flatten(detail: Any) -> Any:
 # that the others keep.
 CACHE_DOWN = (RedisConnectionError, RedisTimeoutError)
 RETRY_AFTER_SECONDS = "5"
+# The API's message for each 503 code.
+DOWN_MESSAGES = {
+    "database_unavailable": "The database is unavailable; try again shortly.",
+    "cache_unavailable": "A service Tasklight depends on is unavailable; try again shortly.",
+}
 
 
 def dependency_down(request: HttpRequest, code: str) -> None:
@@ -51,6 +58,32 @@ def dependency_down(request: HttpRequest, code: str) -> None:
     down: Django's line for it is then a WARNING a minute, not an ERROR each
     (tasklight.logs.DependencyDownFilter)."""
     request.META[logs.DEPENDENCY_DOWN_META_KEY] = code
+
+
+def down_code(exc: BaseException | None) -> str | None:
+    """The 503 code for an error that says a dependency is down, else None."""
+    if isinstance(exc, DATABASE_DOWN):
+        return "database_unavailable"
+    if isinstance(exc, CACHE_DOWN):
+        return "cache_unavailable"
+    return None
+
+
+def unavailable_page(request: HttpRequest, code: str, exc: BaseException) -> HttpResponse:
+    """The 503 page, with ``Retry-After``, for a page that a dependency being
+    down stopped: Tasklight's WARNING naming it, and the request marked so
+    that Django's line for it is a WARNING too. With the database down the
+    page is rendered without the request's context: the navigation's
+    ``user`` would load the session and the user from the database again
+    (another wait of the pool's 10 s, then an error in the error page)."""
+    logger.warning("%s: %s", code, exc)
+    dependency_down(request, code)
+    template = loader.get_template("503.html")
+    with_the_database = code != "database_unavailable"
+    body = template.render(request=request) if with_the_database else template.render({"user": None})
+    response = HttpResponse(body, status=503)
+    response["Retry-After"] = RETRY_AFTER_SECONDS
+    return response
 
 
 def _unavailable(code: str, message: str, exc: Exception, request: Any) -> Response:
@@ -67,18 +100,11 @@ def _unavailable(code: str, message: str, exc: Exception, request: Any) -> Respo
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     if isinstance(exc, DATABASE_DOWN):
-        return _unavailable(
-            "database_unavailable", "The database is unavailable; try again shortly.", exc, context.get("request")
-        )
+        return _unavailable("database_unavailable", DOWN_MESSAGES["database_unavailable"], exc, context.get("request"))
     if isinstance(exc, DatabaseError):
         return None
     if isinstance(exc, CACHE_DOWN):
-        return _unavailable(
-            "cache_unavailable",
-            "A service Tasklight depends on is unavailable; try again shortly.",
-            exc,
-            context.get("request"),
-        )
+        return _unavailable("cache_unavailable", DOWN_MESSAGES["cache_unavailable"], exc, context.get("request"))
     # DRF turns these two into its own exceptions inside exception_handler;
     # doing it first lets the code below see one kind of exception.
     if isinstance(exc, Http404):
@@ -109,6 +135,22 @@ def not_found(request: HttpRequest, exception: Exception) -> HttpResponse:
 
 
 def server_error(request: HttpRequest) -> HttpResponse:
+    """Django's handler500: what a view's middleware did not catch. An error
+    raised in a middleware (the session's save in SessionMiddleware's
+    process_response, a lazy user read by a middleware) reaches no
+    process_exception and comes here: one that says PostgreSQL or Redis is
+    down is a 503 with ``Retry-After`` (JSON under /api/, the 503 page
+    elsewhere), not a 500 with an ERROR traceback."""
+    exc = sys.exc_info()[1]
+    code = down_code(exc)
+    if code is not None and exc is not None:
+        if not request.path.startswith("/api/"):
+            return unavailable_page(request, code, exc)
+        logger.warning("%s: %s", code, exc)
+        dependency_down(request, code)
+        response = JsonResponse(error_body(code, DOWN_MESSAGES[code]), status=503)
+        response["Retry-After"] = RETRY_AFTER_SECONDS
+        return response
     if request.path.startswith("/api/"):
         return JsonResponse(error_body("server_error", "Internal server error."), status=500)
     return defaults.server_error(request)

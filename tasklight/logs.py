@@ -304,8 +304,9 @@ class DependencyDownFilter(logging.Filter):
     Tasklight has said why at WARNING already. Such a line becomes a WARNING
     naming the answer, written once a minute at most for each answer, saying
     how many were left out meanwhile; a 5xx of any other cause (a bug's 500)
-    stays an ERROR. Set on the ``django.request`` logger, where its lines are
-    made."""
+    stays an ERROR. Such a line carries no traceback (one raised in a
+    middleware comes with one, through handler500). Set on the
+    ``django.request`` logger, where its lines are made."""
 
     def __init__(self, name: str = "") -> None:
         super().__init__(name)
@@ -333,4 +334,7 @@ class DependencyDownFilter(logging.Filter):
             message += f" ({left_out} more such lines in the last {now - (written_at or now):.0f} s)"
         record.msg, record.args = message, None
         record.levelno, record.levelname = logging.WARNING, "WARNING"
+        # An error raised in a middleware reaches Django's handler500, whose
+        # line carries the traceback: Tasklight's WARNING has said why.
+        record.exc_info, record.exc_text = None, None
         return True

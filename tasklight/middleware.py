@@ -6,12 +6,11 @@ from typing import Any
 
 from django.conf import settings
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
 from django.urls import is_valid_path, resolve
 
 from . import logs
 from .addresses import is_loopback
-from .errors import CACHE_DOWN, RETRY_AFTER_SECONDS, dependency_down, error_body, not_found
+from .errors import down_code, error_body, not_found, unavailable_page
 
 logger = logging.getLogger(__name__)
 
@@ -214,9 +213,11 @@ class BodySizeLimitMiddleware:
 
 
 class DependencyUnavailableMiddleware:
-    """A page whose view needs Redis (the log-in and sign-up limits) while it
-    is unreachable: a 503 page with ``Retry-After``, not a 500. The API says
-    the same in JSON (tasklight.errors.api_exception_handler)."""
+    """A page whose view needs PostgreSQL or Redis (the log-in and sign-up
+    limits) while it is unreachable: a 503 page with ``Retry-After``, not a
+    500. The API says the same in JSON (tasklight.errors.api_exception_handler).
+    What a middleware raises reaches no process_exception: handler500
+    (tasklight.errors.server_error) answers the same page for it."""
 
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
@@ -225,10 +226,7 @@ class DependencyUnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not isinstance(exception, CACHE_DOWN):
+        code = down_code(exception)
+        if code is None:
             return None
-        logger.warning("cache_unavailable: %s", exception)
-        dependency_down(request, "cache_unavailable")
-        response = render(request, "503.html", status=503)
-        response["Retry-After"] = RETRY_AFTER_SECONDS
-        return response
+        return unavailable_page(request, code, exception)

@@ -524,3 +524,53 @@ def test_djangos_line_for_a_page_answered_503_with_redis_away_is_a_warning(
     assert response.status_code == 503
     (line,) = django_request_lines(caplog)
     assert line.levelname == "WARNING" and "answered 503 cache_unavailable" in line.getMessage()
+
+
+@pytest.mark.parametrize("path", ["/about/", "/api/auth/me/"])
+def test_a_database_down_in_a_middleware_answers_503_and_a_bugs_500_stays_an_error(
+    alice: Any, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, settings: Any, path: str
+) -> None:
+    """An error raised in a middleware (here the session's save, in
+    SessionMiddleware's process_response) reaches no process_exception:
+    Django's handler500 answered a 500 with an ERROR and its traceback for a
+    database that is down. Now the 503 page (JSON under /api/) with
+    Retry-After, Tasklight's WARNING, and Django's line a WARNING with no
+    traceback; a bug raised there is still a 500 and an ERROR."""
+    from django.db import OperationalError
+
+    from accounts.sessions import SessionStore
+
+    for outage in logging.getLogger("django.request").filters:  # what earlier tests left in it
+        if isinstance(outage, logs.DependencyDownFilter):
+            monkeypatch.setattr(outage, "_written_at", {})
+            monkeypatch.setattr(outage, "_left_out", Counter())
+    settings.SESSION_SAVE_EVERY_REQUEST = True  # the session is saved in process_response
+    client = Client(raise_request_exception=False)
+    client.force_login(alice)
+
+    def database_down(*args: Any, **kwargs: Any) -> None:
+        raise OperationalError("couldn't get a connection after 10.00 sec")
+
+    monkeypatch.setattr(SessionStore, "save", database_down)
+    caplog.set_level(logging.INFO)
+    response = client.get(path)
+    assert (response.status_code, response["Retry-After"]) == (503, "5")
+    if path.startswith("/api/"):
+        assert response.json()["error"]["code"] == "database_unavailable"
+    else:
+        assert "Back in a moment" in response.content.decode()
+    (line,) = django_request_lines(caplog)
+    assert line.levelname == "WARNING" and "answered 503 database_unavailable" in line.getMessage()
+    assert line.exc_info is None
+    ours = [r for r in caplog.records if r.name == "tasklight.errors"]
+    assert [(r.levelname, r.getMessage().split(":")[0]) for r in ours] == [("WARNING", "database_unavailable")]
+
+    caplog.clear()
+
+    def bug(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SessionStore, "save", bug)
+    assert client.get(path).status_code == 500
+    (line,) = django_request_lines(caplog)
+    assert line.levelname == "ERROR" and line.exc_info is not None
