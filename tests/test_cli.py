@@ -483,6 +483,9 @@ def test_ctrl_c_while_a_parameter_is_read_from_standard_input_stops_without_a_tr
         stderr=subprocess.PIPE,
         text=True,
         env=environment,
+        # As at a terminal: a test run started in the background by a shell
+        # (`cmd &`) ignores SIGINT, and its children would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         wait_for(lambda: reads_standard_input(reading.pid), timeout=30, what="the command to read standard input")
