@@ -66,14 +66,14 @@ class _Link:
 
 
 class TcpProxy:
-    """Forwards 127.0.0.1:<port> to ``target``. ``pause()`` resets every live
+    """Forwards 127.0.0.1:<port> (or ``listener``'s address) to ``target``. ``pause()`` resets every live
     connection, and every new one until ``resume()``. ``hang()`` makes every
     live connection drop what it carries, and takes new ones without ever
     answering them; ``resume()`` then resets those connections, as a host
     that comes back (rebooted, or the partition healed after the client's
     TCP gave up) knows nothing of them, and forwards new ones again."""
 
-    def __init__(self, target_host: str, target_port: int) -> None:
+    def __init__(self, target_host: str, target_port: int, listener: socket.socket | None = None) -> None:
         self.target = (target_host, target_port)
         self._paused = threading.Event()
         self._hanging = threading.Event()
@@ -84,8 +84,11 @@ class TcpProxy:
         self._links: set[_Link] = set()
         # Connections forwarded so far: proof that a client really goes through.
         self.forwarded = 0
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=128)
-        self.port: int = self._listener.getsockname()[1]
+        # A listening socket of the caller's: one in a network namespace of
+        # its own, whose packets can be dropped (tests/black_hole.py).
+        self._listener = listener or socket.create_server(("127.0.0.1", 0), backlog=128)
+        self.host: str
+        self.host, self.port = self._listener.getsockname()[:2]
         self._listener.settimeout(0.1)
         self._thread = threading.Thread(target=self._accept_loop, name=f"proxy-{self.port}", daemon=True)
         self._thread.start()
@@ -101,7 +104,7 @@ class TcpProxy:
         scheme, _, rest = url.partition("://")
         credentials, at, location = rest.rpartition("@")
         _, slash, path = location.partition("/")
-        return f"{scheme}://{credentials}{at}127.0.0.1:{self.port}{slash}{path}"
+        return f"{scheme}://{credentials}{at}{self.host}:{self.port}{slash}{path}"
 
     @property
     def live_connections(self) -> int:
