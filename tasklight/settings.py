@@ -141,6 +141,15 @@ CONN_MAX_AGE = whole_number("CONN_MAX_AGE", 0, minimum=0, unit="seconds")
 WORKER_CONN_MAX_AGE = whole_number("WORKER_CONN_MAX_AGE", 600, minimum=0, unit="seconds")
 # Below the pool's min_size (2), psycopg_pool refuses to open at every request.
 DATABASE_POOL_MAX_SIZE = whole_number("DATABASE_POOL_MAX_SIZE", 20, minimum=2)
+# libpq's connection parameters that end a connection whose peer stopped
+# answering (see below); ?name=value in DATABASE_URL overrides each.
+DATABASE_DEAD_PEER_OPTIONS = {
+    "tcp_user_timeout": 10_000,  # milliseconds
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
 if DATABASE_URL:
     DATABASES = {"default": env.db_url_config(DATABASE_URL)}
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
@@ -157,6 +166,22 @@ if DATABASE_URL:
         # connection but never answers (a stuck host, a wrong port behind a
         # proxy) hung the release's migrate_all. A ?connect_timeout= in the URL wins.
         DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", 10)
+        # connect_timeout and the pool's timeout bound getting a connection,
+        # not a statement sent on one: a host that died or a network
+        # partition (packets dropped, nothing acknowledged, no reset) left a
+        # request or a task waiting for ever on a connection it held. The
+        # kernel drops such a connection instead (libpq's parameters, set on
+        # its socket), psycopg then raises OperationalError: a 503
+        # database_unavailable, a task retried. tcp_user_timeout (ms): data
+        # sent and not acknowledged for 10 s. Keepalives: a connection that
+        # waits for an answer with all it sent acknowledged (the host died
+        # after taking the query) is probed after 10 s of silence; the
+        # unanswered probes end it within tcp_user_timeout (Linux lets
+        # TCP_USER_TIMEOUT decide then), about 20 s after the last byte.
+        # A server that answers acknowledges, so a legitimately long
+        # statement is never cut (docs/operations.md). The URL's own wins.
+        for name, value in DATABASE_DEAD_PEER_OPTIONS.items():
+            DATABASES["default"]["OPTIONS"].setdefault(name, value)
     if process == "web" and postgresql:
         # Django runs each request's sync code in a thread of its own under
         # ASGI: without a bound, 200 concurrent clients open 200 connections

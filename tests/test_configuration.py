@@ -197,6 +197,38 @@ def test_a_connect_timeout_in_the_url_wins() -> None:
     assert connect_timeout("postgres://postgres@127.0.0.1:5432/x?connect_timeout=3") == 3
 
 
+DEAD_PEER = {
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+}
+
+
+def database_options(url: str, **environ: str) -> dict[str, object]:
+    databases = read_settings("DATABASES", DATABASE_URL=url, **environ)["DATABASES"]
+    assert isinstance(databases, dict)
+    return dict(databases["default"]["OPTIONS"])
+
+
+@pytest.mark.parametrize("process", ["web", "worker", ""])
+def test_every_postgresql_connection_ends_once_its_server_stops_answering(process: str) -> None:
+    # A host that died or a partition: the kernel ends the connection
+    # (docs/operations.md, "PostgreSQL that does not answer"), in every process.
+    options = database_options("postgres://postgres@127.0.0.1:5432/x", TASKLIGHT_PROCESS=process)
+    assert {name: options.get(name) for name in DEAD_PEER} == DEAD_PEER
+
+
+def test_the_urls_dead_peer_parameters_win() -> None:
+    options = database_options("postgres://postgres@127.0.0.1:5432/x?tcp_user_timeout=30000&keepalives_idle=30")
+    assert {name: options.get(name) for name in DEAD_PEER} == {
+        **DEAD_PEER,
+        "tcp_user_timeout": 30000,
+        "keepalives_idle": 30,
+    }
+
+
 # --- The helpers ----------------------------------------------------------
 
 
