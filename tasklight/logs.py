@@ -244,12 +244,53 @@ def describe_error(exc: BaseException) -> str:
     return text
 
 
+class RepeatsAsWarnings(logging.Filter):
+    """Lines of a dependency being down, not of a bug: each kind (``kind()``
+    of the record; None leaves the record as it is) becomes a WARNING with
+    the text of ``say()`` and no traceback, written once every
+    ``repeat_seconds`` at most, saying how many were left out meanwhile."""
+
+    repeat_seconds = 60.0
+
+    def __init__(self, name: str = "") -> None:
+        super().__init__(name)
+        self._lock = threading.Lock()
+        self._written_at: dict[str, float] = {}
+        self._left_out: Counter[str] = Counter()
+
+    def kind(self, record: logging.LogRecord) -> str | None:
+        raise NotImplementedError
+
+    def say(self, record: logging.LogRecord, kind: str) -> str:
+        raise NotImplementedError
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = self.kind(record)
+        if kind is None:
+            return True
+        now = time.monotonic()
+        with self._lock:
+            written_at = self._written_at.get(kind)
+            if written_at is not None and now - written_at < self.repeat_seconds:
+                self._left_out[kind] += 1
+                return False
+            self._written_at[kind] = now
+            left_out = self._left_out.pop(kind, 0)
+        message = self.say(record, kind)
+        if left_out:
+            message += f" ({left_out} more such lines in the last {now - (written_at or now):.0f} s)"
+        record.msg, record.args = message, None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        record.exc_info, record.exc_text = None, None
+        return True
+
+
 # How often each of channels_redis' lines about Redis being away is written
 # at most (see below); those in between are counted.
 LAYER_REPEAT_SECONDS = 60.0
 
 
-class ChannelLayerOutageFilter(logging.Filter):
+class ChannelLayerOutageFilter(RepeatsAsWarnings):
     """channels_redis' pub/sub layer writes an ERROR with a traceback every
     second while Redis is away ("Unexpected exception in receive task", from
     the loop that reads its subscriptions and reconnects them) and one for
@@ -261,32 +302,17 @@ class ChannelLayerOutageFilter(logging.Filter):
     a WARNING with the cause in one line, and each is written once a minute
     at most, saying how many were left out meanwhile."""
 
-    def __init__(self, name: str = "") -> None:
-        super().__init__(name)
-        self._written_at: dict[str, float] = {}
-        self._left_out: Counter[str] = Counter()
+    repeat_seconds = LAYER_REPEAT_SECONDS
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def kind(self, record: logging.LogRecord) -> str | None:
         if record.name != "channels_redis.pubsub" or record.levelno < logging.ERROR or not record.exc_info:
-            return True
-        exc = record.exc_info[1]
-        if not isinstance(exc, LAYER_DOWN):
-            return True
-        line = str(record.msg)
-        now = time.monotonic()
-        written_at = self._written_at.get(line)
-        if written_at is not None and now - written_at < LAYER_REPEAT_SECONDS:
-            self._left_out[line] += 1
-            return False
-        self._written_at[line] = now
-        left_out = self._left_out.pop(line, 0)
-        message = f"{record.getMessage().rstrip(': ')}: the channel layer cannot reach Redis: {describe_error(exc)}"
-        if left_out:
-            message += f" ({left_out} more such lines in the last {now - (written_at or now):.0f} s)"
-        record.msg, record.args = message, None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
-        record.exc_info, record.exc_text = None, None
-        return True
+            return None
+        return str(record.msg) if isinstance(record.exc_info[1], LAYER_DOWN) else None
+
+    def say(self, record: logging.LogRecord, kind: str) -> str:
+        assert record.exc_info is not None and record.exc_info[1] is not None
+        cause = describe_error(record.exc_info[1])
+        return f"{record.getMessage().rstrip(': ')}: the channel layer cannot reach Redis: {cause}"
 
 
 # How often Django's line about a 503 answered for a dependency that is down
@@ -294,7 +320,7 @@ class ChannelLayerOutageFilter(logging.Filter):
 DEPENDENCY_DOWN_REPEAT_SECONDS = 60.0
 
 
-class DependencyDownFilter(logging.Filter):
+class DependencyDownFilter(RepeatsAsWarnings):
     """Django writes an ERROR ("Service Unavailable: /api/tasks/") for every
     5xx it answers, on logger ``django.request``. The 503s that Tasklight
     answers because PostgreSQL or Redis is down (``database_unavailable``,
@@ -308,33 +334,16 @@ class DependencyDownFilter(logging.Filter):
     middleware comes with one, through handler500). Set on the
     ``django.request`` logger, where its lines are made."""
 
-    def __init__(self, name: str = "") -> None:
-        super().__init__(name)
-        self._lock = threading.Lock()
-        self._written_at: dict[str, float] = {}
-        self._left_out: Counter[str] = Counter()
+    repeat_seconds = DEPENDENCY_DOWN_REPEAT_SECONDS
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def kind(self, record: logging.LogRecord) -> str | None:
         if record.levelno < logging.ERROR or getattr(record, "status_code", None) != 503:
-            return True
+            return None
         meta = getattr(getattr(record, "request", None), "META", None)
         answer = meta.get(DEPENDENCY_DOWN_META_KEY) if isinstance(meta, dict) else None
-        if not isinstance(answer, str):
-            return True
-        now = time.monotonic()
-        with self._lock:
-            written_at = self._written_at.get(answer)
-            if written_at is not None and now - written_at < DEPENDENCY_DOWN_REPEAT_SECONDS:
-                self._left_out[answer] += 1
-                return False
-            self._written_at[answer] = now
-            left_out = self._left_out.pop(answer, 0)
-        message = f"{_message(record)}: answered 503 {answer}, a dependency being down"
-        if left_out:
-            message += f" ({left_out} more such lines in the last {now - (written_at or now):.0f} s)"
-        record.msg, record.args = message, None
-        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return answer if isinstance(answer, str) else None
+
+    def say(self, record: logging.LogRecord, kind: str) -> str:
         # An error raised in a middleware reaches Django's handler500, whose
         # line carries the traceback: Tasklight's WARNING has said why.
-        record.exc_info, record.exc_text = None, None
-        return True
+        return f"{_message(record)}: answered 503 {kind}, a dependency being down"
