@@ -63,10 +63,11 @@ class CachedTokenAuthentication(TokenAuthentication):
 
     def token(self, key: str) -> Token:
         """From the cache, else from the database (and then cached)."""
-        if time.monotonic() < _cache_skipped_until or cache_key(key) in _undropped:
+        name = cache_key(key)
+        if time.monotonic() < _cache_skipped_until or (_undropped and name in _undropped):
             return self.from_database(key)
         try:
-            cached: Token | None = cache.get(cache_key(key))
+            cached: Token | None = cache.get(name)
         except Exception as exc:  # the cache is a shortcut: without it, the database answers
             skip_cache(exc)
             return self.from_database(key)
@@ -74,7 +75,7 @@ class CachedTokenAuthentication(TokenAuthentication):
             return cached
         token = self.from_database(key)
         try:
-            cache.set(cache_key(key), token, settings.TOKEN_CACHE_SECONDS)
+            cache.set(name, token, settings.TOKEN_CACHE_SECONDS)
         except Exception as exc:
             skip_cache(exc)
         return token
