@@ -426,16 +426,7 @@ def _check_runnable_here(task: Task) -> None:
 def fail_not_runnable(*, task_id: uuid.UUID | str, error: str) -> Task | None:
     """Fails a queued or running task that no worker could run (NotRunnableHere
     for TASK_SKEW_WAIT_SECONDS); None if it had ended meanwhile."""
-    with transaction.atomic():
-        task = (
-            Task.objects.select_for_update()
-            .filter(pk=task_id, status__in=[TaskStatus.QUEUED, TaskStatus.RUNNING])
-            .first()
-        )
-        if task is None:
-            return None
-        _close(task, TaskStatus.FAILED, error=error_as_stored(error))
-        return task
+    return _end(task_id, TaskStatus.FAILED, error=error_as_stored(error), queued_too=True)
 
 
 def _locked_task(task_id: uuid.UUID | str, *, lock_owner: bool = False) -> Task | None:
@@ -648,8 +639,10 @@ def _end(
     result: Any = None,
     error: str = "",
     running: Task | None = None,
+    queued_too: bool = False,
 ) -> Task | None:
-    """Moves a running task to a terminal state, once: a repeat does nothing.
+    """Moves a running task (``queued_too``: or a queued one) to a terminal
+    state, once: a repeat does nothing.
 
     ``running`` is the task as start_task returned it to the worker running
     it: then one conditional UPDATE replaces locking and reading the row back.
@@ -666,7 +659,8 @@ def _end(
             _set(running, fields)
             _announce_end(running)
             return running
-        task = Task.objects.select_for_update().filter(pk=task_id, status=TaskStatus.RUNNING).first()
+        ending = [TaskStatus.RUNNING, TaskStatus.QUEUED] if queued_too else [TaskStatus.RUNNING]
+        task = Task.objects.select_for_update().filter(pk=task_id, status__in=ending).first()
         if task is None:
             return None
         _close(task, status, result=result, error=error)
