@@ -3,13 +3,16 @@ the delivery guarantees when workers die or the broker is away."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import signal
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -444,17 +447,12 @@ def test_a_soft_time_limit_in_the_middle_of_a_query_fails_the_task_once(stack: A
     assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.failed"]
 
 
-def test_a_worker_cut_off_from_the_broker_mid_task_finishes_it_once_and_says_so_calmly(private_stack) -> None:
-    """A worker on another machine loses its RabbitMQ connection while its
-    task runs: the task runs on and ends once, its owner hears of it once,
-    and the redelivered message is dropped by another worker. The ack that
-    can no longer be sent is a WARNING saying why, not kombu's CRITICAL
-    with a traceback (an operator's pager)."""
-    from urllib.parse import urlparse
-
+@contextlib.contextmanager
+def far_worker_running_a_task(private_stack: Any) -> Iterator[tuple[TcpProxy, Any, Any, Any, dict[str, Any]]]:
+    """A worker whose RabbitMQ connection goes through a proxy (a worker on
+    another machine) running a 4 s ``simulate`` task of alice's, her socket
+    open: (the proxy, the stack, that worker, the socket, the task)."""
     from django.conf import settings
-
-    from .proxy import TcpProxy
 
     broker = urlparse(settings.CELERY_BROKER_URL)
     with TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672) as proxy:
@@ -464,18 +462,28 @@ def test_a_worker_cut_off_from_the_broker_mid_task_finishes_it_once_and_says_so_
         with alice.socket() as socket:
             task = alice.queue("simulate", seconds=4)
             socket.events_until(lambda e: e["event"] == "task.started")
-            near = running.start_worker(concurrency=1)
-            proxy.pause()  # resets the far worker's connection; RabbitMQ hands its message to the near one
-            wait_for(lambda: "Connection to broker lost" in far.log(), timeout=10, what="the far worker to notice")
-            proxy.resume()
-            events = socket.events_until(terminal_for(task["id"]), timeout=60)
-            # The redelivered copy reaches the near worker, which leaves the task to its
-            # worker (sending the message back for half a lease, to either worker) and,
-            # once it has ended, one of them drops it.
-            dropped = f"task {task['id']} is finished, cancelled or running elsewhere; not running it"
-            wait_for(lambda: dropped in near.log() + far.log(), timeout=30, what="the redelivered message dropped")
-            assert f"run_task[{task['id']}] received" in near.log()
-            wait_for(lambda: "Couldn't ack" in far.log(), timeout=10, what="the far worker's lost ack")
+            yield proxy, running, far, socket, task
+
+
+def test_a_worker_cut_off_from_the_broker_mid_task_finishes_it_once_and_says_so_calmly(private_stack) -> None:
+    """A worker on another machine loses its RabbitMQ connection while its
+    task runs: the task runs on and ends once, its owner hears of it once,
+    and the redelivered message is dropped by another worker. The ack that
+    can no longer be sent is a WARNING saying why, not kombu's CRITICAL
+    with a traceback (an operator's pager)."""
+    with far_worker_running_a_task(private_stack) as (proxy, running, far, socket, task):
+        near = running.start_worker(concurrency=1)
+        proxy.pause()  # resets the far worker's connection; RabbitMQ hands its message to the near one
+        wait_for(lambda: "Connection to broker lost" in far.log(), timeout=10, what="the far worker to notice")
+        proxy.resume()
+        events = socket.events_until(terminal_for(task["id"]), timeout=60)
+        # The redelivered copy reaches the near worker, which leaves the task to its
+        # worker (sending the message back for half a lease, to either worker) and,
+        # once it has ended, one of them drops it.
+        dropped = f"task {task['id']} is finished, cancelled or running elsewhere; not running it"
+        wait_for(lambda: dropped in near.log() + far.log(), timeout=30, what="the redelivered message dropped")
+        assert f"run_task[{task['id']}] received" in near.log()
+        wait_for(lambda: "Couldn't ack" in far.log(), timeout=10, what="the far worker's lost ack")
     assert events[-1]["event"] == "task.succeeded", events[-1]
     assert [e["event"] for e in events].count("task.succeeded") == 1
     assert kinds_for(task["id"]) == ["task.queued", "task.started", "task.succeeded"]
@@ -494,29 +502,16 @@ def test_a_worker_whose_clock_is_ahead_does_not_take_over_a_live_task(private_st
     clock is ahead of the running worker's by more than a lease (5 s here,
     TASK_LEASE_SECONDS 3 s; 10 s by default) must not take the redelivered
     message of a live task for a dead worker's, and run it a second time."""
-    from urllib.parse import urlparse
-
-    from django.conf import settings
-
-    from .proxy import TcpProxy
-
-    broker = urlparse(settings.CELERY_BROKER_URL)
-    with TcpProxy(broker.hostname or "127.0.0.1", broker.port or 5672) as proxy:
-        running = private_stack()
-        far = running.start_worker(concurrency=1, CELERY_BROKER_URL=proxy.url_for(settings.CELERY_BROKER_URL))
-        alice = Account.sign_up(running.base_url)
-        with alice.socket() as socket:
-            task = alice.queue("simulate", seconds=4)
-            socket.events_until(lambda e: e["event"] == "task.started")
-            ahead = running.start_worker(
-                concurrency=1,
-                WORKLOAD_MODULES="tests.workloads_for_tests,tests.skewed_clock",
-                CLOCK_SKEW_SECONDS="5",
-            )
-            proxy.pause()  # the message goes back to RabbitMQ, and on to the worker that is ahead
-            wait_for(lambda: f"run_task[{task['id']}] received" in ahead.log(), timeout=10, what="the redelivery")
-            proxy.resume()
-            events = socket.events_until(terminal_for(task["id"]), timeout=60)
+    with far_worker_running_a_task(private_stack) as (proxy, running, far, socket, task):
+        ahead = running.start_worker(
+            concurrency=1,
+            WORKLOAD_MODULES="tests.workloads_for_tests,tests.skewed_clock",
+            CLOCK_SKEW_SECONDS="5",
+        )
+        proxy.pause()  # the message goes back to RabbitMQ, and on to the worker that is ahead
+        wait_for(lambda: f"run_task[{task['id']}] received" in ahead.log(), timeout=10, what="the redelivery")
+        proxy.resume()
+        events = socket.events_until(terminal_for(task["id"]), timeout=60)
     assert events[-1]["event"] == "task.succeeded", events[-1]
     assert Task.objects.get(pk=task["id"]).starts == 1, ahead.log()[-3000:]
     assert "task started" not in ahead.log()
