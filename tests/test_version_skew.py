@@ -16,19 +16,15 @@ from typing import Any
 import httpx
 import pytest
 
-from live.models import Event
 from workloads.models import Task
 
 from .stack import Account, free_port, terminal_for, wait_for
+from .test_lifecycle import kinds_for
 from .test_metrics import sample
 
 pytestmark = [pytest.mark.stack, pytest.mark.django_db(transaction=True)]
 
 HANDED_BACK = "handed back to the queue for another worker"
-
-
-def kinds_for(task_id: str) -> list[str]:
-    return list(Event.objects.filter(task__id=task_id).order_by("sequence").values_list("kind", flat=True))
 
 
 def test_a_worker_without_the_workload_hands_the_task_to_a_worker_that_has_it(private_stack: Any) -> None:
