@@ -86,25 +86,30 @@ def unavailable_page(request: HttpRequest, code: str, exc: BaseException) -> Htt
     return response
 
 
-def _unavailable(code: str, message: str, exc: Exception, request: Any) -> Response:
-    """A dependency down or unreachable: a 503 with a retry hint, not a bug."""
+def _said_down(request: Any, code: str, exc: BaseException) -> dict[str, Any]:
+    """Tasklight's WARNING for a 503 ``code``, the request marked, and the
+    API's body for it."""
     logger.warning("%s: %s", code, exc)
     if request is not None:
         dependency_down(request, code)  # DRF's request passes META on from Django's
+    return error_body(code, DOWN_MESSAGES[code])
+
+
+def _unavailable(code: str, exc: Exception, request: Any) -> Response:
+    """A dependency down or unreachable: a 503 with a retry hint, not a bug."""
     return Response(
-        error_body(code, message),
+        _said_down(request, code, exc),
         status=status.HTTP_503_SERVICE_UNAVAILABLE,
         headers={"Retry-After": RETRY_AFTER_SECONDS},
     )
 
 
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    if isinstance(exc, DATABASE_DOWN):
-        return _unavailable("database_unavailable", DOWN_MESSAGES["database_unavailable"], exc, context.get("request"))
+    down = down_code(exc)
+    if down is not None:
+        return _unavailable(down, exc, context.get("request"))
     if isinstance(exc, DatabaseError):
         return None
-    if isinstance(exc, CACHE_DOWN):
-        return _unavailable("cache_unavailable", DOWN_MESSAGES["cache_unavailable"], exc, context.get("request"))
     # DRF turns these two into its own exceptions inside exception_handler;
     # doing it first lets the code below see one kind of exception.
     if isinstance(exc, Http404):
@@ -146,9 +151,7 @@ def server_error(request: HttpRequest) -> HttpResponse:
     if code is not None and exc is not None:
         if not request.path.startswith("/api/"):
             return unavailable_page(request, code, exc)
-        logger.warning("%s: %s", code, exc)
-        dependency_down(request, code)
-        response = JsonResponse(error_body(code, DOWN_MESSAGES[code]), status=503)
+        response = JsonResponse(_said_down(request, code, exc), status=503)
         response["Retry-After"] = RETRY_AFTER_SECONDS
         return response
     if request.path.startswith("/api/"):
