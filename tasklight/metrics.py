@@ -22,6 +22,7 @@ import itertools
 import logging
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -97,6 +98,42 @@ socket_replays = Counter(
 )
 replayed_events = Counter("tasklight_replayed_events", "Stored events sent to sockets by replays.")
 socket_resyncs = Counter("tasklight_socket_resyncs", "Sockets told to resync: their cursor was past retention.")
+
+
+_LOCK_TYPE = type(threading.Lock())
+
+
+def _multiprocess_values_lock() -> Any | None:
+    """prometheus_client's one lock for every value in multiprocess mode (a
+    variable of values.MultiProcessValue's closure); None in single-process
+    mode, where each value has a lock of its own and no process forks."""
+    from prometheus_client import values
+
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        return None
+    for cell in values.ValueClass.inc.__closure__ or ():
+        if isinstance(cell.cell_contents, _LOCK_TYPE):
+            return cell.cell_contents
+    raise RuntimeError("prometheus_client's multiprocess lock was not found: see tasklight/metrics.py")
+
+
+def _make_forks_wait_for_metric_writes() -> None:
+    """prometheus_client guards every value in multiprocess mode with one
+    module-level threading.Lock, "as we presume this means there is no
+    threading going on" (its comment; prometheus/client_python#431). A
+    worker's main process forks pool processes and runs threads that write
+    metrics (the pool deaths' thread counts the task it fails): a fork while
+    one of them held the lock gave the new pool process that lock held for
+    good, and it hung at its first metric, after start_task's commit (the
+    task running for good, a pool slot lost). As the logging module does
+    with its locks: a fork waits for the lock, and the parent and the child
+    each release it."""
+    lock = _multiprocess_values_lock()
+    if lock is not None:
+        os.register_at_fork(before=lock.acquire, after_in_parent=lock.release, after_in_child=lock.release)
+
+
+_make_forks_wait_for_metric_writes()
 
 
 # --- Recording (called from the service layer and the consumer) -------------

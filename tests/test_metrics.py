@@ -21,6 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from workloads.models import Task, TaskStatus
 
 from .stack import HTTP_TIMEOUT, Account, free_port, pool_processes, terminal_for, wait_for
+from .test_gc_freeze import run_python
 
 TOKEN = "metrics-test-token-0123456789"
 
@@ -125,6 +126,48 @@ def test_gc_pauses_hear_a_real_collection() -> None:
     assert sum(pauses.buckets[2]) == 1
     assert pauses.sums[2] > 0
     assert pauses.longest >= pauses.sums[2]
+
+
+def test_a_pool_process_forked_while_a_thread_writes_a_metric_does_not_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A worker's main process forks pool processes while its threads write
+    # metrics (the pool deaths' thread counts the task it fails). Before,
+    # prometheus_client's one lock could be held at the fork: the new
+    # process hung at its first metric, for good (most forks here did).
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    seen = run_python(
+        "import json, os, signal, sys, threading, time\n"
+        "sys.argv = ['celery', '-A', 'tasklight', 'worker']\n"
+        "import django; django.setup()\n"
+        "from tasklight.celery import app\n"
+        "from tasklight import metrics\n"
+        "from prometheus_client import values\n"
+        "stop = threading.Event()\n"
+        "def write():\n"
+        "    while not stop.is_set():\n"
+        "        metrics.tasks_finished.labels('reverse', 'failed').inc()\n"
+        "threading.Thread(target=write, daemon=True).start()\n"
+        "forks = hung = 0\n"
+        "while forks < 200 and hung < 3:\n"
+        "    forks += 1\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        "        metrics.tasks_started.labels('reverse').inc()\n"
+        "        os._exit(0)\n"
+        "    deadline = time.monotonic() + 3\n"
+        "    while not os.waitpid(pid, os.WNOHANG)[0]:\n"
+        "        if time.monotonic() > deadline:\n"
+        "            hung += 1\n"
+        "            os.kill(pid, signal.SIGKILL)\n"
+        "            os.waitpid(pid, 0)\n"
+        "            break\n"
+        "        time.sleep(0.001)\n"
+        "stop.set()\n"
+        "print(json.dumps({'forks': forks, 'hung': hung, 'multiprocess': values.ValueClass._multiprocess}))"
+    )
+    assert seen["multiprocess"] is True  # the worker's mode, as in a real worker
+    assert seen == {"forks": 200, "hung": 0, "multiprocess": True}
 
 
 # --- A real web process and worker ----------------------------------------------
