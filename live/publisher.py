@@ -169,6 +169,14 @@ class _RedisPubSub:
 
 class Publisher:
     def __init__(self) -> None:
+        self.start_afresh()
+
+    def start_afresh(self) -> None:
+        """As new. A forked process (Celery's prefork pool) calls it first:
+        it inherits this object as its parent's threads left it, and a lock
+        one of them held then (the pool deaths' thread pushes the event of
+        the task it fails) stayed held in the child for good, which hung at
+        its first push. The child makes its own Redis client at that push."""
         self._lock = threading.Lock()
         self._pid: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -252,6 +260,7 @@ class Publisher:
 
 
 publisher = Publisher()
+os.register_at_fork(after_in_child=publisher.start_afresh)
 # A worker process that exits right after a task must not drop its last event.
 atexit.register(publisher.flush, 2.0)
 

@@ -39,6 +39,40 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def run_python(code: str) -> dict[str, Any]:
+    """Runs ``code`` in a fresh interpreter; it prints a JSON object last."""
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tasklight.settings"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def fork_holding(lock: str, *, setup: str, child: str) -> dict[str, Any]:
+    """In a fresh interpreter: runs ``setup``, forks while holding ``lock``
+    (an expression), as a thread of a worker's main process may hold it when
+    the pool forks, and runs ``child`` in the child, which ends with
+    os._exit. Whether the child ended within 20 s, and its exit code."""
+    indented = "".join(f"        {line}\n" for line in child.splitlines())
+    return run_python(
+        "import json, os, time\n"
+        "import django; django.setup()\n"
+        f"{setup}\n"
+        f"with {lock}:\n"
+        "    pid = os.fork()\n"
+        "    if pid == 0:\n"
+        f"{indented}"
+        "deadline = time.monotonic() + 20\n"
+        "while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:\n"
+        "    time.sleep(0.01)\n"
+        "if not done[0]:\n"
+        "    os.kill(pid, 9)\n"
+        "code = os.waitstatus_to_exitcode(done[1]) if done[0] else None\n"
+        "print(json.dumps({'ended': bool(done[0]), 'exit_code': code}))"
+    )
+
+
 def wait_for[T](check: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
     """Polls ``check`` until it returns something truthy, or fails after ``timeout`` s."""
     deadline = time.monotonic() + timeout

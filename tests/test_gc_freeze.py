@@ -6,23 +6,7 @@ a 2-vCPU machine, docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_python(code: str) -> dict[str, int]:
-    """Runs ``code`` in a fresh interpreter; it prints a JSON object last."""
-    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "tasklight.settings"}
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+from .stack import run_python
 
 
 def test_the_web_process_freezes_what_start_up_loaded() -> None:

@@ -20,8 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from workloads.models import Task, TaskStatus
 
-from .stack import HTTP_TIMEOUT, Account, free_port, pool_processes, terminal_for, wait_for
-from .test_gc_freeze import run_python
+from .stack import HTTP_TIMEOUT, Account, free_port, pool_processes, run_python, terminal_for, wait_for
 
 TOKEN = "metrics-test-token-0123456789"
 

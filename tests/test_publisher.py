@@ -19,6 +19,7 @@ from live.publisher import REDIS_CONNECTIONS, REDIS_TIMEOUT_SECONDS, Publisher
 from workloads.registry import MAX_INTEGER, MIN_INTEGER
 
 from .proxy import TcpProxy
+from .stack import fork_holding
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -221,3 +222,18 @@ def test_a_redis_that_does_not_answer_holds_up_one_push_then_none_for_a_while(
         "INFO",
         "publishing to Redis again after 1 s: 201 message(s) were dropped meanwhile",
     )
+
+
+def test_a_process_forked_while_a_thread_held_the_publishers_lock_still_pushes() -> None:
+    # A worker's main process pushes events from a thread (the pool deaths'
+    # thread, for a task it fails) and forks pool processes. Before, a fork
+    # while that thread held the publisher's lock left the lock held in the
+    # new process, which hung at its first push, for good.
+    seen = fork_holding(
+        "publisher._lock",
+        # forget_layer: the next push looks at the layer again, under the lock.
+        setup="from live.publisher import publisher\npublisher.forget_layer()",
+        child="publisher.push('tasklight-test-forked', {'type': 'test.message'})\n"
+        "os._exit(0 if publisher.flush(5.0) else 1)",
+    )
+    assert seen == {"ended": True, "exit_code": 0}

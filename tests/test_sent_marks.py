@@ -10,7 +10,7 @@ from rest_framework.test import APIClient
 from workloads.models import Task
 from workloads.sent_marks import SentMarks
 
-from .stack import wait_for
+from .stack import fork_holding, wait_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -51,3 +51,15 @@ def test_a_mark_never_moves_an_earlier_one(alice: User) -> None:
     marks.add(task.id)  # sent again (a relay's second try, say)
     wait_for(lambda: marks.flush() == 0, timeout=10, what="the second mark to be written")
     assert Task.objects.get(pk=task.pk).sent_at == first
+
+
+def test_a_process_forked_while_a_thread_held_the_marks_lock_still_marks() -> None:
+    # Before, a fork while a thread of the parent held the lock left it held
+    # in the new process (a pool process), which hung at its first mark.
+    seen = fork_holding(
+        "sent_marks._lock",
+        # The parent's own mark: the parent's to write, not the child's.
+        setup="import uuid\nfrom workloads.sent_marks import sent_marks\nsent_marks.add(uuid.uuid4())",
+        child="inherited = len(sent_marks._ids)\nsent_marks.add(uuid.uuid4())\nos._exit(10 + inherited)",
+    )
+    assert seen == {"ended": True, "exit_code": 10}  # it marked, with no mark of its parent's

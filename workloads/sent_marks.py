@@ -34,6 +34,12 @@ BATCH_SECONDS = 0.05
 
 class SentMarks:
     def __init__(self) -> None:
+        self.start_afresh()
+
+    def start_afresh(self) -> None:
+        """As new, with no marks. A forked process (Celery's prefork pool)
+        calls it first: a lock its parent's thread held at the fork would
+        stay held in the child for good; the parent writes its own marks."""
         self._lock = threading.Lock()
         self._writing = threading.Lock()
         self._ids: list[uuid.UUID | str] = []
@@ -80,6 +86,7 @@ def write(ids: list[uuid.UUID | str]) -> None:
 
 
 sent_marks = SentMarks()
+os.register_at_fork(after_in_child=sent_marks.start_afresh)
 
 
 def _flush_at_exit() -> None:
