@@ -100,9 +100,6 @@ replayed_events = Counter("tasklight_replayed_events", "Stored events sent to so
 socket_resyncs = Counter("tasklight_socket_resyncs", "Sockets told to resync: their cursor was past retention.")
 
 
-_LOCK_TYPE = type(threading.Lock())
-
-
 def _multiprocess_values_lock() -> Any | None:
     """prometheus_client's one lock for every value in multiprocess mode (a
     variable of values.MultiProcessValue's closure); None in single-process
@@ -111,8 +108,9 @@ def _multiprocess_values_lock() -> Any | None:
 
     if not getattr(values.ValueClass, "_multiprocess", False):
         return None
+    lock_type = type(threading.Lock())
     for cell in values.ValueClass.inc.__closure__ or ():
-        if isinstance(cell.cell_contents, _LOCK_TYPE):
+        if isinstance(cell.cell_contents, lock_type):
             return cell.cell_contents
     raise RuntimeError("prometheus_client's multiprocess lock was not found: see tasklight/metrics.py")
 

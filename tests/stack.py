@@ -49,6 +49,23 @@ def run_python(code: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+# Source for run_python: child_ended(pid, seconds), a forked child's exit
+# code once it ends, or None if it had not ended within ``seconds`` (it is
+# killed then, as one that hung).
+CHILD_ENDED = (
+    "import os, time\n"
+    "def child_ended(pid, seconds):\n"
+    "    deadline = time.monotonic() + seconds\n"
+    "    while not (done := os.waitpid(pid, os.WNOHANG))[0]:\n"
+    "        if time.monotonic() > deadline:\n"
+    "            os.kill(pid, 9)\n"
+    "            os.waitpid(pid, 0)\n"
+    "            return None\n"
+    "        time.sleep(0.001)\n"
+    "    return os.waitstatus_to_exitcode(done[1])\n"
+)
+
+
 def fork_holding(lock: str, *, setup: str, child: str) -> dict[str, Any]:
     """In a fresh interpreter: runs ``setup``, forks while holding ``lock``
     (an expression), as a thread of a worker's main process may hold it when
@@ -56,20 +73,15 @@ def fork_holding(lock: str, *, setup: str, child: str) -> dict[str, Any]:
     os._exit. Whether the child ended within 20 s, and its exit code."""
     indented = "".join(f"        {line}\n" for line in child.splitlines())
     return run_python(
-        "import json, os, time\n"
+        CHILD_ENDED + "import json\n"
         "import django; django.setup()\n"
         f"{setup}\n"
         f"with {lock}:\n"
         "    pid = os.fork()\n"
         "    if pid == 0:\n"
         f"{indented}"
-        "deadline = time.monotonic() + 20\n"
-        "while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:\n"
-        "    time.sleep(0.01)\n"
-        "if not done[0]:\n"
-        "    os.kill(pid, 9)\n"
-        "code = os.waitstatus_to_exitcode(done[1]) if done[0] else None\n"
-        "print(json.dumps({'ended': bool(done[0]), 'exit_code': code}))"
+        "code = child_ended(pid, 20)\n"
+        "print(json.dumps({'ended': code is not None, 'exit_code': code}))"
     )
 
 

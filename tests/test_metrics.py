@@ -20,7 +20,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from workloads.models import Task, TaskStatus
 
-from .stack import HTTP_TIMEOUT, Account, free_port, pool_processes, run_python, terminal_for, wait_for
+from .stack import (
+    CHILD_ENDED,
+    HTTP_TIMEOUT,
+    Account,
+    free_port,
+    pool_processes,
+    run_python,
+    terminal_for,
+    wait_for,
+)
 
 TOKEN = "metrics-test-token-0123456789"
 
@@ -136,7 +145,7 @@ def test_a_pool_process_forked_while_a_thread_writes_a_metric_does_not_hang(
     # process hung at its first metric, for good (most forks here did).
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
     seen = run_python(
-        "import json, os, signal, sys, threading, time\n"
+        CHILD_ENDED + "import json, sys, threading\n"
         "sys.argv = ['celery', '-A', 'tasklight', 'worker']\n"
         "import django; django.setup()\n"
         "from tasklight.celery import app\n"
@@ -154,14 +163,7 @@ def test_a_pool_process_forked_while_a_thread_writes_a_metric_does_not_hang(
         "    if pid == 0:\n"
         "        metrics.tasks_started.labels('reverse').inc()\n"
         "        os._exit(0)\n"
-        "    deadline = time.monotonic() + 3\n"
-        "    while not os.waitpid(pid, os.WNOHANG)[0]:\n"
-        "        if time.monotonic() > deadline:\n"
-        "            hung += 1\n"
-        "            os.kill(pid, signal.SIGKILL)\n"
-        "            os.waitpid(pid, 0)\n"
-        "            break\n"
-        "        time.sleep(0.001)\n"
+        "    hung += child_ended(pid, 3) is None\n"
         "stop.set()\n"
         "print(json.dumps({'forks': forks, 'hung': hung, 'multiprocess': values.ValueClass._multiprocess}))"
     )
