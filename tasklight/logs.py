@@ -224,6 +224,24 @@ class LostAckFilter(logging.Filter):
         return True
 
 
+class RejectFilter(logging.Filter):
+    """Celery writes a task that raised ``Reject`` (a message sent back to
+    the queue on purpose: workloads/tasks.py, when the broker would not take
+    it to look again later) as a WARNING with a traceback; the line says it
+    all, the traceback is only the ``raise``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and _is_reject(record.exc_info[1]):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def _is_reject(exc: BaseException | None) -> bool:
+    from celery.exceptions import Reject
+
+    return isinstance(exc, Reject)
+
+
 def _lost_ack(record: logging.LogRecord) -> bool:
     if not str(record.msg).startswith("Couldn't ack ") or not record.exc_info:
         return False

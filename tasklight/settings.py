@@ -402,6 +402,11 @@ USES_DATA_DIR = not DATABASE_URL or RESEND_ABANDONED_TASKS or not CHANNEL_LAYER_
 # Keep publishing to a down broker short: the relay sends the task later.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+# RabbitMQ confirms each task's message (workloads/confirmed.py): a task
+# counts as sent only once it has. A confirm not back within this many
+# seconds fails the publish (three tries), and the relay sends the task
+# later; the same bound holds every read and write of those connections.
+BROKER_PUBLISH_TIMEOUT = 2.0
 
 # --- Auth -----------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -538,6 +543,7 @@ LOGGING = {
         "watchdog_exit": {"()": "tasklight.logs.WatchdogExitFilter"},
         "channel_layer_outage": {"()": "tasklight.logs.ChannelLayerOutageFilter"},
         "lost_ack": {"()": "tasklight.logs.LostAckFilter"},
+        "reject": {"()": "tasklight.logs.RejectFilter"},
         "dependency_down": {"()": "tasklight.logs.DependencyDownFilter"},
     },
     "formatters": {
@@ -548,7 +554,7 @@ LOGGING = {
         "console": {
             "class": "logging.StreamHandler",
             "formatter": LOG_FORMAT,
-            "filters": ["context", "client_noise", "watchdog_exit", "channel_layer_outage", "lost_ack"],
+            "filters": ["context", "client_noise", "watchdog_exit", "channel_layer_outage", "lost_ack", "reject"],
         }
     },
     "root": {"handlers": ["console"], "level": LOG_LEVEL},

@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 from billiard.exceptions import WorkerLostError
+from celery.exceptions import Reject
 from django.test import Client
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -385,6 +386,21 @@ def test_only_the_lines_about_a_process_the_cancel_watchdog_ended_are_info(
     else:
         assert (record.levelname, record.getMessage()) == ("ERROR", text)
         assert record.exc_info is not None
+
+
+@pytest.mark.parametrize("error", [Reject("requeued", requeue=True), ValueError("a bug")])
+def test_only_a_tasks_reject_loses_its_traceback(error: BaseException) -> None:
+    """Celery's line for a task that sent its message back to the queue on
+    purpose (workloads/tasks.py) keeps its text; any other keeps its traceback."""
+    try:
+        raise error
+    except BaseException:
+        record = logging.LogRecord("celery.app.trace", logging.WARNING, __file__, 1, "Task %s", ("x",), sys.exc_info())
+
+    assert logs.RejectFilter().filter(record)
+
+    assert (record.exc_info is None) == isinstance(error, Reject)
+    assert (record.levelname, record.getMessage()) == ("WARNING", "Task x")
 
 
 def test_other_errors_stay_errors() -> None:

@@ -11,6 +11,7 @@ import copy
 import hashlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Iterable
 from datetime import datetime, timedelta
@@ -29,7 +30,7 @@ from live.models import EventStream
 from live.services import change_with_event, one_statement_possible, push_progress, record_event
 from tasklight import metrics, retention
 
-from . import sent_marks
+from . import confirmed, sent_marks
 from .models import IdempotencyKey, Task, TaskStatus
 from .registry import (
     UNSTORABLE_TEXT,
@@ -215,6 +216,13 @@ def send_to_broker(
         "soft_time_limit": soft_limit or settings.TASK_SOFT_TIME_LIMIT,
         "time_limit": hard_limit or settings.TASK_TIME_LIMIT,
     }
+    if broker_silence.holds():
+        logger.debug("task %s not sent: the broker did not answer a moment ago (the relay will send it)", task_id)
+        return False
+    # Confirmed by RabbitMQ within the timeout, or not sent: then the task
+    # is left to the relay (workloads/confirmed.py).
+    options.update(timeout=settings.BROKER_PUBLISH_TIMEOUT, confirm_timeout=settings.BROKER_PUBLISH_TIMEOUT)
+    started = time.monotonic()
     try:
         if countdown is not None:
             options["countdown"] = countdown
@@ -224,8 +232,11 @@ def send_to_broker(
         if headers:
             options["headers"] = headers
         options.update(argsrepr=repr(args), kwargsrepr=repr(kwargs))
-        run_task.apply_async(args=args, kwargs=kwargs, task_id=str(task_id), **options)
+        with confirmed.producers.acquire() as producer:
+            run_task.apply_async(args=args, kwargs=kwargs, task_id=str(task_id), producer=producer, **options)
     except Exception as exc:
+        if time.monotonic() - started >= settings.BROKER_PUBLISH_TIMEOUT:
+            broker_silence.begin(exc)
         logger.warning("task %s not sent to the broker (the relay will retry): %s", task_id, exc)
         return False
     if mark_now:
@@ -233,6 +244,45 @@ def send_to_broker(
     else:
         sent_marks.sent_marks.add(task_id)
     return True
+
+
+class BrokerSilence:
+    """After a publish that waited out BROKER_PUBLISH_TIMEOUT and failed (a
+    broker that does not answer: RabbitMQ blocking publishers in a memory or
+    disk alarm, or a host gone silent behind a network), this process sends
+    nothing for SECONDS: its tasks are left to the relay, and a POST answers
+    at once instead of waiting out the timeout and its retries (three times
+    it) again. A broker that refuses at once (stopped) trips nothing."""
+
+    SECONDS = 10.0
+
+    def __init__(self) -> None:
+        self.until = 0.0
+
+    def holds(self) -> bool:
+        return time.monotonic() < self.until
+
+    def begin(self, cause: BaseException) -> None:
+        if not self.holds():
+            logger.warning(
+                "the broker did not answer within %g s (%s): tasks are left to the relay for %g s",
+                settings.BROKER_PUBLISH_TIMEOUT,
+                cause,
+                self.SECONDS,
+            )
+        self.until = time.monotonic() + self.SECONDS
+
+
+# One per process; a forked pool process starts with its parent's (a value).
+broker_silence = BrokerSilence()
+
+
+def leave_to_relay(task_id: uuid.UUID | str) -> bool:
+    """A queued task whose message this worker took and could not send back
+    (the broker refused it) is marked never sent, for the relay: otherwise,
+    its message acknowledged and none left in the broker, it stayed queued
+    for good. False if it is no longer queued."""
+    return Task.objects.filter(pk=task_id, status=TaskStatus.QUEUED).update(sent_at=None) == 1
 
 
 def relay_unsent(*, older_than: float, limit: int = 500) -> int:

@@ -27,7 +27,7 @@ from billiard.einfo import ExceptionWithTraceback  # type: ignore[attr-defined]
 from billiard.exceptions import WorkerLostError
 from celery import Task as CeleryTask
 from celery import shared_task
-from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded, WorkerShutdown, WorkerTerminate
+from celery.exceptions import Reject, SoftTimeLimitExceeded, TimeLimitExceeded, WorkerShutdown, WorkerTerminate
 from celery.signals import worker_init, worker_ready, worker_shutdown
 from celery.worker.control import inspect_command
 from celery.worker.request import Request
@@ -239,16 +239,22 @@ def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
         task = services.start_task(task_id=task_id, redelivered=delivery.may_take_over, resumed=delivery.resumes)
     except services.OwnerAtCapacity:
         # Wait in the queue, not in this worker: other users' tasks go first.
-        services.send_to_broker(task_id=task_id, countdown=1 + random.random(), again=delivery.again)  # noqa: S311
+        if not services.send_to_broker(task_id=task_id, countdown=1 + random.random(), again=delivery.again):  # noqa: S311
+            _leave_to_relay(task_id)
         return
     except services.StillRunningElsewhere:
         # Look again once the lease could have lapsed: if that worker died
         # meanwhile, this message takes the task over.
-        services.send_to_broker(
+        if not services.send_to_broker(
             task_id=task_id,
             countdown=settings.TASK_LEASE_SECONDS / 2,
             again=RESUME if delivery.resumes else True,
-        )
+        ):
+            # This message may be the task's last (its worker died a moment
+            # ago): back to the queue rather than acknowledged, after a pause
+            # that keeps it from looping through the workers meanwhile.
+            time.sleep(REQUEUE_PAUSE_SECONDS)
+            raise Reject("its message could not be sent again to look later; requeued", requeue=True) from None
         return
     except services.NotRunnableHere as exc:
         _hand_back(self, task_id, exc, again=delivery.again or delivery.redelivered)
@@ -284,6 +290,19 @@ def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
         watchdog.unwatch(watch)
     if ended is not None:
         logger.info("task ended", extra={"kind": ended.kind, "outcome": ended.status})
+
+
+# A message that this worker could not send again for later goes back to
+# the queue after this pause (the broker being away: a loop would spin).
+REQUEUE_PAUSE_SECONDS = 1.0
+
+
+def _leave_to_relay(task_id: str) -> None:
+    """A queued task whose message goes back to the broker failed to (the
+    broker refused or did not confirm it): its message is acknowledged, so
+    the relay sends it once the broker takes messages again."""
+    if services.leave_to_relay(task_id):
+        logger.warning("task %s: left to the relay, which sends it once the broker takes it", task_id)
 
 
 # Message headers a hand-back carries from worker to worker (a worker of an
@@ -333,6 +352,8 @@ def _hand_back(self: CeleryTask, task_id: str, refused: services.NotRunnableHere
     )
     if sent:
         metrics.task_handed_back(kind=refused.kind, reason=refused.reason)
+    else:
+        _leave_to_relay(task_id)  # sent again by a relay: the wait above starts over
     logger.warning(
         "task %s: this worker cannot run it (%s): %s; it fails if no worker runs it within "
         "TASK_SKEW_WAIT_SECONDS (%g s; %.0f s so far)",
