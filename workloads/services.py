@@ -216,27 +216,31 @@ def send_to_broker(
         "soft_time_limit": soft_limit or settings.TASK_SOFT_TIME_LIMIT,
         "time_limit": hard_limit or settings.TASK_TIME_LIMIT,
     }
-    if broker_silence.holds():
-        logger.debug("task %s not sent: the broker did not answer a moment ago (the relay will send it)", task_id)
-        return False
+    if countdown is not None:
+        options["countdown"] = countdown
+    args, kwargs = (str(task_id),), {"again": again}
+    # Their repr given: Celery's saferepr of them (for logs and Flower)
+    # is the same text at ~3 % of a POST's CPU (docs/benchmarks.md).
+    if headers:
+        options["headers"] = headers
+    options.update(argsrepr=repr(args), kwargsrepr=repr(kwargs))
     # Confirmed by RabbitMQ within the timeout, or not sent: then the task
     # is left to the relay (workloads/confirmed.py).
     options.update(timeout=settings.BROKER_PUBLISH_TIMEOUT, confirm_timeout=settings.BROKER_PUBLISH_TIMEOUT)
-    started = time.monotonic()
+    # Looked at again once a producer is free: a silence may have begun meanwhile.
+    if broker_silence.holds():
+        return _not_sent_in_silence(task_id)
     try:
-        if countdown is not None:
-            options["countdown"] = countdown
-        args, kwargs = (str(task_id),), {"again": again}
-        # Their repr given: Celery's saferepr of them (for logs and Flower)
-        # is the same text at ~3 % of a POST's CPU (docs/benchmarks.md).
-        if headers:
-            options["headers"] = headers
-        options.update(argsrepr=repr(args), kwargsrepr=repr(kwargs))
         with confirmed.producers.acquire() as producer:
-            run_task.apply_async(args=args, kwargs=kwargs, task_id=str(task_id), producer=producer, **options)
+            if broker_silence.holds():
+                return _not_sent_in_silence(task_id)
+            started = time.monotonic()
+            try:
+                run_task.apply_async(args=args, kwargs=kwargs, task_id=str(task_id), producer=producer, **options)
+            except Exception as exc:
+                broker_silence.failed(exc, waited=time.monotonic() - started)
+                raise
     except Exception as exc:
-        if time.monotonic() - started >= settings.BROKER_PUBLISH_TIMEOUT:
-            broker_silence.begin(exc)
         logger.warning("task %s not sent to the broker (the relay will retry): %s", task_id, exc)
         return False
     if mark_now:
@@ -244,6 +248,11 @@ def send_to_broker(
     else:
         sent_marks.sent_marks.add(task_id)
     return True
+
+
+def _not_sent_in_silence(task_id: uuid.UUID | str) -> bool:
+    logger.debug("task %s not sent: the broker did not answer a moment ago (the relay will send it)", task_id)
+    return False
 
 
 class BrokerSilence:
@@ -262,7 +271,11 @@ class BrokerSilence:
     def holds(self) -> bool:
         return time.monotonic() < self.until
 
-    def begin(self, cause: BaseException) -> None:
+    def failed(self, cause: BaseException, *, waited: float) -> None:
+        """A publish failed after ``waited`` seconds: a silence begins if it
+        waited out the timeout."""
+        if waited < settings.BROKER_PUBLISH_TIMEOUT:
+            return
         if not self.holds():
             logger.warning(
                 "the broker did not answer within %g s (%s): tasks are left to the relay for %g s",
