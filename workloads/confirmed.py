@@ -1,14 +1,16 @@
-"""Producers whose messages RabbitMQ confirms, for tasks' messages alone.
+"""Producers whose messages RabbitMQ confirms, for the tasks a worker sends.
 
-A task counts as sent (``sent_at``) only once RabbitMQ has confirmed its
-message (publisher confirms: it is on RabbitMQ's disk). Without a confirm, a
-publish "succeeded" once its bytes were in a socket's buffer: with RabbitMQ
-blocking publishers (a memory or disk alarm) every POST still answered at
-once, and an operator restarting RabbitMQ before the alarm cleared lost
-those messages while their tasks, marked sent, stayed queued for good.
+A task the relay sends, or a worker sends back to the queue, counts as sent
+(``sent_at``) only once RabbitMQ has confirmed its message (publisher
+confirms: it is on RabbitMQ's disk). Without a confirm, a send "succeeded"
+once its bytes were in a socket's buffer: with RabbitMQ blocking publishers
+(a memory or disk alarm), an operator restarting RabbitMQ before the alarm
+cleared lost those messages while their tasks, marked sent, stayed queued
+(or running) for good. A POST's own send is not confirmed: a confirm waits
+for RabbitMQ's disk, too long for the request path (docs/lifecycle.md).
 
-Only Tasklight's own messages go through these, on connections of their
-own. Celery's other messages (a worker's heartbeat events, its answers to
+Only those messages go through these, on connections of their own.
+Celery's other messages (a worker's heartbeat events, its answers to
 remote control) keep Celery's connections, unconfirmed: its worker's main
 process sends its heartbeat event every 2 s from the loop that takes and
 acknowledges tasks, and waiting there for a confirm that an alarm withholds

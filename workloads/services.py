@@ -7,6 +7,7 @@ in that same transaction (live.services.record_event).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -182,7 +183,10 @@ def _queued(task_id: uuid.UUID, kind: str) -> None:
     metrics.task_created(kind)
     # With the request's id: the first line of the task's trail (docs/observability.md).
     logger.info("task queued", extra={"task_id": str(task_id), "kind": kind})
-    send_to_broker(task_id=task_id, kind=kind)
+    # Unconfirmed on the request path: a confirm waits for RabbitMQ's disk,
+    # and POST's p99 at 200/s went from 17 to 125-254 ms with a backlog in
+    # the queue (docs/benchmarks.md). What that leaves open: lifecycle.md.
+    send_to_broker(task_id=task_id, kind=kind, confirm=False)
 
 
 def send_to_broker(
@@ -193,6 +197,7 @@ def send_to_broker(
     again: bool | str = False,
     mark_now: bool = False,
     headers: dict[str, Any] | None = None,
+    confirm: bool = True,
 ) -> bool:
     """Publishes a task; False when the broker would not take it (the relay
     sends it later). Never raises: the broker being down is no reason to
@@ -200,7 +205,10 @@ def send_to_broker(
     which saves reading the row back on the request path. ``sent_at`` is
     written in a batch shortly after (sent_marks.py), or at once with
     ``mark_now``. ``headers`` go into the message (workloads/tasks.py's
-    hand-back count; a worker of an older release ignores them)."""
+    hand-back count; a worker of an older release ignores them). With
+    ``confirm``, the message counts as sent once RabbitMQ confirmed it
+    (workloads/confirmed.py); without, once it was written to the
+    connection, on Celery's own producers."""
     from .tasks import run_task
 
     if kind is None:
@@ -224,14 +232,15 @@ def send_to_broker(
     if headers:
         options["headers"] = headers
     options.update(argsrepr=repr(args), kwargsrepr=repr(kwargs))
-    # Confirmed by RabbitMQ within the timeout, or not sent: then the task
-    # is left to the relay (workloads/confirmed.py).
-    options.update(timeout=settings.BROKER_PUBLISH_TIMEOUT, confirm_timeout=settings.BROKER_PUBLISH_TIMEOUT)
+    if confirm:
+        # Confirmed by RabbitMQ within the timeout, or not sent: then the
+        # task is left to the relay.
+        options.update(timeout=settings.BROKER_PUBLISH_TIMEOUT, confirm_timeout=settings.BROKER_PUBLISH_TIMEOUT)
     # Looked at again once a producer is free: a silence may have begun meanwhile.
     if broker_silence.holds():
         return _not_sent_in_silence(task_id)
     try:
-        with confirmed.producers.acquire() as producer:
+        with confirmed.producers.acquire() if confirm else contextlib.nullcontext() as producer:
             if broker_silence.holds():
                 return _not_sent_in_silence(task_id)
             started = time.monotonic()
