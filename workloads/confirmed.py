@@ -36,6 +36,7 @@ from kombu import Producer
 from kombu.pools import ProducerPool
 
 from tasklight.celery import app
+from tasklight.embedded_broker import is_embedded
 
 
 class ConfirmedProducers:
@@ -54,7 +55,7 @@ class ConfirmedProducers:
         """A producer with confirms, back in the pool on leaving (its
         connection replaced if the block raised); None on the embedded
         broker, for Celery's own."""
-        if settings.CELERY_BROKER_URL.startswith("sqla+"):
+        if is_embedded(settings.CELERY_BROKER_URL):
             yield None
             return
         with self._pool_of_this_process().acquire(block=True) as producer:

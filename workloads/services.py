@@ -236,11 +236,11 @@ def send_to_broker(
         # Confirmed by RabbitMQ within the timeout, or not sent: then the
         # task is left to the relay.
         options.update(timeout=settings.BROKER_PUBLISH_TIMEOUT, confirm_timeout=settings.BROKER_PUBLISH_TIMEOUT)
-    # Looked at again once a producer is free: a silence may have begun meanwhile.
     if broker_silence.holds():
         return _not_sent_in_silence(task_id)
     try:
         with confirmed.producers.acquire() if confirm else contextlib.nullcontext() as producer:
+            # Looked at again once a producer is free: a silence may have begun meanwhile.
             if broker_silence.holds():
                 return _not_sent_in_silence(task_id)
             started = time.monotonic()
@@ -299,12 +299,13 @@ class BrokerSilence:
 broker_silence = BrokerSilence()
 
 
-def leave_to_relay(task_id: uuid.UUID | str) -> bool:
+def leave_to_relay(task_id: uuid.UUID | str) -> None:
     """A queued task whose message this worker took and could not send back
-    (the broker refused it) is marked never sent, for the relay: otherwise,
-    its message acknowledged and none left in the broker, it stayed queued
-    for good. False if it is no longer queued."""
-    return Task.objects.filter(pk=task_id, status=TaskStatus.QUEUED).update(sent_at=None) == 1
+    (the broker refused or did not confirm it) is marked never sent, for the
+    relay: otherwise, its message acknowledged and none left in the broker,
+    it stayed queued for good. A task no longer queued is left as it is."""
+    if Task.objects.filter(pk=task_id, status=TaskStatus.QUEUED).update(sent_at=None):
+        logger.warning("task %s: left to the relay, which sends it once the broker takes it", task_id)
 
 
 def relay_unsent(*, older_than: float, limit: int = 500) -> int:

@@ -240,7 +240,7 @@ def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
     except services.OwnerAtCapacity:
         # Wait in the queue, not in this worker: other users' tasks go first.
         if not services.send_to_broker(task_id=task_id, countdown=1 + random.random(), again=delivery.again):  # noqa: S311
-            _leave_to_relay(task_id)
+            services.leave_to_relay(task_id)
         return
     except services.StillRunningElsewhere:
         # Look again once the lease could have lapsed: if that worker died
@@ -297,14 +297,6 @@ def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
 REQUEUE_PAUSE_SECONDS = 1.0
 
 
-def _leave_to_relay(task_id: str) -> None:
-    """A queued task whose message goes back to the broker failed to (the
-    broker refused or did not confirm it): its message is acknowledged, so
-    the relay sends it once the broker takes messages again."""
-    if services.leave_to_relay(task_id):
-        logger.warning("task %s: left to the relay, which sends it once the broker takes it", task_id)
-
-
 # Message headers a hand-back carries from worker to worker (a worker of an
 # older release ignores them): when the first worker handed the task back
 # (its wall clock, seconds since the epoch) and how many times it went back.
@@ -353,7 +345,7 @@ def _hand_back(self: CeleryTask, task_id: str, refused: services.NotRunnableHere
     if sent:
         metrics.task_handed_back(kind=refused.kind, reason=refused.reason)
     else:
-        _leave_to_relay(task_id)  # sent again by a relay: the wait above starts over
+        services.leave_to_relay(task_id)  # sent again by a relay: the wait above starts over
     logger.warning(
         "task %s: this worker cannot run it (%s): %s; it fails if no worker runs it within "
         "TASK_SKEW_WAIT_SECONDS (%g s; %.0f s so far)",
