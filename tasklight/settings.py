@@ -402,12 +402,11 @@ USES_DATA_DIR = not DATABASE_URL or RESEND_ABANDONED_TASKS or not CHANNEL_LAYER_
 # Keep publishing to a down broker short: the relay sends the task later.
 CELERY_BROKER_CONNECTION_TIMEOUT = 2
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-# RabbitMQ confirms each message a worker sends (the relay's, a resend:
-# workloads/confirmed.py): its task counts as sent only once it has; a
-# POST's own send is not confirmed (docs/lifecycle.md). A confirm not back
-# within this many seconds fails the publish (three tries), and the relay
-# sends the task later; the same bound holds every read and write of those
-# connections.
+# RabbitMQ confirms every task message (a POST's, sent by its process's
+# outbox thread, the relay's, a resend: workloads/confirmed.py): its task
+# counts as sent only once it has. A confirm not back within this many
+# seconds fails the send, and the relay sends the task later; the same
+# bound holds every read and write of those connections.
 BROKER_PUBLISH_TIMEOUT = 2.0
 
 # --- Auth -----------------------------------------------------------------

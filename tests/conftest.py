@@ -17,6 +17,7 @@ import pytest
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
 
+from workloads.outbox import outbox
 from workloads.sent_marks import sent_marks
 
 PASSWORD = "a-long-enough-passphrase-9"
@@ -81,12 +82,14 @@ def bob_api(bob: User) -> APIClient:
 
 @pytest.fixture(autouse=True)
 def settled_sent_marks() -> Iterator[None]:
-    """A task sent to the broker in this process queues its ``sent_at``
-    mark for a thread that writes it ~50 ms later (workloads/sent_marks.py):
-    written here, before the test's database is emptied, nothing of a test
-    is left to lock rows under the next one. (pytest-django's database
-    fixtures are set up first, so this runs before their teardown.)"""
+    """A task queued in this process is sent by a thread (workloads/outbox.py)
+    and its ``sent_at`` mark written by another ~50 ms later
+    (workloads/sent_marks.py): both done here, before the test's database
+    is emptied, nothing of a test is left to lock rows under the next one.
+    (pytest-django's database fixtures are set up first, so this runs
+    before their teardown.)"""
     yield
+    outbox.flush()  # sends, whose marks go to sent_marks
     sent_marks.flush()
 
 

@@ -29,17 +29,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def published(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """What is published, and sent to the broker, in order. Nothing leaves
-    the process: the real send would also queue a ``sent_at`` mark, written
-    by a thread of its own that outlives the test (workloads/sent_marks.py)."""
+    """What is published, and handed to the outbox to send, in order.
+    Nothing leaves the process: the real send, by a thread of its own
+    (workloads/outbox.py), would outlive the test."""
     sent: list[Any] = []
     monkeypatch.setattr("live.services._publish_committed", lambda user_id, frame: sent.append((user_id, frame)))
 
-    def sending(**kwargs: Any) -> bool:
-        sent.append(("broker", str(kwargs["task_id"])))
-        return True
+    def sending(task_id: Any, kind: str) -> None:
+        sent.append(("broker", str(task_id)))
 
-    monkeypatch.setattr(services, "send_to_broker", sending)
+    monkeypatch.setattr(services.outbox.outbox, "send", sending)
     return sent
 
 
@@ -385,11 +384,11 @@ def test_a_running_task_abandoned_by_its_worker_is_sent_again_and_taken_over(
     queued = services.create_task(owner=alice, kind="simulate", params={"seconds": 0})
     sends: list[tuple[str, bool]] = []
 
-    def sending(**kwargs: Any) -> bool:
-        sends.append((str(kwargs["task_id"]), kwargs["again"]))
-        return True
+    def sending(tasks: list[tuple[Any, str]], **kwargs: Any) -> list[Any]:
+        sends.extend((str(task_id), kwargs["again"]) for task_id, _ in tasks)
+        return [task_id for task_id, _ in tasks]
 
-    monkeypatch.setattr(services, "send_to_broker", sending)
+    monkeypatch.setattr(services, "send_many", sending)
     long_ago = timezone.now() - timedelta(seconds=60)
     Task.objects.filter(pk__in=[abandoned.pk, queued.pk]).update(heartbeat_at=long_ago)
     events = last_event_id(alice)
@@ -488,9 +487,13 @@ def test_a_task_is_sent_with_the_args_repr_celery_would_write(monkeypatch: pytes
     from tasklight.celery import app
 
     headers: list[dict[str, Any]] = []
-    monkeypatch.setattr(
-        app.amqp, "send_task_message", lambda producer, name, message, **options: headers.append(message.headers)
-    )
+    send_task_message = app.amqp.send_task_message
+
+    def sending(producer: Any, name: str, message: Any, **options: Any) -> Any:
+        headers.append(message.headers)
+        return send_task_message(producer, name, message, **options)  # confirmed by RabbitMQ: really sent
+
+    monkeypatch.setattr(app.amqp, "send_task_message", sending)
     task_id = uuid.uuid4()
 
     assert services.send_to_broker(task_id=task_id, kind="reverse", again=again, mark_now=True)

@@ -7,14 +7,13 @@ in that same transaction (live.services.record_event).
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import json
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -31,7 +30,7 @@ from live.models import EventStream
 from live.services import change_with_event, one_statement_possible, push_progress, record_event
 from tasklight import metrics, retention
 
-from . import confirmed, sent_marks
+from . import confirmed, outbox, sent_marks
 from .models import IdempotencyKey, Task, TaskStatus
 from .registry import (
     UNSTORABLE_TEXT,
@@ -183,10 +182,8 @@ def _queued(task_id: uuid.UUID, kind: str) -> None:
     metrics.task_created(kind)
     # With the request's id: the first line of the task's trail (docs/observability.md).
     logger.info("task queued", extra={"task_id": str(task_id), "kind": kind})
-    # Unconfirmed on the request path: a confirm waits for RabbitMQ's disk,
-    # and POST's p99 at 200/s went from 17 to 125-254 ms with a backlog in
-    # the queue (docs/benchmarks.md). What that leaves open: lifecycle.md.
-    send_to_broker(task_id=task_id, kind=kind, confirm=False)
+    # Sent after the answer, confirmed, by this process's outbox thread.
+    outbox.outbox.send(task_id, kind)
 
 
 def send_to_broker(
@@ -197,24 +194,121 @@ def send_to_broker(
     again: bool | str = False,
     mark_now: bool = False,
     headers: dict[str, Any] | None = None,
-    confirm: bool = True,
 ) -> bool:
-    """Publishes a task; False when the broker would not take it (the relay
-    sends it later). Never raises: the broker being down is no reason to
-    refuse work (DESIGN.md §4). Callers that know the task's kind pass it,
-    which saves reading the row back on the request path. ``sent_at`` is
-    written in a batch shortly after (sent_marks.py), or at once with
-    ``mark_now``. ``headers`` go into the message (workloads/tasks.py's
-    hand-back count; a worker of an older release ignores them). With
-    ``confirm``, the message counts as sent once RabbitMQ confirmed it
-    (workloads/confirmed.py); without, once it was written to the
-    connection, on Celery's own producers."""
-    from .tasks import run_task
-
+    """Sends one task (send_many); False when the broker did not take it
+    (the relay sends it later). Callers that know the task's kind pass it,
+    which saves reading the row back."""
     if kind is None:
         kind = Task.objects.filter(pk=task_id).values_list("kind", flat=True).first()
         if kind is None:
             return False
+    return bool(send_many([(task_id, kind)], countdown=countdown, again=again, mark_now=mark_now, headers=headers))
+
+
+def send_many(
+    tasks: Sequence[tuple[uuid.UUID | str, str]],
+    *,
+    countdown: float | None = None,
+    again: bool | str = False,
+    mark_now: bool = False,
+    headers: dict[str, Any] | None = None,
+) -> list[uuid.UUID | str]:
+    """Publishes these (id, kind) pairs, in order, and returns the ids
+    RabbitMQ confirmed (workloads/confirmed.py; on the embedded broker, all
+    it took); the others are left to the relay. Never raises: the broker
+    being down is no reason to refuse work (DESIGN.md §4). ``sent_at`` is
+    written in a batch shortly after (sent_marks.py), or at once with
+    ``mark_now``. ``headers`` go into each message (workloads/tasks.py's
+    hand-back count; a worker of an older release ignores them)."""
+    sent: list[uuid.UUID | str] = []
+    failure: Exception | None = None
+    silenced = False
+    # A second try, on a new connection, after a failure that came at once:
+    # a kept connection that RabbitMQ closed meanwhile (a restart) fails so.
+    for _ in range(2):
+        done = set(sent)
+        unsent = [task for task in tasks if task[0] not in done]
+        if not unsent:
+            break
+        if broker_silence.holds():
+            silenced = True
+            break
+        started = time.monotonic()
+        try:
+            with confirmed.producers.acquire() as link:
+                _publish(unsent, link, sent, countdown=countdown, again=again, headers=headers)
+        except Exception as exc:
+            failure = exc
+            waited = time.monotonic() - started
+            broker_silence.failed(exc, waited=waited)
+            if waited >= settings.BROKER_PUBLISH_TIMEOUT:
+                break
+            continue
+        break
+    done = set(sent)
+    left = [str(task_id) for task_id, _ in tasks if task_id not in done]
+    if left:
+        shown = ", ".join(left[:3]) + (", ..." if len(left) > 3 else "")
+        named = f"task {left[0]}" if len(left) == 1 else f"{len(left)} tasks ({shown})"
+        if failure is not None:
+            logger.warning("%s not sent to the broker (the relay will retry): %s", named, failure)
+        elif silenced:
+            logger.debug("%s not sent: the broker did not answer a moment ago (the relay will send it)", named)
+        else:
+            logger.warning("%s refused by the broker (the relay will retry)", named)
+    if sent:
+        if mark_now:
+            sent_marks.write(sent)
+        else:
+            for task_id in sent:
+                sent_marks.sent_marks.add(task_id)
+    return sent
+
+
+def _publish(
+    tasks: Sequence[tuple[uuid.UUID | str, str]],
+    link: confirmed.Link | None,
+    sent: list[uuid.UUID | str],
+    *,
+    countdown: float | None,
+    again: bool | str,
+    headers: dict[str, Any] | None,
+) -> None:
+    """Publishes these on ``link`` and adds to ``sent`` those RabbitMQ
+    confirmed; raises if it did not answer for all in time. With no link
+    (the embedded broker), Celery's producers, and each counts once taken."""
+    from .tasks import run_task
+
+    for task_id, kind in tasks:
+        args, kwargs = (str(task_id),), {"again": again}
+        options = _message_options(kind, countdown=countdown, headers=headers, args=args, kwargs=kwargs)
+        if link is None:
+            run_task.apply_async(args=args, kwargs=kwargs, task_id=str(task_id), **options)
+            sent.append(task_id)
+            continue
+        # Not retried by Celery: a retry on a new channel would number its messages anew.
+        options["timeout"] = settings.BROKER_PUBLISH_TIMEOUT  # bounds the write
+        run_task.apply_async(
+            args=args,
+            kwargs=kwargs,
+            task_id=str(task_id),
+            producer=link.producer,
+            retry=False,
+            **options,
+        )
+        link.confirms.add(task_id)
+    if link is not None:
+        sent.extend(link.confirms.wait(settings.BROKER_PUBLISH_TIMEOUT))
+        if link.confirms.waiting:
+            raise TimeoutError(
+                f"RabbitMQ confirmed {len(tasks) - len(link.confirms.waiting)} of {len(tasks)} "
+                f"message(s) within {settings.BROKER_PUBLISH_TIMEOUT:g} s"
+            )
+
+
+def _message_options(
+    kind: str, *, countdown: float | None, headers: dict[str, Any] | None, args: tuple, kwargs: dict
+) -> dict[str, Any]:
     try:
         workload = get_workload(kind)
         soft_limit, hard_limit = workload.soft_time_limit, workload.time_limit
@@ -226,42 +320,12 @@ def send_to_broker(
     }
     if countdown is not None:
         options["countdown"] = countdown
-    args, kwargs = (str(task_id),), {"again": again}
-    # Their repr given: Celery's saferepr of them (for logs and Flower)
-    # is the same text at ~3 % of a POST's CPU (docs/benchmarks.md).
     if headers:
         options["headers"] = headers
+    # Their repr given: Celery's saferepr of them (for logs and Flower)
+    # is the same text at ~3 % of a POST's CPU (docs/benchmarks.md).
     options.update(argsrepr=repr(args), kwargsrepr=repr(kwargs))
-    if confirm:
-        # Confirmed by RabbitMQ within the timeout, or not sent: then the
-        # task is left to the relay.
-        options.update(timeout=settings.BROKER_PUBLISH_TIMEOUT, confirm_timeout=settings.BROKER_PUBLISH_TIMEOUT)
-    if broker_silence.holds():
-        return _not_sent_in_silence(task_id)
-    try:
-        with confirmed.producers.acquire() if confirm else contextlib.nullcontext() as producer:
-            # Looked at again once a producer is free: a silence may have begun meanwhile.
-            if broker_silence.holds():
-                return _not_sent_in_silence(task_id)
-            started = time.monotonic()
-            try:
-                run_task.apply_async(args=args, kwargs=kwargs, task_id=str(task_id), producer=producer, **options)
-            except Exception as exc:
-                broker_silence.failed(exc, waited=time.monotonic() - started)
-                raise
-    except Exception as exc:
-        logger.warning("task %s not sent to the broker (the relay will retry): %s", task_id, exc)
-        return False
-    if mark_now:
-        sent_marks.write([task_id])
-    else:
-        sent_marks.sent_marks.add(task_id)
-    return True
-
-
-def _not_sent_in_silence(task_id: uuid.UUID | str) -> bool:
-    logger.debug("task %s not sent: the broker did not answer a moment ago (the relay will send it)", task_id)
-    return False
+    return options
 
 
 class BrokerSilence:
@@ -348,11 +412,19 @@ def running_tasks() -> list[tuple[uuid.UUID, str]]:
 
 
 def send_again(tasks: Iterable[tuple[uuid.UUID, str]], *, again: bool = False) -> int:
-    """Sends these tasks to the broker again, in their order; returns how
-    many it took (it stops at the first it refuses). A task sent twice still
-    runs once (start_task); with ``again``, as a redelivery, a running one
-    is taken over once its lease has lapsed."""
-    return len(_send_each(tasks, again=again, mark_now=True))
+    """Sends these tasks to the broker again, in their order, 500 at a time;
+    returns how many RabbitMQ confirmed (it stops at a batch not all
+    confirmed). A task sent twice still runs once (start_task); with
+    ``again``, as a redelivery, a running one is taken over once its lease
+    has lapsed."""
+    tasks, count = list(tasks), 0
+    for first in range(0, len(tasks), 500):
+        batch = tasks[first : first + 500]
+        sent = send_many(batch, again=again, mark_now=True)
+        count += len(sent)
+        if len(sent) < len(batch):
+            break
+    return count
 
 
 def _send_claimed(tasks: QuerySet[Task], *, limit: int, **send_options: Any) -> list[uuid.UUID]:
@@ -361,18 +433,7 @@ def _send_claimed(tasks: QuerySet[Task], *, limit: int, **send_options: Any) -> 
     the database can). Returns the ids sent."""
     if connection.features.has_select_for_update_skip_locked:
         tasks = tasks.select_for_update(skip_locked=True)
-    return _send_each(tasks.values_list("id", "kind")[:limit], **send_options)
-
-
-def _send_each(tasks: Iterable[tuple[uuid.UUID, str]], **send_options: Any) -> list[uuid.UUID]:
-    """Sends these (id, kind) pairs in order and stops at the first the
-    broker refuses (the rest wait for the next round); the ids sent."""
-    sent = []
-    for task_id, kind in tasks:
-        if not send_to_broker(task_id=task_id, kind=kind, **send_options):
-            break
-        sent.append(task_id)
-    return sent
+    return cast(list[uuid.UUID], send_many(list(tasks.values_list("id", "kind")[:limit]), **send_options))
 
 
 def idempotency_key_in_use(*, owner_id: int, key: str) -> bool:

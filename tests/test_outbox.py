@@ -1,0 +1,85 @@
+"""Task messages are confirmed by RabbitMQ, in batches (workloads/confirmed.py),
+and a POST's is sent after the answer by its process's outbox thread
+(workloads/outbox.py). These publish to this machine's RabbitMQ."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+from django.contrib.auth.models import User
+from rest_framework.test import APIClient
+
+from workloads import confirmed, services
+from workloads.models import Task
+from workloads.outbox import Outbox
+
+from .stack import fork_holding, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def tasks_of(owner: User, count: int) -> list[tuple[uuid.UUID | str, str]]:
+    made = [Task.objects.create(owner=owner, kind="simulate", params={"seconds": 0}) for _ in range(count)]
+    return [(task.id, task.kind) for task in made]
+
+
+def marked_sent(tasks: list[tuple[uuid.UUID | str, str]]) -> set[str]:
+    marked = Task.objects.filter(pk__in=[task_id for task_id, _ in tasks], sent_at__isnull=False)
+    return {str(pk) for pk in marked.values_list("pk", flat=True)}
+
+
+def test_a_batch_is_confirmed_by_rabbitmq_and_marked_sent(alice: User) -> None:
+    tasks = tasks_of(alice, 120)
+    sent = services.send_many(tasks, mark_now=True)
+    assert sent == [task_id for task_id, _ in tasks]  # every one confirmed, in order
+    assert marked_sent(tasks) == {str(task_id) for task_id, _ in tasks}
+
+
+def test_a_kept_connection_that_broke_is_replaced_at_once(alice: User) -> None:
+    """A kept connection that broke meanwhile (RabbitMQ restarted, say) fails
+    the send at once: it is tried again on a new one, not left to the relay
+    and no silence begins."""
+    first, second = tasks_of(alice, 2)
+    assert services.send_many([first]) == [first[0]]
+    with confirmed.producers.acquire() as link:
+        assert link is not None
+        link.connection.connection.sock.shutdown(socket.SHUT_RDWR)  # our end of it gone
+        kept = link
+    assert services.send_many([second], mark_now=True) == [second[0]]
+    assert not services.broker_silence.holds()
+    with confirmed.producers.acquire() as link:
+        assert link is not kept  # the broken one was dropped
+
+
+def test_a_posted_task_is_sent_and_marked_by_the_outbox(alice_api: APIClient) -> None:
+    response = alice_api.post("/api/tasks/", {"kind": "simulate", "params": {"seconds": 0}}, format="json")
+    assert response.status_code == 202
+    task_id = response.json()["id"]
+    wait_for(
+        lambda: Task.objects.filter(pk=task_id, sent_at__isnull=False).exists(),
+        timeout=10,
+        what="the outbox's send to be confirmed and marked",
+    )
+
+
+def test_an_outbox_sends_everything_handed_to_it(alice: User) -> None:
+    tasks = tasks_of(alice, 30)
+    outbox = Outbox()
+    for task_id, kind in tasks:
+        outbox.send(task_id, kind)
+    wait_for(lambda: len(marked_sent(tasks)) == 30, timeout=20, what="all 30 marked sent")
+    assert outbox.flush() == 0  # nothing left behind
+
+
+def test_a_process_forked_while_a_thread_held_the_outbox_lock_starts_afresh() -> None:
+    # As sent_marks: a lock held by a thread of the parent at the fork
+    # would stay held in the child for good.
+    seen = fork_holding(
+        "outbox._lock",
+        # The parent's task: the parent's to send, not the child's.
+        setup="import uuid\nfrom workloads.outbox import outbox\noutbox._tasks.append((uuid.uuid4(), 'simulate'))",
+        child="inherited = len(outbox._tasks)\nwith outbox._lock:\n    pass\nos._exit(10 + inherited)",
+    )
+    assert seen == {"ended": True, "exit_code": 10}
