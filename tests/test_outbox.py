@@ -9,7 +9,6 @@ import uuid
 
 import pytest
 from django.contrib.auth.models import User
-from rest_framework.test import APIClient
 
 from workloads import confirmed, services
 from workloads.models import Task
@@ -53,17 +52,6 @@ def test_a_kept_connection_that_broke_is_replaced_at_once(alice: User) -> None:
         assert link is not kept  # the broken one was dropped
 
 
-def test_a_posted_task_is_sent_and_marked_by_the_outbox(alice_api: APIClient) -> None:
-    response = alice_api.post("/api/tasks/", {"kind": "simulate", "params": {"seconds": 0}}, format="json")
-    assert response.status_code == 202
-    task_id = response.json()["id"]
-    wait_for(
-        lambda: Task.objects.filter(pk=task_id, sent_at__isnull=False).exists(),
-        timeout=10,
-        what="the outbox's send to be confirmed and marked",
-    )
-
-
 def test_an_outbox_sends_everything_handed_to_it(alice: User) -> None:
     tasks = tasks_of(alice, 30)
     outbox = Outbox()
@@ -79,7 +67,7 @@ def test_a_process_forked_while_a_thread_held_the_outbox_lock_starts_afresh() ->
     seen = fork_holding(
         "outbox._lock",
         # The parent's task: the parent's to send, not the child's.
-        setup="import uuid\nfrom workloads.outbox import outbox\noutbox._tasks.append((uuid.uuid4(), 'simulate'))",
-        child="inherited = len(outbox._tasks)\nwith outbox._lock:\n    pass\nos._exit(10 + inherited)",
+        setup="import uuid\nfrom workloads.outbox import outbox\noutbox._items.append((uuid.uuid4(), 'simulate'))",
+        child="inherited = len(outbox._items)\nwith outbox._lock:\n    pass\nos._exit(10 + inherited)",
     )
     assert seen == {"ended": True, "exit_code": 10}

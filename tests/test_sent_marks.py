@@ -16,6 +16,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def test_a_queued_task_is_marked_sent_soon_after_its_request(alice_api: APIClient) -> None:
+    # Sent by the outbox thread after the answer, marked once RabbitMQ confirmed it.
     response = alice_api.post("/api/tasks/", {"kind": "simulate", "params": {"seconds": 0}}, format="json")
     assert response.status_code == 202
     task_id = response.json()["id"]
@@ -60,6 +61,6 @@ def test_a_process_forked_while_a_thread_held_the_marks_lock_still_marks() -> No
         "sent_marks._lock",
         # The parent's own mark: the parent's to write, not the child's.
         setup="import uuid\nfrom workloads.sent_marks import sent_marks\nsent_marks.add(uuid.uuid4())",
-        child="inherited = len(sent_marks._ids)\nsent_marks.add(uuid.uuid4())\nos._exit(10 + inherited)",
+        child="inherited = len(sent_marks._items)\nsent_marks.add(uuid.uuid4())\nos._exit(10 + inherited)",
     )
     assert seen == {"ended": True, "exit_code": 10}  # it marked, with no mark of its parent's

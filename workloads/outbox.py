@@ -25,90 +25,42 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import threading
 import uuid
 
 from django.conf import settings
-from django.db import close_old_connections
 
 from tasklight.embedded_broker import is_embedded
 
 # Imported first, so its exit hook, registered first, runs after ours and
 # writes the marks of what ours sent.
 from . import sent_marks  # noqa: F401
+from .batches import Batches
 
 logger = logging.getLogger(__name__)
 
-# The most one batch publishes before waiting for RabbitMQ's confirms.
-BATCH_LIMIT = 500
 
-
-class Outbox:
-    def __init__(self) -> None:
-        self.start_afresh()
-
-    def start_afresh(self) -> None:
-        """As new, with nothing to send. A forked process calls it first: a
-        lock its parent's thread held at the fork would stay held in the
-        child for good; the parent sends its own tasks."""
-        self._lock = threading.Lock()
-        self._sending = threading.Lock()
-        self._tasks: list[tuple[uuid.UUID | str, str]] = []
-        self._wake = threading.Event()
-        self._pid: int | None = None
+class Outbox(Batches[tuple[uuid.UUID | str, str]]):
+    NAME = "tasklight-outbox"
+    # The most one batch publishes before waiting for RabbitMQ's confirms.
+    LIMIT = 500
+    LOST_AT_EXIT = "the outbox's last tasks not sent at exit (the relay will send them)"
 
     def send(self, task_id: uuid.UUID | str, kind: str) -> None:
         """Sends this committed task soon, from the outbox's thread."""
-        from . import services
-
         if is_embedded(settings.CELERY_BROKER_URL):
-            services.send_many([(task_id, kind)])
+            self.handle([(task_id, kind)])
             return
-        with self._lock:
-            self._tasks.append((task_id, kind))
-            # A forked process inherits the object, not the thread.
-            if self._pid != os.getpid():
-                self._pid = os.getpid()
-                threading.Thread(target=self._run, name="tasklight-outbox", daemon=True).start()
-        self._wake.set()
+        self.add((task_id, kind))
 
-    def flush(self) -> int:
-        """Sends what was handed over so far, once a batch being sent by the
-        thread is done; returns how many it tried."""
+    def handle(self, batch: list[tuple[uuid.UUID | str, str]]) -> None:
         from . import services
 
-        tried = 0
-        with self._sending:
-            while True:
-                with self._lock:
-                    batch, self._tasks = self._tasks[:BATCH_LIMIT], self._tasks[BATCH_LIMIT:]
-                if not batch:
-                    return tried
-                services.send_many(batch)
-                tried += len(batch)
+        services.send_many(batch)  # never raises on the broker's account; what it did not send, the relay will
 
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            try:
-                self.flush()
-            except Exception:
-                # send_many never raises on the broker's account; this is a bug, and the relay sends them.
-                logger.exception("tasks not sent by the outbox (the relay will send them)")
-            finally:
-                close_old_connections()
+    def failed(self, exc: Exception) -> None:
+        logger.exception("tasks not sent by the outbox (the relay will send them)")
 
 
 outbox = Outbox()
 os.register_at_fork(after_in_child=outbox.start_afresh)
-
-
-def _flush_at_exit() -> None:
-    try:
-        outbox.flush()
-    except Exception:
-        logger.warning("the outbox's last tasks not sent at exit (the relay will send them)")
-
-
-atexit.register(_flush_at_exit)
+atexit.register(outbox.flush_at_exit)

@@ -243,6 +243,7 @@ def send_many(
             broker_silence.failed(exc, waited=waited)
             if waited >= settings.BROKER_PUBLISH_TIMEOUT:
                 break
+            logger.info("a send to the broker failed at once (%s): tried again on a new connection", exc)
             continue
         break
     done = set(sent)
