@@ -94,7 +94,7 @@ class Link:
 
     def __init__(self, connection: Any) -> None:
         self.connection = connection
-        self.producer: Any = cast(Any, Producer(connection))  # its stubs lack channel
+        self.producer = cast(Any, Producer(connection))  # its stubs lack channel
         self.confirms = Confirms(self.producer.channel)
 
 
