@@ -60,11 +60,20 @@ class OwnerGone(IntegrityError):
     was being made: the API's 401); the insert failed on the missing owner."""
 
 
-class OwnerAtCapacity(Exception):
+class NotStartedYet(Exception):
+    """A task that cannot start now, to be sent again (``kind``: its
+    workload's, for the message's time limits)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
+class OwnerAtCapacity(NotStartedYet):
     """The owner already has MAX_RUNNING_TASKS_PER_USER tasks running."""
 
 
-class StillRunningElsewhere(Exception):
+class StillRunningElsewhere(NotStartedYet):
     """A redelivered task whose lease is fresh: its worker is alive."""
 
 
@@ -189,19 +198,14 @@ def _queued(task_id: uuid.UUID, kind: str) -> None:
 def send_to_broker(
     *,
     task_id: uuid.UUID | str,
-    kind: str | None = None,
+    kind: str,
     countdown: float | None = None,
     again: bool | str = False,
     mark_now: bool = False,
     headers: dict[str, Any] | None = None,
 ) -> bool:
     """Sends one task (send_many); False when the broker did not take it
-    (the relay sends it later). Callers that know the task's kind pass it,
-    which saves reading the row back."""
-    if kind is None:
-        kind = Task.objects.filter(pk=task_id).values_list("kind", flat=True).first()
-        if kind is None:
-            return False
+    (the relay sends it later)."""
     return bool(send_many([(task_id, kind)], countdown=countdown, again=again, mark_now=mark_now, headers=headers))
 
 
@@ -478,7 +482,7 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = F
             now = database_now()  # the clock the running worker renews the lease by
             lease_age = (now - task.heartbeat_at).total_seconds() if task.heartbeat_at else None
             if lease_age is not None and lease_age < settings.TASK_LEASE_SECONDS:
-                raise StillRunningElsewhere
+                raise StillRunningElsewhere(task.kind)
         if task.cancel_requested_at is not None:
             _close(task, TaskStatus.CANCELLED, error="Cancelled by its owner.")
             return None
@@ -517,10 +521,10 @@ def start_task(*, task_id: uuid.UUID | str, redelivered: bool, resumed: bool = F
                     _set(task, started), started, "task.started", only_if=TaskStatus.QUEUED, owner_running_below=limit
                 )
                 if not updated:
-                    raise OwnerAtCapacity  # the row is ours and queued: only the count can refuse
+                    raise OwnerAtCapacity(task.kind)  # the row is ours and queued: only the count can refuse
             else:
                 if _running_tasks_locked(task.owner_id) >= limit:
-                    raise OwnerAtCapacity
+                    raise OwnerAtCapacity(task.kind)
                 _set(task, started).save(update_fields=list(started))
                 record_event(user_id=task.owner_id, kind="task.started", task=task.as_json())
             metrics.task_started(kind=task.kind, created_at=task.created_at, started_at=task.started_at)

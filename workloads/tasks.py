@@ -237,16 +237,18 @@ def run_task(self: CeleryTask, task_id: str, again: bool | str = False, **later:
 def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
     try:
         task = services.start_task(task_id=task_id, redelivered=delivery.may_take_over, resumed=delivery.resumes)
-    except services.OwnerAtCapacity:
+    except services.OwnerAtCapacity as full:
         # Wait in the queue, not in this worker: other users' tasks go first.
-        if not services.send_to_broker(task_id=task_id, countdown=1 + random.random(), again=delivery.again):  # noqa: S311
+        countdown = 1 + random.random()  # noqa: S311
+        if not services.send_to_broker(task_id=task_id, kind=full.kind, countdown=countdown, again=delivery.again):
             services.leave_to_relay(task_id)
         return
-    except services.StillRunningElsewhere:
+    except services.StillRunningElsewhere as elsewhere:
         # Look again once the lease could have lapsed: if that worker died
         # meanwhile, this message takes the task over.
         if not services.send_to_broker(
             task_id=task_id,
+            kind=elsewhere.kind,
             countdown=settings.TASK_LEASE_SECONDS / 2,
             again=RESUME if delivery.resumes else True,
         ):
@@ -338,6 +340,7 @@ def _hand_back(self: CeleryTask, task_id: str, refused: services.NotRunnableHere
     countdown = min(2.0 ** min(times, 5), HAND_BACK_MAX_COUNTDOWN, max(wait - waited, 0.0)) * (1 + random.random() / 4)  # noqa: S311
     sent = services.send_to_broker(
         task_id=task_id,
+        kind=refused.kind,
         countdown=countdown,
         again=again,
         headers={HANDED_BACK_SINCE: since, HANDED_BACK_TIMES: times + 1},
