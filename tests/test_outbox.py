@@ -71,3 +71,33 @@ def test_a_process_forked_while_a_thread_held_the_outbox_lock_starts_afresh() ->
         child="inherited = len(outbox._items)\nwith outbox._lock:\n    pass\nos._exit(10 + inherited)",
     )
     assert seen == {"ended": True, "exit_code": 10}
+
+
+class AnswersByHand:
+    """The part of an amqp channel Confirms uses, answered by the test."""
+
+    def __init__(self) -> None:
+        self.events: dict[str, set] = {"basic_ack": set(), "basic_nack": set()}
+
+    def confirm_select(self) -> None:
+        pass
+
+    def answer(self, kind: str, number: int, multiple: bool) -> None:
+        for callback in self.events[kind]:
+            callback(number, multiple)
+
+
+@pytest.mark.django_db(transaction=False)
+def test_confirms_take_rabbitmqs_answers_by_number_single_or_up_to_it() -> None:
+    channel = AnswersByHand()
+    confirms = confirmed.Confirms(channel)
+    for item in "abcdef":
+        confirms.add(item)  # numbered 1 to 6
+    channel.answer("basic_ack", 2, multiple=False)  # out of order
+    channel.answer("basic_nack", 3, multiple=False)  # refused: not confirmed
+    channel.answer("basic_ack", 5, multiple=True)  # 1 and 4, 5; 2 and 3 answered already
+    assert confirms.confirmed == ["b", "a", "d", "e"]
+    assert list(confirms.waiting.values()) == ["f"]
+    channel.answer("basic_ack", 5, multiple=True)  # again: nothing left up to 5
+    channel.answer("basic_nack", 6, multiple=True)
+    assert confirms.confirmed == ["b", "a", "d", "e"] and not confirms.waiting

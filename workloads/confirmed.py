@@ -85,8 +85,15 @@ class Confirms:
         self._answered(number, multiple)
 
     def _answered(self, number: int, multiple: bool) -> list[Any]:
-        numbers = sorted(n for n in self.waiting if n <= number) if multiple else [number]
-        return [self.waiting.pop(n) for n in numbers if n in self.waiting]
+        if not multiple:
+            return [self.waiting.pop(number)] if number in self.waiting else []
+        # Numbered in the order published, so ``waiting`` is in that order.
+        answered = []
+        for n in self.waiting:
+            if n > number:
+                break
+            answered.append(n)
+        return [self.waiting.pop(n) for n in answered]
 
 
 class Link:
