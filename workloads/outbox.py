@@ -31,9 +31,7 @@ from django.conf import settings
 
 from tasklight.embedded_broker import is_embedded
 
-# Imported first, so its exit hook, registered first, runs after ours and
-# writes the marks of what ours sent.
-from . import sent_marks  # noqa: F401
+from . import sent_marks
 from .batches import Batches
 
 logger = logging.getLogger(__name__)
@@ -59,6 +57,11 @@ class Outbox(Batches[tuple[uuid.UUID | str, str]]):
 
     def failed(self, exc: Exception) -> None:
         logger.exception("tasks not sent by the outbox (the relay will send them)")
+
+    def flush_at_exit(self) -> None:
+        super().flush_at_exit()
+        # Then the marks of what it just sent, whatever order the exit hooks run in.
+        sent_marks.sent_marks.flush_at_exit()
 
 
 outbox = Outbox()
