@@ -50,6 +50,10 @@ CONFIGURATION = (
 )
 
 
+def hang_up_as_default() -> None:
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def start_make_run(data_dir: Path, log_path: Path, **extra_env: str) -> tuple[str, Process]:
     """`make run` on a free port with nothing configured, once it serves and
     its worker is ready."""
@@ -64,6 +68,9 @@ def start_make_run(data_dir: Path, log_path: Path, **extra_env: str) -> tuple[st
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            # As from a terminal, even when these tests run under nohup: an
+            # ignored SIGHUP is inherited, and make and honcho rode out the hang-up.
+            preexec_fn=hang_up_as_default,
         )
     process = Process("make-run", popen, log_path)
     base_url = f"http://127.0.0.1:{port}"
