@@ -41,8 +41,11 @@ class Batches[T]:
         self._pid: int | None = None
 
     def add(self, item: T) -> None:
+        self.add_all([item])
+
+    def add_all(self, items: list[T]) -> None:
         with self._lock:
-            self._items.append(item)
+            self._items.extend(items)
             # A forked process inherits the object, not the thread.
             if self._pid != os.getpid():
                 self._pid = os.getpid()

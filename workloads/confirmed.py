@@ -33,6 +33,7 @@ serve it.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -88,11 +89,7 @@ class Confirms:
         if not multiple:
             return [self.waiting.pop(number)] if number in self.waiting else []
         # Numbered in the order published, so ``waiting`` is in that order.
-        answered = []
-        for n in self.waiting:
-            if n > number:
-                break
-            answered.append(n)
+        answered = list(itertools.takewhile(lambda n: n <= number, self.waiting))
         return [self.waiting.pop(n) for n in answered]
 
 

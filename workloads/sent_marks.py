@@ -36,11 +36,11 @@ class SentMarks(Batches[uuid.UUID | str]):
     GATHER_SECONDS = BATCH_SECONDS
     LOST_AT_EXIT = "sent_at of the last tasks not written at exit (the relay will send them again)"
 
-    def add(self, item: uuid.UUID | str) -> None:
+    def add_all(self, items: list[uuid.UUID | str]) -> None:
         if connection.vendor != "postgresql":
-            write([item])
+            write(items)
             return
-        super().add(item)
+        super().add_all(items)
 
     def handle(self, batch: list[uuid.UUID | str]) -> None:
         write(batch)

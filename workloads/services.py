@@ -265,8 +265,7 @@ def send_many(
         if mark_now:
             sent_marks.write(sent)
         else:
-            for task_id in sent:
-                sent_marks.sent_marks.add(task_id)
+            sent_marks.sent_marks.add_all(sent)
     return sent
 
 
