@@ -16,8 +16,10 @@ from django.db import connection
 
 from workloads.models import Task
 
+from .proxy import TcpProxy
 from .stack import Account, until_all_finished, wait_for
 from .test_faults import assert_each_ran_once, rabbitmq
+from .test_workers import database_address
 
 pytestmark = [pytest.mark.stack, pytest.mark.faults, pytest.mark.django_db(transaction=True)]
 
@@ -130,3 +132,37 @@ def test_a_capped_task_that_rabbitmq_will_not_take_back_is_left_to_the_relay(pri
     assert_each_ran_once([capped])
     worker_log = running.workers[0].log()
     assert f"task {capped}: left to the relay" in worker_log, worker_log[-3000:]
+
+
+def test_a_run_the_database_cut_short_while_rabbitmq_blocks_publishers_still_ends(private_stack) -> None:
+    """A run that the database cut short is retried later: a new message (Celery's
+    retry), and this one acknowledged. That new message went unconfirmed: with
+    RabbitMQ blocking publishers, a restart lost it, and the task, running with
+    no message left anywhere, stayed running for good. Now the message is
+    acknowledged only once RabbitMQ has confirmed its retry; until then it goes
+    back to the queue as it is."""
+    running = private_stack()
+    with TcpProxy(*database_address()) as proxy:
+        worker = running.start_worker(concurrency=1, DATABASE_URL=proxy.url_for(running.worker_env["DATABASE_URL"]))
+        alice = Account.sign_up(running.base_url)
+        with alice.socket() as socket:
+            task = alice.queue("simulate", seconds=3)["id"]
+            socket.events_until(lambda f: f["event"] == "task.started" and f["task"]["id"] == task)
+            with rabbitmq_blocking_publishers():
+                proxy.pause()  # every connection reset: the run cannot write its end
+                # The retry sent (before: Celery's trace says so once the send is
+                # written) or, now, not confirmed within BROKER_PUBLISH_TIMEOUT.
+                wait_for(
+                    lambda: any(
+                        said in worker.log() for said in ("retry: Retry in", f"task {task}: its retry not sent")
+                    ),
+                    timeout=30,
+                    what="the run to be cut short and its retry sent or given up",
+                )
+                # What RabbitMQ's connections held is lost; what it confirmed, or never
+                # had acknowledged, is not.
+                rabbitmq("stop_app")
+                rabbitmq("start_app")
+            proxy.resume()
+            socket.events_until(until_all_finished([task]), timeout=120)
+    assert_each_ran_once([task])

@@ -40,7 +40,7 @@ from live.services import delete_expired_events
 from tasklight import db, logs, metrics
 from tasklight.embedded_broker import delete_delivered_messages, waiting_task_ids
 
-from . import services, workers
+from . import confirmed, services, workers
 from .models import Task
 from .registry import Cancelled, Run, Workload, WorkloadFailed, get_workload
 
@@ -227,11 +227,43 @@ def run_task(self: CeleryTask, task_id: str, again: bool | str = False, **later:
         close_old_connections()
         logger.warning("task %s: database unavailable, retrying: %s", task_id, exc)
         # A retry is a new message: "again" lets it resume a task it had started.
-        raise self.retry(
+        raise _retry_confirmed(
+            self,
+            task_id,
             exc=exc,
             countdown=min(DATABASE_RETRY_MAX_SECONDS, 2**self.request.retries),
             kwargs={"task_id": task_id, "again": again_later},
         ) from None
+
+
+def _retry_confirmed(self: CeleryTask, task_id: str, **retry: Any) -> BaseException:
+    """Celery's retry of this message (a new message, and this one
+    acknowledged), its new message sent on a link whose messages RabbitMQ
+    confirms (workloads/confirmed.py): the retry, once RabbitMQ has it on
+    disk. Celery's own retry() sends unconfirmed: with RabbitMQ blocking
+    publishers (a memory or disk alarm), a restart lost the new message after
+    this one was acknowledged, and the task stayed running (or queued) for
+    good, with no message left to run it. If RabbitMQ does not confirm it in
+    time, or the send fails (Celery then rejects the message for good),
+    this message goes back to the queue as it is, after a pause: a
+    redelivery, so a task it finds running is taken over once its lease has
+    lapsed, counting a start. On the embedded broker, Celery's retry as it is."""
+    try:
+        with confirmed.producers.acquire() as link:
+            if link is None:
+                return self.retry(**retry, throw=False)
+            timeout = settings.BROKER_PUBLISH_TIMEOUT
+            # Celery's publish retries off: a retry on a new channel would number its messages anew.
+            on_link: dict[str, Any] = {"producer": link.producer, "retry": False, "timeout": timeout}
+            sent = self.retry(**retry, throw=False, **on_link)
+            link.confirms.add(task_id)
+            if not link.confirms.wait(timeout):
+                raise TimeoutError(f"RabbitMQ did not confirm it within {timeout:g} s")
+            return sent
+    except Exception as failure:
+        logger.warning("task %s: its retry not sent (%s); its message goes back to the queue", task_id, failure)
+        time.sleep(REQUEUE_PAUSE_SECONDS)
+        return Reject(f"its retry could not be sent: {failure}", requeue=True)
 
 
 def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
