@@ -75,12 +75,17 @@ def unavailable_page(request: HttpRequest, code: str, exc: BaseException) -> Htt
     that Django's line for it is a WARNING too. With the database down the
     page is rendered without the request's context: the navigation's
     ``user`` would load the session and the user from the database again
-    (another wait of the pool's 10 s, then an error in the error page)."""
+    (another wait of the pool's 10 s, then an error in the error page).
+    Then who is signed in is unknown, and the navigation offers neither the
+    account's links nor "Log in" and "Sign up": a signed-in person was
+    offered those, as if signed out."""
     logger.warning("%s: %s", code, exc)
     dependency_down(request, code)
     template = loader.get_template("503.html")
-    with_the_database = code != "database_unavailable"
-    body = template.render(request=request) if with_the_database else template.render({"user": None})
+    if code == "database_unavailable":
+        body = template.render({"user": None, "account_unknown": True})
+    else:
+        body = template.render(request=request)
     response = HttpResponse(body, status=503)
     response["Retry-After"] = RETRY_AFTER_SECONDS
     return response

@@ -107,6 +107,9 @@ def check_pages(running: Any, proxy: TcpProxy) -> None:
     for name, (response, waited) in down.items():
         assert (name, response.status_code, response.headers.get("Retry-After")) == (name, 503, "5"), response.text
         assert "Back in a moment" in response.text, name
+        # Who is signed in cannot be read: neither signed-out links nor the account's.
+        assert 'href="/login/"' not in response.text and 'href="/signup/"' not in response.text, name
+        assert 'data-testid="nav-username"' not in response.text, name
         assert waited < POOL_TIMEOUT + SLACK, f"{name} waited {waited:.1f} s"
     for name, (response, waited) in served.items():
         assert (name, response.status_code) == (name, 302 if name.startswith("admin") else 200)
