@@ -14,7 +14,7 @@ from django.conf import settings
 from django.db import connection
 
 from workloads.models import Worker
-from workloads.workers import fleet
+from workloads.workers import fleet, unmarked_in_layer
 
 from .celery import app as celery_app
 
@@ -166,10 +166,12 @@ def unknown_workers(database: PartStatus) -> PartStatus:
     return UNKNOWN_WORKERS
 
 
-def check_workers() -> tuple[PartStatus, list[Worker]]:
+def check_workers(*, look_in_layer: bool = True) -> tuple[PartStatus, list[Worker]]:
     """Whether any worker consumes this deployment's queue, from the reports
-    of their housekeepers (workloads/workers.py), and those alive. Not part
-    of /readyz: a web process serves and queues tasks without workers."""
+    of their housekeepers (workloads/workers.py), and those alive; with
+    ``look_in_layer``, whether each publishes where this process listens.
+    Not part of /readyz: a web process serves and queues tasks without
+    workers."""
     try:
         workers = fleet()
     except Exception as exc:
@@ -178,8 +180,30 @@ def check_workers() -> tuple[PartStatus, list[Worker]]:
     if workers.alive:
         processes = sum(worker.concurrency for worker in workers.alive)
         detail = f"{len(workers.alive)} running, {processes} pool process{'es' if processes != 1 else ''}"
+        elsewhere = _listening_elsewhere(workers.alive) if look_in_layer else ""
+        if elsewhere:
+            return PartStatus("workers", "celery", False, f"{detail}; {elsewhere}"), workers.alive
         return PartStatus("workers", "celery", True, detail), workers.alive
     if workers.last_seen is None:
         return PartStatus("workers", "celery", False, "none running: queued tasks wait for one"), []
     since = f"{workers.last_seen:%Y-%m-%d %H:%M:%S} UTC"
     return PartStatus("workers", "celery", False, f"none seen since {since}: queued tasks wait for one"), []
+
+
+def _listening_elsewhere(alive: list[Worker]) -> str:
+    """What to say of the running workers whose live events this web process
+    does not hear (workloads/workers.py), or "" (and if Redis does not
+    answer: the channel layer's own part says so)."""
+    try:
+        unmarked = unmarked_in_layer(alive)
+    except Exception as exc:
+        logger.warning("about: whether the workers share this process's channel layer is unknown: %s", exc)
+        return ""
+    if not unmarked:
+        return ""
+    which = "1 of them publishes" if len(unmarked) == 1 else f"{len(unmarked)} of them publish"
+    return (
+        f"{which} live events through another Redis or CHANNEL_LAYER_PREFIX than this web process's, "
+        "so pages hear of their tasks only at each heartbeat: set CHANNEL_LAYER_URL and CHANNEL_LAYER_PREFIX "
+        "the same on every process"
+    )

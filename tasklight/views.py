@@ -31,9 +31,10 @@ def readyz(request: HttpRequest) -> JsonResponse:
 
 def about(request: HttpRequest) -> HttpResponse:
     parts = check_all()
-    database = next(part for part in parts if part.name == "database")
+    database, layer = (next(part for part in parts if part.name == name) for name in ("database", "channel_layer"))
     # The workers are known from the database: while it is down, asking would
     # wait the pool's 10 s for a connection; before the release step, their
-    # table may lack a column.
-    workers, alive = check_workers() if database.ok else (unknown_workers(database), [])
+    # table may lack a column. Their marks in Redis are not looked for while
+    # the channel layer's check failed (another wait, for nothing).
+    workers, alive = check_workers(look_in_layer=layer.ok) if database.ok else (unknown_workers(database), [])
     return render(request, "about.html", {"parts": [*parts, workers], "workers": alive})

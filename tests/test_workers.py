@@ -5,6 +5,7 @@ worker on the shared test database is not counted."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import signal
@@ -63,7 +64,7 @@ def workers_part(base_url: str) -> dict[str, Any]:
     assert status, row.group(1)
     return {
         "status": status.group(1),
-        "detail": re.sub(r"\s+", " ", cells[-1]).strip(),
+        "detail": html.unescape(re.sub(r"\s+", " ", cells[-1]).strip()),
         "pids": [int(pid) for pid in re.findall(r'data-testid="worker" data-pid="(\d+)"', page.text)],
     }
 
@@ -107,6 +108,39 @@ def test_the_about_page_shows_a_worker_while_it_runs_and_none_once_it_stopped(pr
     assert after["detail"] == "none running: queued tasks wait for one"
     assert not Worker.objects.filter(pid=worker.popen.pid).exists()
     assert "workers:" not in worker.log(), worker.log()[-2000:]
+
+
+def test_a_worker_whose_live_events_go_under_another_prefix_is_named_on_the_about_page(private_stack) -> None:
+    """A worker whose CHANNEL_LAYER_PREFIX differs from the web process's
+    publishes its tasks' events where no socket listens: pages heard of them
+    only at each heartbeat, and nothing said why. Its mark in Redis, under its
+    own prefix, is not found through the web process's, and the About page
+    says so, naming the two variables, until it stops."""
+    running = private_stack()
+    same = running.start_worker(concurrency=1)
+    wait_for(
+        lambda: workers_part(running.base_url)["pids"] == [same.popen.pid],
+        timeout=10,
+        what="the About page to list the first worker",
+    )
+    assert workers_part(running.base_url)["status"] == "ok"
+    elsewhere = running.start_worker(concurrency=1, CHANNEL_LAYER_PREFIX=f"elsewhere-{uuid.uuid4().hex[:8]}")
+    shown = wait_for(
+        lambda: (part := workers_part(running.base_url))["pids"] == [same.popen.pid, elsewhere.popen.pid] and part,
+        timeout=10,
+        what="the About page to list both workers",
+    )
+    assert shown["status"] == "down"
+    assert shown["detail"] == (
+        "2 running, 2 pool processes; 1 of them publishes live events through another Redis or "
+        "CHANNEL_LAYER_PREFIX than this web process's, so pages hear of their tasks only at each heartbeat: "
+        "set CHANNEL_LAYER_URL and CHANNEL_LAYER_PREFIX the same on every process"
+    )
+    assert Worker.objects.filter(pid__in=[same.popen.pid, elsewhere.popen.pid], marks_layer=True).count() == 2
+
+    elsewhere.stop(signal.SIGTERM)
+    after = workers_part(running.base_url)
+    assert (after["status"], after["detail"], after["pids"]) == ("ok", "1 running, 1 pool process", [same.popen.pid])
 
 
 def test_a_killed_worker_counts_as_gone_once_it_misses_its_reports(private_stack) -> None:

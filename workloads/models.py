@@ -160,6 +160,11 @@ class Worker(models.Model):
     concurrency = models.PositiveIntegerField()  # its pool processes
     # Its RELAY_INTERVAL_SECONDS: how often it reports (the web's may differ).
     report_seconds = models.FloatField(default=5.0)
+    # It also marks itself, each report, in the Redis its live events go
+    # through (workers.mark_in_layer): a web process that cannot read the
+    # mark listens elsewhere. False for a worker of a release before the
+    # mark, or without Redis (embedded mode): not checked.
+    marks_layer = models.BooleanField(db_default=False, default=False)
     started_at = models.DateTimeField()
     seen_at = models.DateTimeField()
 

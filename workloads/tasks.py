@@ -630,6 +630,7 @@ class Housekeeper(threading.Thread):
         self.concurrency = concurrency
         self.consumer = consumer
         self.said_disconnected = False
+        self.said_unmarked = False
         # The worker's readiness (worker_readiness below): when a round last
         # reported it to the database (time.monotonic()), and why the last
         # round did not, if it did not.
@@ -686,6 +687,7 @@ class Housekeeper(threading.Thread):
                 self.said_disconnected = True
             return
         self.said_disconnected = False
+        self.mark_in_layer()
         try:
             workers.report_alive(self.worker_id, name=self.worker_name, pid=os.getpid(), concurrency=self.concurrency)
         except Exception as exc:
@@ -698,6 +700,21 @@ class Housekeeper(threading.Thread):
             return
         self.reported_at = time.monotonic()
         self.not_reported = None
+
+    def mark_in_layer(self) -> None:
+        """This worker's mark in its channel layer's Redis (workers.py): the
+        About page tells a web process that listens elsewhere. Redis away:
+        said once; the worker runs tasks all the same."""
+        if not workers.layer_marked():
+            return
+        try:
+            workers.mark_in_layer(self.worker_id)
+        except Exception as exc:
+            if not self.said_unmarked:
+                logger.warning("workers: could not mark this worker in its channel layer's Redis (will retry): %s", exc)
+                self.said_unmarked = True
+            return
+        self.said_unmarked = False
 
     def readiness(self, now: float | None = None) -> tuple[bool, str]:
         """Ready while this worker's last round reported it to the database,

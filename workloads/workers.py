@@ -7,11 +7,13 @@ transport knows no consumers, and asking the workers over the broker
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
+from django.core.cache import cache
 from django.utils import timezone
 
 from tasklight import retention
@@ -39,9 +41,49 @@ def report_alive(worker_id: uuid.UUID, *, name: str, pid: int, concurrency: int)
         queue=settings.CELERY_TASK_DEFAULT_QUEUE,
         concurrency=concurrency,
         report_seconds=settings.RELAY_INTERVAL_SECONDS,
+        marks_layer=layer_marked(),
         started_at=now,
         seen_at=now,
     )
+
+
+# --- Which Redis and prefix a worker's live events go through ----------------
+# A worker publishes its tasks' events to the channel layer of its own
+# CHANNEL_LAYER_URL and CHANNEL_LAYER_PREFIX. A web process configured with
+# another Redis or prefix never hears them: its sockets get those events only
+# from the table, at their next heartbeat (up to 25 s late), and nothing else
+# says why. So each report also sets a mark in the worker's Redis, under its
+# prefix (the cache's, which derives from the same two variables), and the
+# About page looks for each running worker's mark through its own.
+
+
+def layer_marked() -> bool:
+    """Whether this process's workers mark themselves: with Redis (not
+    embedded mode, whose layer and cache are of each process's own)."""
+    return bool(settings.CHANNEL_LAYER_URL)
+
+
+def _mark_key(worker_id: uuid.UUID | str) -> str:
+    return f"worker-in-layer:{worker_id}"
+
+
+def mark_in_layer(worker_id: uuid.UUID) -> None:
+    """Sets this worker's mark, set before its report to the database so that
+    a worker listed is marked, for as long as it counts as running (a killed
+    worker's lapses with it). Raises if Redis does not take it."""
+    lasts = math.ceil((MISSED_REPORTS + 1) * settings.RELAY_INTERVAL_SECONDS)
+    cache.set(_mark_key(worker_id), 1, timeout=lasts)
+
+
+def unmarked_in_layer(alive: list[Worker]) -> list[Worker]:
+    """The workers among these that mark themselves and whose mark this
+    process cannot find: their live events go through another Redis, or
+    under another CHANNEL_LAYER_PREFIX. Raises if Redis does not answer."""
+    marking = [worker for worker in alive if worker.marks_layer]
+    if not marking or not layer_marked():
+        return []
+    found = cache.get_many([_mark_key(worker.pk) for worker in marking])
+    return [worker for worker in marking if _mark_key(worker.pk) not in found]
 
 
 def report_stopped(worker_id: uuid.UUID) -> None:
