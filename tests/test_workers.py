@@ -69,6 +69,15 @@ def workers_part(base_url: str) -> dict[str, Any]:
     }
 
 
+def listed(base_url: str, pids: list[int], what: str, timeout: float = 10) -> dict[str, Any]:
+    """The workers' row once the About page lists exactly these workers."""
+    return wait_for(
+        lambda: (part := workers_part(base_url))["pids"] == pids and part,
+        timeout=timeout,
+        what=f"the About page to list {what}",
+    )
+
+
 def test_the_about_page_shows_a_worker_while_it_runs_and_none_once_it_stopped(private_stack) -> None:
     running = private_stack()
     before = workers_part(running.base_url)
@@ -76,11 +85,7 @@ def test_the_about_page_shows_a_worker_while_it_runs_and_none_once_it_stopped(pr
     assert before["detail"] == "none running: queued tasks wait for one"
 
     worker = running.start_worker(concurrency=1)
-    shown = wait_for(
-        lambda: (part := workers_part(running.base_url))["pids"] == [worker.popen.pid] and part,
-        timeout=10,
-        what="the About page to list the worker",
-    )
+    shown = listed(running.base_url, [worker.popen.pid], "the worker")
     assert shown["status"] == "ok"
     assert shown["detail"] == "1 running, 1 pool process"
     # Anyone else is told the state, not the machines: no worker names or
@@ -118,18 +123,9 @@ def test_a_worker_whose_live_events_go_under_another_prefix_is_named_on_the_abou
     says so, naming the two variables, until it stops."""
     running = private_stack()
     same = running.start_worker(concurrency=1)
-    wait_for(
-        lambda: workers_part(running.base_url)["pids"] == [same.popen.pid],
-        timeout=10,
-        what="the About page to list the first worker",
-    )
-    assert workers_part(running.base_url)["status"] == "ok"
+    assert listed(running.base_url, [same.popen.pid], "the first worker")["status"] == "ok"
     elsewhere = running.start_worker(concurrency=1, CHANNEL_LAYER_PREFIX=f"elsewhere-{uuid.uuid4().hex[:8]}")
-    shown = wait_for(
-        lambda: (part := workers_part(running.base_url))["pids"] == [same.popen.pid, elsewhere.popen.pid] and part,
-        timeout=10,
-        what="the About page to list both workers",
-    )
+    shown = listed(running.base_url, [same.popen.pid, elsewhere.popen.pid], "both workers")
     assert shown["status"] == "down"
     assert shown["detail"] == (
         "2 running, 2 pool processes; 1 of them publishes live events through another Redis or "
@@ -146,11 +142,7 @@ def test_a_worker_whose_live_events_go_under_another_prefix_is_named_on_the_abou
 def test_a_killed_worker_counts_as_gone_once_it_misses_its_reports(private_stack) -> None:
     running = private_stack()
     worker = running.start_worker(concurrency=2)
-    wait_for(
-        lambda: workers_part(running.base_url)["pids"] == [worker.popen.pid],
-        timeout=10,
-        what="the About page to list the worker",
-    )
+    listed(running.base_url, [worker.popen.pid], "the worker")
     worker.stop(signal.SIGKILL)  # no chance to report anything
     last_seen = Worker.objects.get(pid=worker.popen.pid).seen_at
     # Three missed reports (RELAY_INTERVAL_SECONDS is 1 s here), not before.
@@ -165,11 +157,7 @@ def test_a_killed_worker_counts_as_gone_once_it_misses_its_reports(private_stack
     # The next worker of the queue is listed alone; the dead one's row stays
     # (forgotten by the first cleanup a day later) and is not counted.
     second = running.start_worker(concurrency=2)
-    shown = wait_for(
-        lambda: (part := workers_part(running.base_url))["pids"] == [second.popen.pid] and part,
-        timeout=10,
-        what="the About page to list the new worker",
-    )
+    shown = listed(running.base_url, [second.popen.pid], "the new worker")
     assert (shown["status"], shown["detail"]) == ("ok", "1 running, 2 pool processes")
 
 
@@ -180,11 +168,7 @@ def test_a_worker_cut_off_from_the_broker_counts_as_gone_until_it_is_back(privat
     running = private_stack()
     with TcpProxy(*broker_address()) as proxy:
         worker = running.start_worker(concurrency=1, CELERY_BROKER_URL=proxy.url_for(os.environ["CELERY_BROKER_URL"]))
-        wait_for(
-            lambda: workers_part(running.base_url)["pids"] == [worker.popen.pid],
-            timeout=10,
-            what="the About page to list the worker",
-        )
+        listed(running.base_url, [worker.popen.pid], "the worker")
         proxy.pause()
         gone = wait_for(
             lambda: (part := workers_part(running.base_url))["pids"] == [] and part,
