@@ -262,8 +262,7 @@ def _retry_confirmed(self: CeleryTask, task_id: str, **retry: Any) -> BaseExcept
             return sent
     except Exception as failure:
         logger.warning("task %s: its retry not sent (%s); its message goes back to the queue", task_id, failure)
-        time.sleep(REQUEUE_PAUSE_SECONDS)
-        return Reject(f"its retry could not be sent: {failure}", requeue=True)
+        return _back_to_the_queue(f"its retry could not be sent: {failure}")
 
 
 def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
@@ -287,8 +286,7 @@ def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
             # This message may be the task's last (its worker died a moment
             # ago): back to the queue rather than acknowledged, after a pause
             # that keeps it from looping through the workers meanwhile.
-            time.sleep(REQUEUE_PAUSE_SECONDS)
-            raise Reject("its message could not be sent again to look later; requeued", requeue=True) from None
+            raise _back_to_the_queue("its message could not be sent again to look later; requeued") from None
         return
     except services.NotRunnableHere as exc:
         _hand_back(self, task_id, exc, again=delivery.again or delivery.redelivered)
@@ -329,6 +327,13 @@ def _run(self: CeleryTask, task_id: str, delivery: Delivery) -> None:
 # A message that this worker could not send again for later goes back to
 # the queue after this pause (the broker being away: a loop would spin).
 REQUEUE_PAUSE_SECONDS = 1.0
+
+
+def _back_to_the_queue(why: str) -> Reject:
+    """This message, not acknowledged but requeued as it is, after
+    REQUEUE_PAUSE_SECONDS: what to raise when it could not be sent again."""
+    time.sleep(REQUEUE_PAUSE_SECONDS)
+    return Reject(why, requeue=True)
 
 
 # Message headers a hand-back carries from worker to worker (a worker of an
