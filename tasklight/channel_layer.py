@@ -38,7 +38,50 @@ def redis_timeouts() -> dict[str, float]:
     return {"socket_connect_timeout": REDIS_TIMEOUT_SECONDS, "socket_timeout": REDIS_TIMEOUT_SECONDS}
 
 
+class _Shard(pubsub.RedisSingleShardConnection):
+    """channels_redis' connection to one Redis, whose receive loop never
+    reads while a subscribe or unsubscribe is reconnecting.
+
+    Once the subscriptions' connection is lost (Redis restarted, or a
+    socket's SUBSCRIBE found the connection reset), whoever uses it next
+    connects it again: the receive loop, or a socket's handshake subscribing
+    under the shard's lock. redis-py counts it connected as soon as the TCP
+    connection is up, before its handshake has read Redis's replies, and
+    channels_redis' loop, reading meanwhile, failed with asyncio's "read()
+    called while another coroutine is already waiting for incoming data": an
+    ERROR with a traceback, and no live event for a second. So the loop
+    takes that lock before it reads whenever the connection is down or a
+    subscribe or unsubscribe holds the lock, and connects under it itself;
+    the rest of the time it reads without it, as upstream does (a subscribe
+    on a connection that is up only writes)."""
+
+    async def _do_receiving(self) -> None:
+        # channels_redis.pubsub.RedisSingleShardConnection._do_receiving, plus the lock.
+        while True:
+            try:
+                if self._pubsub and self._pubsub.subscribed:
+                    connection = self._pubsub.connection
+                    if self._lock.locked() or connection is None or not connection.is_connected:
+                        async with self._lock:
+                            await self._pubsub.connect()
+                    message = await self._pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                    self._receive_message(message)
+                else:
+                    await asyncio.sleep(0.1)
+            except (TimeoutError, asyncio.CancelledError, GeneratorExit):
+                raise
+            except BaseException:
+                pubsub.logger.exception("Unexpected exception in receive task")
+                await asyncio.sleep(1)
+
+
 class _LoopLayer(pubsub.RedisPubSubLoopLayer):
+    _shards: list[pubsub.RedisSingleShardConnection]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._shards = [_Shard(shard.host, self) for shard in self._shards]
+
     async def _subscribe_to_channel(self, channel: str) -> None:
         try:
             await super()._subscribe_to_channel(channel)

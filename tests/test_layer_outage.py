@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -108,6 +109,13 @@ def test_a_socket_opened_while_redis_is_cut_off_is_told_to_try_again_and_misses_
         wait_for(lambda: stored_events(alice.username) == 3, timeout=30, what="the task to finish")
         assert close_code_of_a_handshake(cut_off.base_url, alice.token) == 1013
         assert close_code_of_a_handshake(cut_off.base_url, alice.token) == 1013
+        # The layer's own loop finds its connection gone (it polls every 0.1 s;
+        # on a fast machine the lines above take less).
+        wait_for(
+            lambda: "Unexpected exception in receive task" in cut_off.web.log(),
+            timeout=10,
+            what="the layer's receive loop to find Redis gone",
+        )
         redis_proxy.resume()
         # The open socket heard none of it live; its next ping brings it all.
         assert events_until_pong(already_open, "after the outage") == [1, 2, 3]
@@ -222,6 +230,46 @@ async def test_a_channel_the_layer_could_not_subscribe_leaves_nothing_behind(red
     finally:
         redis_proxy.resume()
         await layer.flush()
+
+
+async def test_the_layer_never_reads_while_a_socket_subscribing_reconnects_it(
+    redis_proxy: TcpProxy, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Once the subscriptions' connection was lost, the next socket to
+    subscribe connected it again, and redis-py counts a connection up before
+    its handshake has read Redis's replies: channels_redis' receive loop,
+    reading meanwhile, failed with "read() called while another coroutine is
+    already waiting for incoming data", an ERROR with a traceback (seen in
+    CI on a fast machine, where Redis came back before the loop had noticed
+    it gone). Here the handshake is held for its whole 2 s by a Redis that
+    answers nothing, so the loop wakes during it every time."""
+    caplog.set_level(logging.WARNING, logger="channels_redis.pubsub")
+    layer = RedisPubSubChannelLayer(
+        hosts=[{"address": redis_proxy.url_for(os.environ["CHANNEL_LAYER_URL"]), **redis_timeouts()}],
+        prefix=f"tl-reconnect-{os.getpid()}",
+    )
+    kept = await layer.new_channel()
+    try:
+        redis_proxy.hang()  # a new connection is taken and never answered: its handshake waits
+        # Lost as a socket's SUBSCRIBE on a reset connection loses it.
+        await layer._get_layer()._shards[0]._pubsub.connection.disconnect()
+        with pytest.raises(LAYER_DOWN):
+            await layer.new_channel()  # connects again; its handshake times out after REDIS_TIMEOUT_SECONDS
+        redis_proxy.resume()
+        await once_more_if_down(layer.new_channel)  # Redis is back: connected and subscribed again
+        await layer.send(kept, {"type": "after.the.outage"})
+        async with asyncio.timeout(10):
+            assert await layer.receive(kept) == {"type": "after.the.outage"}
+    finally:
+        redis_proxy.resume()
+        await layer.flush()
+    from_the_layer = [record for record in caplog.records if record.name == "channels_redis.pubsub"]
+    not_an_outage = [
+        record.getMessage() + repr(record.exc_info and record.exc_info[1])
+        for record in from_the_layer
+        if not (record.exc_info and isinstance(record.exc_info[1], LAYER_DOWN))
+    ]
+    assert not_an_outage == []
 
 
 def test_tasklight_wait_rides_out_a_redis_that_does_not_answer(
