@@ -35,7 +35,7 @@ Measure = Callable[[procs.Config, argparse.Namespace, Result], None]
 
 # name: (function, the size options and flags that reproduce it)
 MEASUREMENTS: dict[str, tuple[Measure, tuple[str, ...]]] = {
-    "throughput": (throughput.measure, ("tasks", "users", "drain_tasks", "bare_like_tasklight")),
+    "throughput": (throughput.measure, ("tasks", "users", "drain_tasks", "worker_concurrency", "bare_like_tasklight")),
     "latency": (latency.measure, ("rate", "duration", "latency_users", "commit_timestamps")),
     "sockets": (
         sockets.measure,
@@ -67,6 +67,7 @@ FULL: dict[str, Any] = {
     "tasks": 2000,
     "users": 20,
     "drain_tasks": 5000,
+    "worker_concurrency": 2,
     "rate": 100.0,
     "duration": 20.0,
     "latency_users": 10,
@@ -93,6 +94,7 @@ QUICK: dict[str, Any] = {
     "tasks": 200,
     "users": 4,
     "drain_tasks": 1000,
+    "worker_concurrency": 2,
     "rate": 50.0,
     "duration": 3.0,
     "latency_users": 2,
@@ -119,6 +121,7 @@ HELP = {
     "tasks": "throughput: Tasklight tasks, POSTed by all users at once",
     "users": "throughput: users, each with its own socket",
     "drain_tasks": "throughput: messages for the bare Celery drain",
+    "worker_concurrency": "throughput: Tasklight's worker pool processes (the bare drain keeps 2)",
     "rate": "latency: tasks/s (and raw-path messages/s)",
     "duration": "latency: seconds at that rate",
     "latency_users": "latency: users the tasks are spread over",

@@ -215,7 +215,12 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
     env = config.stack_env()
     web, base_url = procs.start_web(env, config.log_dir, name="throughput-web")
     worker = procs.start_celery_worker(
-        env, config.log_dir, app="tasklight", queue=config.queue, name="throughput-worker"
+        env,
+        config.log_dir,
+        app="tasklight",
+        queue=config.queue,
+        name="throughput-worker",
+        concurrency=options.worker_concurrency,
     )
 
     def cpu() -> dict[str, float]:
@@ -237,8 +242,9 @@ def measure(config: procs.Config, options: Any, result: Result) -> None:
         cpu_seconds=e2e.cpu,
     )
     result.say(
-        f"Tasklight end to end (POST → owner's socket hears task.succeeded; 1 web + 1 worker -c 2, {users} users "
-        f"each with a socket, POSTing at once): {e2e.rate:.0f} tasks/s ({e2e.completed}/{e2e.tasks} tasks"
+        "Tasklight end to end (POST → owner's socket hears task.succeeded; "
+        f"1 web + 1 worker -c {options.worker_concurrency}, {users} users each with a socket, POSTing at once): "
+        f"{e2e.rate:.0f} tasks/s ({e2e.completed}/{e2e.tasks} tasks"
         f"{f', {e2e.failed} not succeeded' if e2e.failed else ''})"
     )
     result.say(f"  POSTs answered at {e2e.post_rate:.0f}/s; POST latency {fmt_ms(e2e.post_latency)}")

@@ -83,7 +83,10 @@ def test_quick_throughput_prints_both_rates_and_their_ratio_per_run_and_the_medi
     assert re.search(r"Tasklight end to end .*: \d+ tasks/s \(60/60 tasks\)", output), output
     assert len(re.findall(r"ratio: \d+\.\d+ of the bare drain rate", output)) == 2, output
     assert "== throughput (run 1 of 2) ==" in output and "== throughput (run 2 of 2) ==" in output, output
-    reproduce = "reproduce: python -m bench.run --only throughput --tasks 60 --users 2 --drain-tasks 300 --runs 2"
+    reproduce = (
+        "reproduce: python -m bench.run --only throughput --tasks 60 --users 2 --drain-tasks 300 "
+        "--worker-concurrency 2 --runs 2"
+    )
     assert output.count(reproduce) == 2, output
     # Each run logs in a folder of its own and reads its own figures there.
     for run in (1, 2):
