@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 from django.contrib.auth.models import User
 from django.core.management.base import CommandError
@@ -32,8 +33,10 @@ REQUIRED_SERVICES = {
 
 
 def _deadlocked(error: BaseException | None) -> bool:
+    """Whether PostgreSQL's deadlock detector is behind this error (flush
+    raises a CommandError from Django's error, itself from psycopg's)."""
     while error is not None:
-        if "deadlock detected" in str(error):
+        if isinstance(error, psycopg.errors.DeadlockDetected):
             return True
         error = error.__cause__ or error.__context__
     return False

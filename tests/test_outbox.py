@@ -25,9 +25,10 @@ pytestmark = pytest.mark.django_db(transaction=True)
 @pytest.fixture(autouse=True)
 def queue_of_their_own(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """These tests' messages go to a queue of their own, which no worker
-    consumes, deleted after. On the shared queue the session's worker started
-    their tasks while the test's teardown emptied the tables, and the two
-    deadlocked (TRUNCATE against a start's locks): seen once in CI."""
+    consumes, deleted after: what RabbitMQ confirmed can be counted there, and
+    the session's worker does not start their tasks while the teardown empties
+    the tables (the two once deadlocked in CI; conftest now tries such a flush
+    again for every test)."""
     queue = f"tasklight-test-outbox-{uuid.uuid4().hex[:8]}"
     options = services._message_options
 
