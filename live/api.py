@@ -87,6 +87,10 @@ class InboxSerializer(serializers.Serializer[Any]):
         min_value=0, max_value=services.UNREAD_COUNT_CAP, help_text=f"Counted up to {services.UNREAD_COUNT_CAP}."
     )
     read_up_to = serializers.IntegerField(min_value=0)
+    last_event_id = serializers.IntegerField(
+        min_value=0,
+        help_text="The newest event id `unread` covers: notifications after it are not in the count.",
+    )
 
 
 class NotificationPageSerializer(InboxSerializer):

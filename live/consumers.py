@@ -125,6 +125,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
     # from hello on, live or from the table; a resume extends it downwards.
     sent_after: int
     last_sent_id: int
+    # The newest read_up_to this socket has sent (hello, inbox frames).
+    read_up_to: int
     # How the socket was signed in: the session's key, or None for a token
     # (its key then: live/auth.py).
     session_key: str | None = None
@@ -218,6 +220,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=CLOSE_TRY_AGAIN)
             return
         self.last_sent_id = self.sent_after = hello.last_event_id
+        self.read_up_to = hello.inbox["read_up_to"]
         frame = {"type": "hello", "user": user.username, "last_event_id": hello.last_event_id, **hello.inbox}
         await self.send_json(frame)
         if self.session_key is not None:
@@ -367,10 +370,17 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.replay(self.last_sent_id, reason=None)
 
     async def catch_up(self) -> None:
-        """Sends what is stored but has not reached this socket."""
-        newest = await database_sync_to_async(services.last_event_id)(self.user_id)
+        """Sends what is stored but has not reached this socket: its events,
+        then the inbox if it was marked read since this socket last heard of
+        it (an inbox message the layer lost). Both from one read of the
+        user's row; the inbox's count only when that read moved."""
+        newest, read_up_to = await database_sync_to_async(services.stream_position)(self.user_id)
         if newest > self.last_sent_id:
             await self.replay(self.last_sent_id, reason="catch_up")
+        if read_up_to > self.read_up_to:
+            metrics.socket_replays.labels("inbox").inc()
+            state = await database_sync_to_async(services.inbox_state)(self.user_id)
+            await self.live_inbox({"frame": {"type": "inbox", **state}})
 
     async def replay(self, after: int, *, reason: str | None, up_to: int | None = None) -> bool:
         """Sends the stored events after ``after``, oldest first: all of
@@ -444,7 +454,11 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(message["frame"])
 
     async def live_inbox(self, message: dict[str, Any]) -> None:
-        await self.send_json(message["frame"])
+        frame = message["frame"]
+        if frame["read_up_to"] < self.read_up_to:
+            return  # older than what this socket has told: a late copy
+        self.read_up_to = frame["read_up_to"]
+        await self.send_json(frame)
 
     async def live_signed_out(self, message: dict[str, Any]) -> None:
         """The credential this socket was opened with no longer holds

@@ -61,8 +61,8 @@ OUTAGE_REPEAT_SECONDS = 60.0
 # What a message that could not be published costs: the reason it is a
 # WARNING and not an ERROR (docs/events.md, "Never lost").
 DROPPED_MEANS = (
-    "task events are stored and reach open sockets from the database at their next ping; "
-    "progress, inbox and sign-out messages are not replayed"
+    "task events and inbox updates are stored and reach open sockets from the database at their next ping; "
+    "progress and sign-out messages are not replayed"
 )
 
 

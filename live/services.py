@@ -217,15 +217,29 @@ UNREAD_COUNT_CAP = 1000
 class InboxState(TypedDict):
     unread: int
     read_up_to: int
+    # The newest event id the count covers: notifications after it, committed
+    # meanwhile, reach the client as events and are counted there.
+    last_event_id: int
 
 
-def inbox_state(user_id: int, read_up_to: int | None = None) -> InboxState:
-    if read_up_to is None:
-        read_up_to = EventStream.objects.filter(user_id=user_id).values_list("read_up_to", flat=True).first() or 0
-    unread = Event.objects.filter(user_id=user_id, sequence__gt=read_up_to, kind__in=NOTIFICATION_KINDS)[
-        :UNREAD_COUNT_CAP
-    ].count()
-    return {"unread": unread, "read_up_to": read_up_to}
+def stream_position(user_id: int) -> tuple[int, int]:
+    """The user's newest event id and the id up to which notifications are
+    read, from one read of their row."""
+    row = EventStream.objects.filter(user_id=user_id).values_list("last_event_id", "read_up_to").first()
+    return row or (0, 0)
+
+
+def inbox_state(user_id: int, position: tuple[int, int] | None = None) -> InboxState:
+    """The unread count as of one point of the user's stream: the
+    notifications after ``read_up_to`` and up to ``last_event_id``, both as
+    one read of the row has them (``position``, or read here). Ids are
+    given out in commit order, so the count is exact for that point, and a
+    client adds the notifications it hears of after it, none twice."""
+    newest, read_up_to = stream_position(user_id) if position is None else position
+    unread = Event.objects.filter(
+        user_id=user_id, sequence__gt=read_up_to, sequence__lte=newest, kind__in=NOTIFICATION_KINDS
+    )[:UNREAD_COUNT_CAP].count()
+    return {"unread": unread, "read_up_to": read_up_to, "last_event_id": newest}
 
 
 class HelloState(NamedTuple):
@@ -241,10 +255,9 @@ def hello_state(user_id: int, session_key: str | None = None) -> HelloState:
     """What a new socket is told (the newest event id and the inbox) and, for
     a session's socket, when its session ends: one trip to the database
     thread for both."""
-    row = EventStream.objects.filter(user_id=user_id).values_list("last_event_id", "read_up_to").first()
-    newest, read_up_to = row or (0, 0)
+    position = stream_position(user_id)
     expires_at = session_expires_at(session_key) if session_key is not None else None
-    return HelloState(newest, inbox_state(user_id, read_up_to), expires_at)
+    return HelloState(position[0], inbox_state(user_id, position), expires_at)
 
 
 def session_expires_at(session_key: str) -> datetime | None:
@@ -329,13 +342,13 @@ def mark_read(*, user_id: int, up_to: int) -> InboxState:
     with transaction.atomic():
         stream = EventStream.objects.select_for_update().filter(user_id=user_id).first()
         if stream is None:
-            return {"unread": 0, "read_up_to": 0}
+            return {"unread": 0, "read_up_to": 0, "last_event_id": 0}
         up_to = min(up_to, stream.last_event_id)
         if up_to <= stream.read_up_to:
-            return inbox_state(user_id, stream.read_up_to)
+            return inbox_state(user_id, (stream.last_event_id, stream.read_up_to))
         stream.read_up_to = up_to
         stream.save(update_fields=["read_up_to"])
-        state = inbox_state(user_id, up_to)
+        state = inbox_state(user_id, (stream.last_event_id, up_to))
         frame = {"type": "inbox", **state}
         transaction.on_commit(lambda: publisher.push(user_group(user_id), {"type": "live.inbox", "frame": frame}))
     return state

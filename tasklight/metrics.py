@@ -93,7 +93,8 @@ socket_resumes = Counter("tasklight_socket_resumes", "Resume frames received fro
 socket_replays = Counter(
     "tasklight_socket_replays",
     "Replays of stored events to a socket, by reason: resume (the client asked), "
-    "catch_up (a ping found events the socket missed), gap (a live event skipped ahead).",
+    "catch_up (a ping found events the socket missed), gap (a live event skipped ahead), "
+    "inbox (a ping found the inbox marked read since the socket last heard of it).",
     ["reason"],
 )
 replayed_events = Counter("tasklight_replayed_events", "Stored events sent to sockets by replays.")

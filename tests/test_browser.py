@@ -21,7 +21,16 @@ import httpx
 import pytest
 from django.contrib.sessions.models import Session
 from django.utils import timezone
-from playwright.sync_api import Browser, BrowserContext, Page, WebSocketRoute, expect, sync_playwright
+from playwright.sync_api import (
+    APIResponse,
+    Browser,
+    BrowserContext,
+    Page,
+    Route,
+    WebSocketRoute,
+    expect,
+    sync_playwright,
+)
 
 from live.models import Event
 from live.services import delete_expired_events
@@ -569,6 +578,101 @@ def test_the_bell_counts_unread_notifications_on_every_page(stack: Any, page: Pa
     page.goto(stack.base_url + "/about/")
     expect(page.get_by_test_id("inbox-unread")).to_have_text("1")
     expect(page.get_by_test_id("inbox-bell")).to_have_attribute("aria-label", "Notifications, 1 unread")
+
+
+class HeldEvents:
+    """Relays the page's socket to the server, holding back the server's
+    event frames of one kind while told to, then passing them on."""
+
+    def __init__(self) -> None:
+        self.holding: str | None = None
+        self.held: list[str | bytes] = []
+        self.page_side: WebSocketRoute | None = None
+
+    def route(self, page_side: WebSocketRoute) -> None:
+        server = page_side.connect_to_server()
+        self.page_side = page_side
+
+        def from_server(message: str | bytes) -> None:
+            if self.holding is not None and json.loads(message).get("event") == self.holding:
+                self.held.append(message)
+            else:
+                page_side.send(message)
+
+        server.on_message(from_server)
+
+    def wait_until_held(self, page: Page, count: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(self.held) < count:
+            assert time.monotonic() < deadline, f"no {self.holding} frame held in 30 s"
+            page.wait_for_timeout(50)  # the relay's handlers run while the page waits
+
+    def release(self) -> None:
+        assert self.page_side is not None
+        self.holding = None
+        for message in self.held:
+            self.page_side.send(message)
+        self.held.clear()
+
+
+def test_a_notification_in_an_inbox_count_is_not_counted_again_when_its_event_comes(stack: Any, page: Page) -> None:
+    """Marked read elsewhere while a task's end is still on its way to the
+    page (a slower path: another web process, a worker's publisher): the
+    inbox frame's count already has that task, and says up to which event
+    it counted. The event that comes after it is not counted a second time:
+    the bell said 2 for one unread notification before."""
+    relay = HeldEvents()
+    page.route_web_socket(re.compile(r"/ws/$"), relay.route)
+    page.goto(stack.base_url + "/signup/")
+    account = Account.log_in(stack.base_url, sign_up(page))
+    unread = page.get_by_test_id("inbox-unread")
+    for _ in range(2):
+        account.queue("simulate", seconds=0)
+    expect(unread).to_have_text("2", timeout=30_000)
+    relay.holding = "task.succeeded"
+    late = account.queue("simulate", seconds=0)
+    relay.wait_until_held(page, 1)
+    read = account.http.get("/api/notifications/").json()["results"][1]["id"]  # the second task's end
+    answer = account.http.post("/api/notifications/read/", json={"up_to": read}).json()
+    assert answer["unread"] == 1  # the late task's end
+    expect(unread).to_have_text("1")  # the inbox frame
+    relay.release()
+    expect(page.locator(f'[data-testid="task-row"][data-task-id="{late["id"]}"]')).to_have_attribute(
+        "data-status", "succeeded"
+    )
+    expect(unread).to_have_text("1")
+    expect(page.get_by_test_id("inbox-bell")).to_have_attribute("aria-label", "Notifications, 1 unread")
+
+
+def test_a_listing_overtaken_by_a_notification_keeps_it_in_the_bell(stack: Any, page: Page) -> None:
+    """The bell's panel asks for the inbox over REST; a task ends after the
+    server has answered and its event reaches the page on the socket before
+    that answer does. The answer's count (0) and list (empty) are older than
+    the event: the bell keeps counting it and the panel lists it. Before,
+    the answer put the bell back to 0 and the panel showed nothing."""
+    page.goto(stack.base_url + "/signup/")
+    account = Account.log_in(stack.base_url, sign_up(page))
+    expect(page.get_by_test_id("connection-status")).to_have_text("connected")
+    held: list[tuple[Route, APIResponse]] = []
+    page.route(re.compile(r"/api/notifications/\?"), lambda route: held.append((route, route.fetch())))
+    page.get_by_test_id("inbox-bell").click()
+    deadline = time.monotonic() + 30
+    while not held:
+        assert time.monotonic() < deadline, "the panel asked for no listing in 30 s"
+        page.wait_for_timeout(50)  # the route's handler runs while the page waits
+    route, answer = held[0]
+    assert (answer.json()["unread"], answer.json()["results"]) == (0, [])
+    task = account.queue("simulate", seconds=0)
+    expect(page.locator(f'[data-testid="task-row"][data-task-id="{task["id"]}"]')).to_have_attribute(
+        "data-status", "succeeded", timeout=30_000
+    )
+    unread = page.get_by_test_id("inbox-unread")
+    expect(unread).to_have_text("1")
+    route.fulfill(response=answer)
+    expect(page.get_by_test_id("inbox-status")).to_have_text("")  # the listing is in
+    expect(unread).to_have_text("1")
+    expect(page.get_by_test_id("inbox-item")).to_have_count(1)
+    expect(page.get_by_test_id("inbox-item")).to_have_attribute("data-outcome", "succeeded")
 
 
 def test_the_keyboard_focus_stays_on_the_queue_button(stack: Any, page: Page) -> None:

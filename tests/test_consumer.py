@@ -328,6 +328,26 @@ async def test_a_ping_delivers_stored_events_the_layer_lost(open_socket, alice: 
     assert await socket.receive_json_from() == {"type": "pong", "id": 8}
 
 
+async def test_a_ping_brings_the_inbox_a_lost_message_never_did(open_socket, alice: User) -> None:
+    await store_event(alice, 1)
+    await store_event(alice, 2, kind="task.failed")
+    socket, _, _ = await open_socket(await sync_to_async(token_header)(alice))
+    hello = await socket.receive_json_from()
+    assert (hello["unread"], hello["read_up_to"], hello["last_event_id"]) == (2, 0, 2)
+    # Marked read in another tab, and its message to this socket lost.
+    await sync_to_async(EventStream.objects.filter(user=alice).update)(read_up_to=1)
+    await socket.send_json_to({"type": "ping", "id": 1})
+    assert await socket.receive_json_from() == {"type": "inbox", "unread": 1, "read_up_to": 1, "last_event_id": 2}
+    assert await socket.receive_json_from() == {"type": "pong", "id": 1}
+    # Told once; and a late copy of an older inbox message is not sent.
+    await layer().group_send(
+        user_group(alice.id), {"type": "live.inbox", "frame": {"type": "inbox", "unread": 2, "read_up_to": 0}}
+    )
+    for ping in (2, 3):  # whichever the socket takes first, the copy or a ping
+        await socket.send_json_to({"type": "ping", "id": ping})
+        assert await socket.receive_json_from() == {"type": "pong", "id": ping}
+
+
 async def test_inbox_frames_reach_every_socket_of_the_user(open_socket, alice: User) -> None:
     first, _, _ = await open_socket(await sync_to_async(token_header)(alice))
     second, _, _ = await open_socket(await sync_to_async(token_header)(alice))

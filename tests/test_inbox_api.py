@@ -86,24 +86,50 @@ def test_retention_is_configurable(alice_api: APIClient, alice: User) -> None:
     assert list(Event.objects.values_list("sequence", flat=True)) == [2]
 
 
-def test_the_inbox_counts_finished_tasks_until_marked_read(alice_api: APIClient, bob_api: APIClient) -> None:
+def test_the_inbox_counts_finished_tasks_until_marked_read(
+    alice_api: APIClient, bob_api: APIClient, alice: User
+) -> None:
     first, second = queue(alice_api).json(), queue(alice_api).json()
     run_to_the_end(first["id"])
     run_to_the_end(second["id"], "failed")
     inbox = alice_api.get("/api/notifications/").json()
-    assert (inbox["unread"], inbox["read_up_to"]) == (2, 0)
+    newest = live_services.last_event_id(alice.pk)
+    assert (inbox["unread"], inbox["read_up_to"], inbox["last_event_id"]) == (2, 0, newest)
     assert [(n["event"], n["task"]["id"]) for n in inbox["results"]] == [
         ("task.failed", second["id"]),
         ("task.succeeded", first["id"]),
     ]
     newest_succeeded = inbox["results"][1]["id"]
     response = alice_api.post("/api/notifications/read/", {"up_to": newest_succeeded}, format="json")
-    assert response.json() == {"unread": 1, "read_up_to": newest_succeeded}
+    assert response.json() == {"unread": 1, "read_up_to": newest_succeeded, "last_event_id": newest}
     everything = inbox["results"][0]["id"]
     assert alice_api.post("/api/notifications/read/", {"up_to": everything}, format="json").json()["unread"] == 0
     # Marking read never goes backwards, and bob's inbox is his own.
     assert alice_api.post("/api/notifications/read/", {"up_to": 1}, format="json").json()["read_up_to"] == everything
-    assert bob_api.get("/api/notifications/").json() == {"unread": 0, "read_up_to": 0, "results": []}
+    assert bob_api.get("/api/notifications/").json() == {
+        "unread": 0,
+        "read_up_to": 0,
+        "last_event_id": 0,
+        "results": [],
+    }
+
+
+def test_the_unread_count_says_up_to_which_event_it_counted(alice_api: APIClient, alice: User) -> None:
+    """A count and the newest id are read at one point of the user's row: a
+    notification committed after that point is not in the count (its event
+    reaches the client, which counts it there), whenever the count runs."""
+    tasks = [queue(alice_api).json()["id"] for _ in range(3)]
+    for task_id in tasks:
+        run_to_the_end(task_id)
+    terminal = list(
+        Event.objects.filter(user=alice, kind="task.succeeded").order_by("sequence").values_list("sequence", flat=True)
+    )
+    # The row as it was read when the second task had just ended: the third
+    # task's events came after, and are left out of the count.
+    position = (terminal[1], 0)
+    assert live_services.inbox_state(alice.pk, position) == {"unread": 2, "read_up_to": 0, "last_event_id": terminal[1]}
+    assert live_services.inbox_state(alice.pk) == {"unread": 3, "read_up_to": 0, "last_event_id": terminal[2]}
+    assert live_services.inbox_state(alice.pk, (terminal[2], terminal[0]))["unread"] == 2
 
 
 @pytest.mark.parametrize("body", [{}, {"up_to": -1}, {"up_to": "x"}, [1]])

@@ -137,8 +137,8 @@ def test_redis_away_is_one_warning_when_it_starts_one_a_minute_and_one_info_when
     assert [level for level, _ in lines] == ["WARNING", "WARNING", "WARNING", "ERROR", "INFO"], lines
     assert lines[0][1].startswith("cannot publish to Redis (ConnectionError: ")
     assert lines[0][1].endswith(
-        "messages are dropped until it answers again (task events are stored and reach open sockets "
-        "from the database at their next ping; progress, inbox and sign-out messages are not replayed)"
+        "messages are dropped until it answers again (task events and inbox updates are stored and reach open "
+        "sockets from the database at their next ping; progress and sign-out messages are not replayed)"
     )
     assert lines[1][1].startswith("still cannot publish to Redis after 60 s (ConnectionError: ")
     assert lines[1][1].endswith("601 message(s) dropped so far")

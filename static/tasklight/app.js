@@ -345,9 +345,19 @@
 
     var listUrl = root.dataset.notificationsUrl || '/api/notifications/';
     var readUrl = root.dataset.readUrl || '/api/notifications/read/';
+    // `unread` is the server's count as of event `horizon` (a hello, an
+    // inbox frame, a GET or a POST answer: each says up to which event id it
+    // counted) plus the notifications heard of as events after it, whose ids
+    // are in `heardIds`. A count can arrive after events it already covers
+    // (a GET overtaken by the socket) or before them (an inbox frame ahead of
+    // a slower worker's event): either way no notification is counted twice
+    // or missed.
     var unread = 0;
     var readUpTo = 0;
-    var countedUpTo = 0; // the newest event id already included in `unread`
+    var countedUpTo = 0; // every notification up to this event id is counted
+    var serverUnread = 0;
+    var horizon = 0;
+    var heardIds = []; // notifications counted from event frames, unread
     var items = []; // newest first: { id, event, task, created_at }
     var loaded = false; // items holds a server listing (live events may be merged in)
     var loadSeq = 0;
@@ -362,16 +372,32 @@
       bell.setAttribute('aria-label', unread > 0 ? 'Notifications, ' + unread + ' unread' : 'Notifications');
     }
 
-    // { unread, read_up_to } from a GET, a POST answer or an inbox frame. An
-    // answer older than what is already applied (a smaller read_up_to) is stale.
+    function recount() {
+      var floor = Math.max(horizon, readUpTo);
+      heardIds = heardIds.filter(function (id) { return id > readUpTo; });
+      unread = serverUnread + heardIds.filter(function (id) { return id > floor; }).length;
+    }
+
+    // { unread, read_up_to, last_event_id } from a GET, a POST answer or an
+    // inbox frame. One older than what is already applied (a smaller
+    // read_up_to, or the same one counted up to an earlier event) is stale.
     function applyState(state) {
       if (!state || typeof state !== 'object') return;
       var upTo = toCount(state.read_up_to);
+      var upToEvent = typeof state.last_event_id === 'number' ? toCount(state.last_event_id) : null;
       if (upTo < readUpTo) return;
+      if (upTo === readUpTo && upToEvent !== null && upToEvent < horizon) return;
       readUpTo = upTo;
-      unread = toCount(state.unread);
-      countedUpTo = Math.max(countedUpTo, readUpTo);
-      if (typeof state.last_event_id === 'number') countedUpTo = Math.max(countedUpTo, state.last_event_id);
+      serverUnread = toCount(state.unread);
+      if (upToEvent === null) {
+        // A server of the release before: its count says up to nothing.
+        heardIds = [];
+        horizon = readUpTo;
+      } else {
+        horizon = upToEvent;
+      }
+      countedUpTo = Math.max(countedUpTo, horizon, readUpTo);
+      recount();
       renderCount();
       renderItems();
       dismissReadToasts(readUpTo);
@@ -444,8 +470,9 @@
         items = items.filter(function (item) { return item.id > newestListed; });
         loaded = true;
         mergeItems(results);
-        // Every notification up to the newest listed one is in its count.
-        countedUpTo = Math.max(countedUpTo, newestListed);
+        // A server of the release before says nothing of what its count
+        // covers: every notification up to the newest listed one, then.
+        if (body && typeof body.last_event_id !== 'number') countedUpTo = Math.max(countedUpTo, newestListed);
         if (body && typeof body === 'object' && ('unread' in body || 'read_up_to' in body)) applyState(body);
         renderItems();
       } catch (err) {
@@ -532,9 +559,10 @@
     });
 
     api.onHello = function (frame) {
-      unread = toCount(frame.unread);
+      serverUnread = unread = toCount(frame.unread);
       readUpTo = toCount(frame.read_up_to);
-      countedUpTo = toCount(frame.last_event_id);
+      horizon = countedUpTo = toCount(frame.last_event_id);
+      heardIds = [];
       renderCount();
       renderItems();
       dismissReadToasts(readUpTo); // marked read while this socket was down
@@ -549,15 +577,17 @@
     api.onEvent = function (frame) {
       if (typeof frame.id !== 'number' || !Object.prototype.hasOwnProperty.call(NOTIFICATION_KINDS, frame.event)) return;
       if (frame.id > countedUpTo && frame.id > readUpTo) {
-        unread += 1;
+        heardIds.push(frame.id);
         countedUpTo = frame.id;
+        recount();
         renderCount();
       }
-      if (loaded) {
-        var task = frame.task && typeof frame.task === 'object' ? frame.task : {};
-        mergeItems([{ id: frame.id, event: frame.event, task: task, created_at: task.finished_at || new Date().toISOString() }]);
-        renderItems();
-      }
+      // Kept even before the panel's first listing: one on its way, asked
+      // for before this task ended, would not have it (load() keeps the
+      // live ones newer than what it lists).
+      var task = frame.task && typeof frame.task === 'object' ? frame.task : {};
+      mergeItems([{ id: frame.id, event: frame.event, task: task, created_at: task.finished_at || new Date().toISOString() }]);
+      renderItems();
     };
 
     api.onInboxFrame = function (frame) { applyState(frame); };
