@@ -219,9 +219,9 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             logger.warning("socket of user %s: no hello, the database is unavailable: %s", user.id, exc)
             await self.close(code=CLOSE_TRY_AGAIN)
             return
-        self.last_sent_id = self.sent_after = hello.last_event_id
+        self.last_sent_id = self.sent_after = hello.inbox["last_event_id"]
         self.read_up_to = hello.inbox["read_up_to"]
-        frame = {"type": "hello", "user": user.username, "last_event_id": hello.last_event_id, **hello.inbox}
+        frame = {"type": "hello", "user": user.username, **hello.inbox}
         await self.send_json(frame)
         if self.session_key is not None:
             await self.follow_credential(holds=True, expires_at=hello.session_expires_at)
@@ -374,13 +374,14 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         then the inbox if it was marked read since this socket last heard of
         it (an inbox message the layer lost). Both from one read of the
         user's row; the inbox's count only when that read moved."""
-        newest, read_up_to = await database_sync_to_async(services.stream_position)(self.user_id)
+        position = await database_sync_to_async(services.stream_position)(self.user_id)
+        newest, read_up_to = position
         if newest > self.last_sent_id:
             await self.replay(self.last_sent_id, reason="catch_up")
         if read_up_to > self.read_up_to:
             metrics.socket_replays.labels("inbox").inc()
-            state = await database_sync_to_async(services.inbox_state)(self.user_id)
-            await self.live_inbox({"frame": {"type": "inbox", **state}})
+            state = await database_sync_to_async(services.inbox_state)(self.user_id, position)
+            await self.send_inbox({"type": "inbox", **state})
 
     async def replay(self, after: int, *, reason: str | None, up_to: int | None = None) -> bool:
         """Sends the stored events after ``after``, oldest first: all of
@@ -426,6 +427,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
                 break
         return True
 
+    async def send_inbox(self, frame: dict[str, Any]) -> None:
+        if frame["read_up_to"] < self.read_up_to:
+            return  # older than what this socket has told: a late copy
+        self.read_up_to = frame["read_up_to"]
+        await self.send_json(frame)
+
     async def send_error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message})
 
@@ -454,11 +461,7 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         await self.send_json(message["frame"])
 
     async def live_inbox(self, message: dict[str, Any]) -> None:
-        frame = message["frame"]
-        if frame["read_up_to"] < self.read_up_to:
-            return  # older than what this socket has told: a late copy
-        self.read_up_to = frame["read_up_to"]
-        await self.send_json(frame)
+        await self.send_inbox(message["frame"])
 
     async def live_signed_out(self, message: dict[str, Any]) -> None:
         """The credential this socket was opened with no longer holds

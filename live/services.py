@@ -142,9 +142,15 @@ def push_progress(*, user_id: int, task: dict[str, Any]) -> None:
     publisher.push(user_group(user_id), {"type": "live.progress", "frame": frame})
 
 
+def stream_position(user_id: int) -> tuple[int, int]:
+    """The user's newest event id and the id up to which notifications are
+    read, from one read of their row."""
+    row = EventStream.objects.filter(user_id=user_id).values_list("last_event_id", "read_up_to").first()
+    return row or (0, 0)
+
+
 def last_event_id(user_id: int) -> int:
-    value = EventStream.objects.filter(user_id=user_id).values_list("last_event_id", flat=True).first()
-    return value or 0
+    return stream_position(user_id)[0]
 
 
 class CursorExpired(Exception):
@@ -222,13 +228,6 @@ class InboxState(TypedDict):
     last_event_id: int
 
 
-def stream_position(user_id: int) -> tuple[int, int]:
-    """The user's newest event id and the id up to which notifications are
-    read, from one read of their row."""
-    row = EventStream.objects.filter(user_id=user_id).values_list("last_event_id", "read_up_to").first()
-    return row or (0, 0)
-
-
 def inbox_state(user_id: int, position: tuple[int, int] | None = None) -> InboxState:
     """The unread count as of one point of the user's stream: the
     notifications after ``read_up_to`` and up to ``last_event_id``, both as
@@ -245,7 +244,7 @@ def inbox_state(user_id: int, position: tuple[int, int] | None = None) -> InboxS
 class HelloState(NamedTuple):
     """What a new socket is told, and when its session ends."""
 
-    last_event_id: int
+    # The newest event id is the inbox's last_event_id: one read of the row.
     inbox: InboxState
     # The session's expiry (None: gone); only looked up for a session's socket.
     session_expires_at: datetime | None
@@ -255,9 +254,8 @@ def hello_state(user_id: int, session_key: str | None = None) -> HelloState:
     """What a new socket is told (the newest event id and the inbox) and, for
     a session's socket, when its session ends: one trip to the database
     thread for both."""
-    position = stream_position(user_id)
     expires_at = session_expires_at(session_key) if session_key is not None else None
-    return HelloState(position[0], inbox_state(user_id, position), expires_at)
+    return HelloState(inbox_state(user_id), expires_at)
 
 
 def session_expires_at(session_key: str) -> datetime | None:

@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -111,6 +111,16 @@ def tabs(browser: Browser, tmp_path: Path) -> Iterator[BrowserContext]:
     finally:
         process.terminate()
         process.wait(timeout=20)
+
+
+def wait_on_page(page: Page, check: Callable[[], object], *, what: str, timeout: float = 30) -> None:
+    """``stack.wait_for``, waiting in the page instead of a sleep: Playwright
+    runs its routes' and relays' handlers only while a call of the test's
+    is in it."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"gave up waiting {timeout} s for {what}"
+        page.wait_for_timeout(50)
 
 
 def sign_up(page: Page) -> str:
@@ -454,10 +464,11 @@ def test_the_page_rides_out_redis_being_cut_off_and_misses_nothing(private_stack
         relay.cut_off()  # the socket drops; the page's next ones reach the server
         expect(status).to_have_text("reconnecting")
         relay.reconnect()
-        deadline = time.monotonic() + 30
-        while "refused for now (closed with 1013)" not in cut_off.web.log():
-            assert time.monotonic() < deadline, "no reconnection was told to try again in 30 s"
-            page.wait_for_timeout(50)  # lets Playwright's loop route the page's attempts
+        wait_on_page(
+            page,
+            lambda: "refused for now (closed with 1013)" in cut_off.web.log(),
+            what="a reconnection told to try again",
+        )
         script = Account.log_in(direct.base_url, username)
         task = script.queue("simulate", seconds=0)
         wait_for(lambda: Event.objects.filter(user__username=username).count() == 3, timeout=30, what="the task")
@@ -601,12 +612,6 @@ class HeldEvents:
 
         server.on_message(from_server)
 
-    def wait_until_held(self, page: Page, count: int) -> None:
-        deadline = time.monotonic() + 30
-        while len(self.held) < count:
-            assert time.monotonic() < deadline, f"no {self.holding} frame held in 30 s"
-            page.wait_for_timeout(50)  # the relay's handlers run while the page waits
-
     def release(self) -> None:
         assert self.page_side is not None
         self.holding = None
@@ -631,7 +636,7 @@ def test_a_notification_in_an_inbox_count_is_not_counted_again_when_its_event_co
     expect(unread).to_have_text("2", timeout=30_000)
     relay.holding = "task.succeeded"
     late = account.queue("simulate", seconds=0)
-    relay.wait_until_held(page, 1)
+    wait_on_page(page, lambda: relay.held, what="the late task's end, held")
     read = account.http.get("/api/notifications/").json()["results"][1]["id"]  # the second task's end
     answer = account.http.post("/api/notifications/read/", json={"up_to": read}).json()
     assert answer["unread"] == 1  # the late task's end
@@ -656,10 +661,7 @@ def test_a_listing_overtaken_by_a_notification_keeps_it_in_the_bell(stack: Any, 
     held: list[tuple[Route, APIResponse]] = []
     page.route(re.compile(r"/api/notifications/\?"), lambda route: held.append((route, route.fetch())))
     page.get_by_test_id("inbox-bell").click()
-    deadline = time.monotonic() + 30
-    while not held:
-        assert time.monotonic() < deadline, "the panel asked for no listing in 30 s"
-        page.wait_for_timeout(50)  # the route's handler runs while the page waits
+    wait_on_page(page, lambda: held, what="the panel's listing")
     route, answer = held[0]
     assert (answer.json()["unread"], answer.json()["results"]) == (0, [])
     task = account.queue("simulate", seconds=0)
